@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Installs everything the demo and the tests need, idempotently: npm packages (with the pinned
+# Node 24 from the node@24 package), moto in a virtualenv, csi-sanity, and the host tools.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+mkdir -p .cache/bin
+
+step() { printf '\n== %s\n' "$*"; }
+
+lock_hash=$(sha256sum package-lock.json | cut -d' ' -f1)
+if [ ! -x node_modules/.bin/node ] || [ "$(cat .cache/npm.stamp 2>/dev/null)" != "$lock_hash" ]; then
+  step "npm install (Node 24 comes from the node@24 package)"
+  # Not `npm ci`: the registry mirror here lacks some of biome's optional platform packages
+  # (android, musl), so npm leaves them out of the lock and `npm ci` then refuses it.
+  npm install --no-fund --no-audit --no-save
+  echo "$lock_hash" > .cache/npm.stamp
+fi
+
+if [ ! -x .cache/venv/bin/moto_server ]; then
+  step "moto (fake AWS) into .cache/venv"
+  python3 -m venv .cache/venv
+  .cache/venv/bin/pip install --quiet --disable-pip-version-check 'moto[server]==5.2.1'
+fi
+
+if [ ! -x .cache/bin/csi-sanity ]; then
+  step "csi-sanity v5.5.0"
+  GOBIN="$PWD/.cache/bin" go install github.com/kubernetes-csi/csi-test/v5/cmd/csi-sanity@v5.5.0
+fi
+
+missing=()
+for tool in mkfs.ext4 mkfs.xfs xfs_growfs resize2fs blkid losetup blockdev; do
+  command -v "$tool" >/dev/null || missing+=("$tool")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  step "host tools (missing: ${missing[*]})"
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq xfsprogs e2fsprogs util-linux >/dev/null
+  else
+    echo "cannot install ${missing[*]}: run as root on Debian/Ubuntu, or install xfsprogs e2fsprogs util-linux" >&2
+  fi
+fi
+
+if [ -x scripts/install-deploy-tools.sh ]; then
+  scripts/install-deploy-tools.sh
+fi

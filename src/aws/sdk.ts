@@ -1,0 +1,165 @@
+/**
+ * What every AWS SDK client of the driver shares (EC2 and EFS): one retry policy, one set of
+ * timeouts, and metrics plus logs for each call and each attempt.
+ */
+import type {
+  DeserializeHandler,
+  DeserializeHandlerArguments,
+  HandlerExecutionContext,
+  InitializeHandler,
+  InitializeHandlerArguments,
+  MetadataBearer,
+  MiddlewareStack,
+} from "@smithy/types";
+import type { Logger } from "../log.ts";
+import type { Metrics } from "../metrics.ts";
+
+export interface AwsClientOptions {
+  region: string | undefined;
+  /** A fake AWS (moto) instead of the real endpoints. */
+  endpoint?: string | undefined;
+  maxAttempts?: number | undefined;
+}
+
+/**
+ * Attempts per call, the first included. In this SDK a throttled attempt backs off for a random
+ * time up to 1 s * 2^n (capped at 20 s): 5 attempts wait at most 15 s, 7.5 s on average, well
+ * inside the sidecars' 60 s timeout; 8 would wait up to 71 s, after the sidecar gave up and sent
+ * the call again. Sustained throttling is the adaptive rate limiter's job, and its waits before
+ * sending do not count as attempts.
+ */
+export const DEFAULT_MAX_ATTEMPTS = 5;
+
+/**
+ * The SDK's default is no timeout at all, so one dead connection would hang a CSI call forever.
+ * No separate connection timeout: the SDK starts it before the request waits for a free socket,
+ * so under load (100 concurrent calls, 50 sockets) it fails calls that were merely queued. The
+ * request timeout counts that wait too; 30 s of queue takes thousands of calls in flight.
+ */
+const REQUEST_TIMEOUT_MS = 30_000;
+
+export function awsClientConfig(o: AwsClientOptions) {
+  if (!o.region) {
+    throw new Error("AWS region unknown: set --region or AWS_REGION (instance metadata did not provide one)");
+  }
+  const maxAttempts = o.maxAttempts ?? DEFAULT_MAX_ATTEMPTS;
+  if (!Number.isInteger(maxAttempts) || maxAttempts < 1) {
+    throw new Error(`AWS maxAttempts must be a positive integer, not ${maxAttempts}`);
+  }
+  return {
+    region: o.region,
+    ...(o.endpoint ? { endpoint: o.endpoint } : {}),
+    // Adaptive = standard retries plus a client-side rate limiter that slows down after throttles.
+    retryMode: "adaptive" as const,
+    maxAttempts,
+    requestHandler: {
+      requestTimeout: REQUEST_TIMEOUT_MS,
+      // A timeout becomes a retryable TimeoutError instead of a warning on the console.
+      throwOnRequestTimeout: true,
+    },
+  };
+}
+
+/** Error codes AWS services use for "slow down" (EC2: RequestLimitExceeded; EFS: ThrottlingException). */
+const THROTTLING_CODES = new Set([
+  "RequestLimitExceeded",
+  "Throttling",
+  "ThrottlingException",
+  "ThrottledException",
+  "TooManyRequestsException",
+  "RequestThrottled",
+  "RequestThrottledException",
+  "EC2ThrottledException",
+  "SlowDown",
+  "PriorRequestNotComplete",
+  "BandwidthLimitExceeded",
+]);
+
+interface AwsErrorFields {
+  name?: unknown;
+  code?: unknown;
+  Code?: unknown;
+  $metadata?: { httpStatusCode?: number; requestId?: string; attempts?: number };
+}
+
+const fields = (err: unknown): AwsErrorFields =>
+  err !== null && typeof err === "object" ? (err as AwsErrorFields) : {};
+
+/**
+ * The AWS error code (`InvalidVolume.NotFound`), or the Node.js network code (`ECONNREFUSED`)
+ * when the request never got an answer.
+ */
+export function awsErrorCode(err: unknown): string {
+  const e = fields(err);
+  for (const candidate of [e.Code, e.name, e.code]) {
+    if (typeof candidate === "string" && candidate !== "" && candidate !== "Error") return candidate;
+  }
+  return "Unknown";
+}
+
+export const awsRequestId = (err: unknown): string | undefined => fields(err).$metadata?.requestId;
+
+export const awsHttpStatus = (err: unknown): number | undefined => fields(err).$metadata?.httpStatusCode;
+
+export function isThrottlingError(err: unknown): boolean {
+  return awsHttpStatus(err) === 429 || THROTTLING_CODES.has(awsErrorCode(err));
+}
+
+/** "DescribeVolumesCommand" -> "DescribeVolumes", the label the official driver's metrics use. */
+const requestName = (context: HandlerExecutionContext): string =>
+  (context.commandName ?? "Unknown").replace(/Command$/, "");
+
+// The stack's type parameters differ per client; the middleware below only passes values through.
+// biome-ignore lint/suspicious/noExplicitAny: any client's stack
+type AnyStack = MiddlewareStack<any, MetadataBearer>;
+
+/**
+ * Adds metrics and logs to an SDK client. Two middlewares: one outside the retry loop (duration of
+ * the whole call, final errors) and one inside it, after the response is parsed (every attempt,
+ * throttles). Only names, codes and request ids are logged, never request or response bodies.
+ */
+export function instrumentClient(client: { middlewareStack: AnyStack }, metrics: Metrics, log: Logger): void {
+  client.middlewareStack.add(
+    (next: InitializeHandler<object, MetadataBearer>, context: HandlerExecutionContext) =>
+      async (args: InitializeHandlerArguments<object>) => {
+        const request = requestName(context);
+        const stopTimer = metrics.awsDuration.startTimer({ request });
+        try {
+          return await next(args);
+        } catch (err) {
+          const error = awsErrorCode(err);
+          metrics.awsErrors.inc({ request, error });
+          log.warn(
+            { request, error, requestId: awsRequestId(err), attempts: fields(err).$metadata?.attempts },
+            `AWS ${request} failed: ${error}`,
+          );
+          throw err;
+        } finally {
+          stopTimer();
+        }
+      },
+    { step: "initialize", priority: "high", name: "csiCallMetrics", override: true },
+  );
+
+  // The deserialize step runs once per attempt, inside the retry middleware (finalizeRequest step);
+  // high priority puts it outside the deserializer, so a failed attempt arrives as a typed AWS error.
+  client.middlewareStack.add(
+    (next: DeserializeHandler<object, MetadataBearer>, context: HandlerExecutionContext) =>
+      async (args: DeserializeHandlerArguments<object>) => {
+        const request = requestName(context);
+        metrics.awsAttempts.inc({ request });
+        try {
+          return await next(args);
+        } catch (err) {
+          const throttled = isThrottlingError(err);
+          if (throttled) metrics.awsThrottles.inc({ request });
+          log.debug(
+            { request, error: awsErrorCode(err), requestId: awsRequestId(err), throttled },
+            `AWS ${request} attempt failed`,
+          );
+          throw err;
+        }
+      },
+    { step: "deserialize", priority: "high", name: "csiAttemptMetrics", override: true },
+  );
+}

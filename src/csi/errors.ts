@@ -1,0 +1,36 @@
+import { status } from "@grpc/grpc-js";
+
+/**
+ * The one error type the services throw. It carries the gRPC status code that the caller sees;
+ * its message goes to the caller as is, so it must name the field or resource and the rule.
+ */
+export class CsiError extends Error {
+  readonly code: status;
+
+  constructor(code: status, message: string) {
+    super(message);
+    this.name = "CsiError";
+    this.code = code;
+  }
+}
+
+export const invalidArgument = (field: string, rule: string): CsiError =>
+  new CsiError(status.INVALID_ARGUMENT, `${field}: ${rule}`);
+export const notFound = (message: string): CsiError => new CsiError(status.NOT_FOUND, message);
+export const alreadyExists = (message: string): CsiError => new CsiError(status.ALREADY_EXISTS, message);
+export const failedPrecondition = (message: string): CsiError =>
+  new CsiError(status.FAILED_PRECONDITION, message);
+export const outOfRange = (message: string): CsiError => new CsiError(status.OUT_OF_RANGE, message);
+export const resourceExhausted = (message: string): CsiError =>
+  new CsiError(status.RESOURCE_EXHAUSTED, message);
+export const aborted = (message: string): CsiError => new CsiError(status.ABORTED, message);
+export const unavailable = (message: string): CsiError => new CsiError(status.UNAVAILABLE, message);
+export const internal = (message: string): CsiError => new CsiError(status.INTERNAL, message);
+export const permissionDenied = (message: string): CsiError =>
+  new CsiError(status.PERMISSION_DENIED, message);
+export const deadlineExceeded = (message: string): CsiError =>
+  new CsiError(status.DEADLINE_EXCEEDED, message);
+export const unimplemented = (what: string): CsiError =>
+  new CsiError(status.UNIMPLEMENTED, `${what} is not implemented by this driver`);
+
+export const statusName = (code: status): string => status[code] ?? String(code);

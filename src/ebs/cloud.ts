@@ -1,0 +1,134 @@
+/**
+ * EC2 as the EBS driver sees it: a narrow interface in cloud terms (no CSI types), implemented by
+ * the AWS SDK (ec2.ts) in production and by an in-memory fake in unit tests.
+ */
+
+export type VolumeType = "gp2" | "gp3" | "io1" | "io2" | "sc1" | "st1" | "standard";
+
+export type DiskState = "creating" | "available" | "in-use" | "deleting" | "deleted" | "error";
+
+export type AttachmentState = "attaching" | "attached" | "detaching" | "detached" | "busy";
+
+export interface Attachment {
+  instanceId: string;
+  device: string;
+  state: AttachmentState;
+}
+
+export interface Disk {
+  id: string;
+  sizeGiB: number;
+  type: VolumeType;
+  iops?: number;
+  throughput?: number;
+  encrypted: boolean;
+  kmsKeyId?: string;
+  zone: string;
+  state: DiskState;
+  multiAttach: boolean;
+  snapshotId?: string;
+  outpostArn?: string;
+  tags: Record<string, string>;
+  attachments: Attachment[];
+}
+
+export interface DiskModification {
+  state: "modifying" | "optimizing" | "completed" | "failed";
+  targetSizeGiB?: number;
+  targetType?: VolumeType;
+  targetIops?: number;
+  targetThroughput?: number;
+}
+
+export interface Instance {
+  id: string;
+  zone: string;
+  type: string;
+  state: string;
+  /** Device name -> volume id, as EC2 reports the instance's block device mappings. */
+  devices: Map<string, string>;
+}
+
+export interface CreateDiskInput {
+  /** Makes a retried create return the same volume (EC2 keeps tokens for at least 24 hours). */
+  clientToken: string;
+  zone: string;
+  sizeGiB: number;
+  type: VolumeType;
+  iops?: number;
+  throughput?: number;
+  encrypted: boolean;
+  kmsKeyId?: string;
+  multiAttach?: boolean;
+  snapshotId?: string;
+  outpostArn?: string;
+  /** Set in the same call as the create, so no volume ever exists untagged. */
+  tags: Record<string, string>;
+}
+
+export interface ModifyDiskInput {
+  sizeGiB?: number;
+  type?: VolumeType;
+  iops?: number;
+  throughput?: number;
+}
+
+export interface DiskPage {
+  disks: Disk[];
+  nextToken?: string;
+}
+
+/** What went wrong, in cloud terms; the controller decides the gRPC code. */
+export type CloudErrorKind =
+  | "NotFound"
+  | "InUse"
+  | "IdempotentParameterMismatch"
+  | "AttachmentLimitExceeded"
+  | "InvalidParameter"
+  | "Unauthorized"
+  | "Throttled"
+  | "Unavailable"
+  | "Other";
+
+export class CloudError extends Error {
+  readonly kind: CloudErrorKind;
+  /** The AWS error code, e.g. InvalidVolume.NotFound. */
+  readonly awsCode: string;
+
+  constructor(kind: CloudErrorKind, awsCode: string, message: string) {
+    super(message);
+    this.name = "CloudError";
+    this.kind = kind;
+    this.awsCode = awsCode;
+  }
+}
+
+export const isCloudError = (err: unknown, kind?: CloudErrorKind): err is CloudError =>
+  err instanceof CloudError && (kind === undefined || err.kind === kind);
+
+export interface Ec2 {
+  createVolume(input: CreateDiskInput): Promise<Disk>;
+  /** Throws CloudError NotFound for an unknown id, InUse for an attached volume. */
+  deleteVolume(volumeId: string): Promise<void>;
+  /** The volumes that exist among `ids`; unknown ids are simply absent (never an error). */
+  getVolumes(ids: string[]): Promise<Map<string, Disk>>;
+  /** Volumes carrying tag key=value (the idempotency lookup by CSIVolumeName). */
+  findVolumesByTag(key: string, value: string): Promise<Disk[]>;
+  /** Volumes carrying tag `key` (any value), a page at a time. */
+  listVolumesWithTag(key: string, maxResults: number, nextToken?: string): Promise<DiskPage>;
+  attachVolume(volumeId: string, instanceId: string, device: string): Promise<void>;
+  detachVolume(volumeId: string, instanceId: string): Promise<void>;
+  modifyVolume(volumeId: string, input: ModifyDiskInput): Promise<void>;
+  /** Adds or overwrites tags on a volume. */
+  tagVolume(volumeId: string, tags: Record<string, string>): Promise<void>;
+  /** Latest modification of the volume, or undefined when it was never modified. */
+  getModification(volumeId: string): Promise<DiskModification | undefined>;
+  /** The instances that exist among `ids`; unknown ids are absent. */
+  getInstances(ids: string[]): Promise<Map<string, Instance>>;
+  /** Maximum EBS attachments for an instance type, or undefined when EC2 does not say. */
+  getInstanceTypeEbsLimit(instanceType: string): Promise<number | undefined>;
+  /** The region's availability zones that are available, sorted by name. */
+  getZones(): Promise<string[]>;
+  /** A cheap authenticated call, to tell whether EC2 answers. */
+  probe(): Promise<void>;
+}

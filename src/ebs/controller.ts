@@ -1,0 +1,533 @@
+import { createHash } from "node:crypto";
+import { status } from "@grpc/grpc-js";
+import { type BackoffOptions, WaitTimeoutError, waitUntil } from "../backoff.ts";
+import {
+  CsiError,
+  aborted,
+  alreadyExists,
+  failedPrecondition,
+  internal,
+  invalidArgument,
+  notFound,
+  outOfRange,
+  resourceExhausted,
+} from "../csi/errors.ts";
+import type {
+  ControllerExpandVolumeRequest,
+  ControllerExpandVolumeResponse,
+  ControllerGetCapabilitiesResponse,
+  ControllerGetVolumeRequest,
+  ControllerGetVolumeResponse,
+  ControllerModifyVolumeRequest,
+  ControllerModifyVolumeResponse,
+  ControllerPublishVolumeRequest,
+  ControllerPublishVolumeResponse,
+  ControllerUnpublishVolumeRequest,
+  ControllerUnpublishVolumeResponse,
+  CreateVolumeRequest,
+  CreateVolumeResponse,
+  DeleteVolumeRequest,
+  DeleteVolumeResponse,
+  ListVolumesRequest,
+  ListVolumesResponse,
+  TopologyRequirement,
+  ValidateVolumeCapabilitiesRequest,
+  ValidateVolumeCapabilitiesResponse,
+  Volume,
+} from "../csi/types.ts";
+import {
+  type AccessMode,
+  type CapabilityRules,
+  type CheckedCapability,
+  GiB,
+  checkCapabilities,
+  checkCapability,
+  checkCapacityRange,
+  checkMap,
+  requireString,
+} from "../csi/validate.ts";
+import type { Logger } from "../log.ts";
+import type { RpcContext } from "../server/rpc.ts";
+import { type Disk, type Ec2, type Instance, isCloudError } from "./cloud.ts";
+import { DeviceNames } from "./devices.ts";
+import { VOLUME_LIMITS } from "./limits.ts";
+import { FS_TYPES, VOLUME_NAME_TAG, parseCreateParameters, parseModifyParameters } from "./params.ts";
+
+export const ZONE_KEYS = ["topology.kubernetes.io/zone", "topology.ebs.csi.aws.com/zone"] as const;
+
+const VOLUME_ID = /^vol-[0-9a-f]{8}([0-9a-f]{9})?$/;
+const INSTANCE_ID = /^i-[0-9a-f]{8}([0-9a-f]{9})?$/;
+
+const SINGLE_NODE_MODES: readonly AccessMode[] = [
+  "SINGLE_NODE_WRITER",
+  "SINGLE_NODE_READER_ONLY",
+  "SINGLE_NODE_SINGLE_WRITER",
+  "SINGLE_NODE_MULTI_WRITER",
+];
+/** Multi-attach (io1/io2) is for raw block only: no filesystem survives two writers. */
+const MULTI_NODE_MODES: readonly AccessMode[] = ["MULTI_NODE_MULTI_WRITER"];
+const CAPABILITY_RULES: CapabilityRules = {
+  modes: [...SINGLE_NODE_MODES, ...MULTI_NODE_MODES],
+  block: true,
+  fsTypes: FS_TYPES,
+};
+
+export interface EbsControllerOptions {
+  extraTags: Record<string, string>;
+  clusterId?: string;
+  /** Waits for a new volume to become available. */
+  createWait: Omit<BackoffOptions, "signal">;
+  /** Waits for attachments, detachments and modifications. */
+  attachWait: Omit<BackoffOptions, "signal">;
+}
+
+export const DEFAULT_CONTROLLER_OPTIONS: EbsControllerOptions = {
+  extraTags: {},
+  createWait: { initialMs: 1000, factor: 1.5, maxDelayMs: 10_000, timeoutMs: 300_000 },
+  attachWait: { initialMs: 1000, factor: 1.8, maxDelayMs: 10_000, timeoutMs: 300_000 },
+};
+
+/** The EC2 ClientToken of a volume name: retries after a crash or a lost answer get the same volume. */
+export const clientTokenFor = (name: string): string => createHash("sha256").update(name).digest("hex");
+
+const zoneTopology = (zone: string) => ({ segments: Object.fromEntries(ZONE_KEYS.map((k) => [k, zone])) });
+
+function mapCloudError(err: unknown, what: string): never {
+  if (err instanceof CsiError) throw err;
+  if (err instanceof WaitTimeoutError) throw new CsiError(status.DEADLINE_EXCEEDED, `${what}: ${err.message}`);
+  if (!isCloudError(err)) throw err;
+  const message = `${what}: ${err.message}`;
+  switch (err.kind) {
+    case "NotFound":
+      throw notFound(message);
+    case "InUse":
+      throw failedPrecondition(message);
+    case "IdempotentParameterMismatch":
+      throw alreadyExists(message);
+    case "AttachmentLimitExceeded":
+      throw resourceExhausted(message);
+    case "InvalidParameter":
+      throw new CsiError(status.INVALID_ARGUMENT, message);
+    case "Unauthorized":
+      throw new CsiError(status.PERMISSION_DENIED, message);
+    case "Throttled":
+    case "Unavailable":
+      throw new CsiError(status.UNAVAILABLE, message);
+    default:
+      throw internal(message);
+  }
+}
+
+/** The EBS controller service: volumes and attachments through EC2. */
+export class EbsController {
+  readonly #ec2: Ec2;
+  readonly #options: EbsControllerOptions;
+  readonly #log: Logger;
+  readonly #devices = new DeviceNames();
+
+  constructor(ec2: Ec2, log: Logger, options: Partial<EbsControllerOptions> = {}) {
+    this.#ec2 = ec2;
+    this.#log = log;
+    this.#options = { ...DEFAULT_CONTROLLER_OPTIONS, ...options };
+  }
+
+  async ControllerGetCapabilities(): Promise<ControllerGetCapabilitiesResponse> {
+    const types = [
+      "CREATE_DELETE_VOLUME",
+      "PUBLISH_UNPUBLISH_VOLUME",
+      "LIST_VOLUMES",
+      "LIST_VOLUMES_PUBLISHED_NODES",
+      "EXPAND_VOLUME",
+      "GET_VOLUME",
+      "VOLUME_CONDITION",
+      "MODIFY_VOLUME",
+    ] as const;
+    return { capabilities: types.map((type) => ({ rpc: { type } })) };
+  }
+
+  async CreateVolume(req: CreateVolumeRequest, ctx: RpcContext): Promise<CreateVolumeResponse> {
+    const name = requireString(req.name, "name");
+    const capabilities = checkCapabilities(req.volume_capabilities, "volume_capabilities", CAPABILITY_RULES);
+    const range = checkCapacityRange(req.capacity_range);
+    const parameters = checkMap(req.parameters, "parameters");
+    const mutable = checkMap(req.mutable_parameters, "mutable_parameters");
+    checkMap(req.secrets, "secrets");
+    if (req.volume_content_source) {
+      throw invalidArgument("volume_content_source", "snapshots and clones are not supported by this driver yet");
+    }
+    const mountCapability = capabilities.find((c) => !c.block && c.fsType !== "");
+    const parsed = parseCreateParameters(parameters, {
+      name,
+      requiredBytes: range.requiredBytes,
+      limitBytes: range.limitBytes,
+      extraTags: this.#options.extraTags,
+      clusterId: this.#options.clusterId,
+      fsType: mountCapability?.fsType,
+      block: capabilities.every((c) => c.block),
+      mutableParameters: mutable,
+    });
+    const spec = parsed.disk;
+    checkMultiAttach(capabilities, spec.type, spec.multiAttach === true);
+    const zones = await this.#candidateZones(req.accessibility_requirements);
+
+    const existing = await this.#findByName(name).catch((err) => mapCloudError(err, `looking up volume ${name}`));
+    let disk: Disk;
+    if (existing) {
+      const mismatch = describeMismatch(existing, spec, zones);
+      if (mismatch) throw alreadyExists(`name "${name}": volume ${existing.id} exists with ${mismatch}`);
+      disk = existing;
+    } else {
+      ctx.log.info({ name, zone: zones[0], sizeGiB: spec.sizeGiB, type: spec.type }, "creating volume");
+      disk = await this.#ec2
+        .createVolume({ ...spec, clientToken: clientTokenFor(name), zone: zones[0]! })
+        .catch((err) => mapCloudError(err, `creating volume ${name}`));
+    }
+    disk = await this.#waitAvailable(disk, ctx);
+    return { volume: toCsiVolume(disk, parsed.volumeContext) };
+  }
+
+  async DeleteVolume(req: DeleteVolumeRequest, ctx: RpcContext): Promise<DeleteVolumeResponse> {
+    const volumeId = requireString(req.volume_id, "volume_id");
+    checkMap(req.secrets, "secrets");
+    if (!VOLUME_ID.test(volumeId)) return {};
+    try {
+      await this.#ec2.deleteVolume(volumeId);
+      ctx.log.info({ volumeId }, "deleted volume");
+    } catch (err) {
+      if (isCloudError(err, "NotFound")) return {};
+      if (isCloudError(err, "InUse")) throw failedPrecondition(`volume_id ${volumeId}: volume is attached: ${err.message}`);
+      mapCloudError(err, `deleting volume ${volumeId}`);
+    }
+    return {};
+  }
+
+  async ControllerPublishVolume(req: ControllerPublishVolumeRequest, ctx: RpcContext): Promise<ControllerPublishVolumeResponse> {
+    const volumeId = requireString(req.volume_id, "volume_id");
+    const nodeId = requireString(req.node_id, "node_id");
+    const capability = checkCapability(req.volume_capability, "volume_capability", CAPABILITY_RULES);
+    checkMap(req.volume_context, "volume_context");
+    checkMap(req.secrets, "secrets");
+    if (!VOLUME_ID.test(volumeId)) throw notFound(`volume_id ${volumeId}: no such volume`);
+    if (!INSTANCE_ID.test(nodeId)) throw notFound(`node_id ${nodeId}: no such instance`);
+
+    const [disk, instance] = await Promise.all([this.#getDisk(volumeId), this.#getInstance(nodeId)]);
+    if (!disk) throw notFound(`volume_id ${volumeId}: no such volume`);
+    if (!instance) throw notFound(`node_id ${nodeId}: no such instance`);
+    const multiNode = MULTI_NODE_MODES.includes(capability.mode);
+    if (multiNode && !disk.multiAttach) {
+      throw failedPrecondition(`volume_id ${volumeId}: ${capability.mode} needs a multi-attach io1/io2 volume`);
+    }
+
+    const mine = disk.attachments.find((a) => a.instanceId === nodeId && a.state !== "detached");
+    if (mine?.state === "attached") return { publish_context: { devicePath: mine.device } };
+    const others = disk.attachments.filter((a) => a.instanceId !== nodeId && a.state !== "detached");
+    if (others.length > 0 && !disk.multiAttach) {
+      throw failedPrecondition(`volume_id ${volumeId}: attached to ${others.map((a) => a.instanceId).join(", ")}`);
+    }
+    if (disk.zone !== instance.zone) {
+      throw failedPrecondition(`volume_id ${volumeId}: volume is in ${disk.zone}, node ${nodeId} in ${instance.zone}`);
+    }
+
+    const device = mine?.device ?? (await this.#attach(disk, instance, ctx));
+    await this.#waitAttachment(volumeId, nodeId, "attached", ctx);
+    return { publish_context: { devicePath: device } };
+  }
+
+  async ControllerUnpublishVolume(
+    req: ControllerUnpublishVolumeRequest,
+    ctx: RpcContext,
+  ): Promise<ControllerUnpublishVolumeResponse> {
+    const volumeId = requireString(req.volume_id, "volume_id");
+    const nodeId = req.node_id ?? "";
+    checkMap(req.secrets, "secrets");
+    if (!VOLUME_ID.test(volumeId) || (nodeId !== "" && !INSTANCE_ID.test(nodeId))) return {};
+    const disk = await this.#getDisk(volumeId);
+    if (!disk) return {};
+    const targets = disk.attachments.filter((a) => (nodeId === "" || a.instanceId === nodeId) && a.state !== "detached");
+    for (const attachment of targets) {
+      if (attachment.state !== "detaching") {
+        ctx.log.info({ volumeId, nodeId: attachment.instanceId, device: attachment.device }, "detaching");
+        await this.#ec2.detachVolume(volumeId, attachment.instanceId).catch((err) => {
+          if (isCloudError(err, "NotFound")) return;
+          mapCloudError(err, `detaching volume ${volumeId} from ${attachment.instanceId}`);
+        });
+      }
+      await this.#waitAttachment(volumeId, attachment.instanceId, "detached", ctx);
+      this.#devices.release(attachment.instanceId, volumeId);
+    }
+    return {};
+  }
+
+  async ValidateVolumeCapabilities(req: ValidateVolumeCapabilitiesRequest): Promise<ValidateVolumeCapabilitiesResponse> {
+    const volumeId = requireString(req.volume_id, "volume_id");
+    if (!req.volume_capabilities || req.volume_capabilities.length === 0) {
+      throw invalidArgument("volume_capabilities", "at least one capability is required");
+    }
+    checkMap(req.volume_context, "volume_context");
+    checkMap(req.parameters, "parameters");
+    checkMap(req.mutable_parameters, "mutable_parameters");
+    checkMap(req.secrets, "secrets");
+    const disk = VOLUME_ID.test(volumeId) ? await this.#getDisk(volumeId) : undefined;
+    if (!disk) throw notFound(`volume_id ${volumeId}: no such volume`);
+    try {
+      const caps = checkCapabilities(req.volume_capabilities, "volume_capabilities", CAPABILITY_RULES);
+      checkMultiAttach(caps, disk.type, disk.multiAttach);
+    } catch (err) {
+      if (err instanceof CsiError && err.code === status.INVALID_ARGUMENT) return { message: err.message };
+      throw err;
+    }
+    return {
+      confirmed: {
+        volume_context: req.volume_context,
+        volume_capabilities: req.volume_capabilities,
+        parameters: req.parameters,
+        mutable_parameters: req.mutable_parameters,
+      },
+    };
+  }
+
+  async ListVolumes(req: ListVolumesRequest): Promise<ListVolumesResponse> {
+    const max = Number(req.max_entries ?? 0);
+    if (max < 0) throw invalidArgument("max_entries", "must not be negative");
+    const token = req.starting_token || undefined;
+    let page: Awaited<ReturnType<Ec2["listVolumesWithTag"]>>;
+    try {
+      page = await this.#ec2.listVolumesWithTag(VOLUME_NAME_TAG, max > 0 ? Math.min(max, 1000) : 1000, token);
+    } catch (err) {
+      if (token && isCloudError(err, "InvalidParameter")) throw aborted(`starting_token "${token}" is not valid`);
+      mapCloudError(err, "listing volumes");
+    }
+    return {
+      entries: page.disks.map((disk) => ({ volume: toCsiVolume(disk, {}), status: volumeStatus(disk) })),
+      next_token: page.nextToken ?? "",
+    };
+  }
+
+  async ControllerGetVolume(req: ControllerGetVolumeRequest): Promise<ControllerGetVolumeResponse> {
+    const volumeId = requireString(req.volume_id, "volume_id");
+    const disk = VOLUME_ID.test(volumeId) ? await this.#getDisk(volumeId) : undefined;
+    if (!disk) throw notFound(`volume_id ${volumeId}: no such volume`);
+    return { volume: toCsiVolume(disk, {}), status: volumeStatus(disk) };
+  }
+
+  async ControllerExpandVolume(req: ControllerExpandVolumeRequest, ctx: RpcContext): Promise<ControllerExpandVolumeResponse> {
+    const volumeId = requireString(req.volume_id, "volume_id");
+    if (!req.capacity_range) throw invalidArgument("capacity_range", "required");
+    const range = checkCapacityRange(req.capacity_range);
+    if (range.requiredBytes === 0) throw invalidArgument("capacity_range.required_bytes", "required");
+    checkMap(req.secrets, "secrets");
+    const block = req.volume_capability ? checkCapability(req.volume_capability, "volume_capability", CAPABILITY_RULES).block : false;
+    const disk = VOLUME_ID.test(volumeId) ? await this.#getDisk(volumeId) : undefined;
+    if (!disk) throw notFound(`volume_id ${volumeId}: no such volume`);
+
+    const sizeGiB = Math.ceil(range.requiredBytes / GiB);
+    const limits = VOLUME_LIMITS[disk.type];
+    if (range.limitBytes > 0 && sizeGiB * GiB > range.limitBytes) {
+      throw outOfRange(`capacity_range: ${sizeGiB} GiB (required_bytes rounded up to GiB) exceeds limit_bytes ${range.limitBytes}`);
+    }
+    if (sizeGiB > limits.maxSizeGiB) {
+      throw outOfRange(`capacity_range.required_bytes: ${sizeGiB} GiB is above the ${disk.type} maximum of ${limits.maxSizeGiB} GiB`);
+    }
+    if (sizeGiB > disk.sizeGiB) {
+      ctx.log.info({ volumeId, fromGiB: disk.sizeGiB, toGiB: sizeGiB }, "expanding volume");
+      await this.#ec2.modifyVolume(volumeId, { sizeGiB }).catch((err) => mapCloudError(err, `expanding volume ${volumeId}`));
+      await this.#waitModified(volumeId, (d) => d.sizeGiB >= sizeGiB, ctx);
+    }
+    return { capacity_bytes: Math.max(sizeGiB, disk.sizeGiB) * GiB, node_expansion_required: !block };
+  }
+
+  async ControllerModifyVolume(req: ControllerModifyVolumeRequest, ctx: RpcContext): Promise<ControllerModifyVolumeResponse> {
+    const volumeId = requireString(req.volume_id, "volume_id");
+    const mutable = checkMap(req.mutable_parameters, "mutable_parameters");
+    checkMap(req.secrets, "secrets");
+    const disk = VOLUME_ID.test(volumeId) ? await this.#getDisk(volumeId) : undefined;
+    if (!disk) throw notFound(`volume_id ${volumeId}: no such volume`);
+    const { modify, tags } = parseModifyParameters(mutable, { sizeGiB: disk.sizeGiB, type: disk.type });
+    if (Object.keys(tags).length > 0) {
+      await this.#ec2.tagVolume(volumeId, tags).catch((err) => mapCloudError(err, `tagging volume ${volumeId}`));
+    }
+    const changes = Object.entries(modify).filter(([, v]) => v !== undefined);
+    if (changes.length > 0) {
+      ctx.log.info({ volumeId, changes: Object.fromEntries(changes) }, "modifying volume");
+      await this.#ec2.modifyVolume(volumeId, modify).catch((err) => mapCloudError(err, `modifying volume ${volumeId}`));
+      await this.#waitModified(volumeId, () => true, ctx);
+    }
+    return {};
+  }
+
+  // --- helpers: each does one thing the RPCs above share ---
+
+  async #getDisk(volumeId: string): Promise<Disk | undefined> {
+    const found = await this.#ec2.getVolumes([volumeId]).catch((err) => mapCloudError(err, `describing volume ${volumeId}`));
+    return found.get(volumeId);
+  }
+
+  async #getInstance(instanceId: string): Promise<Instance | undefined> {
+    const found = await this.#ec2
+      .getInstances([instanceId])
+      .catch((err) => mapCloudError(err, `describing instance ${instanceId}`));
+    const instance = found.get(instanceId);
+    return instance && instance.state !== "terminated" ? instance : undefined;
+  }
+
+  async #findByName(name: string): Promise<Disk | undefined> {
+    const disks = (await this.#ec2.findVolumesByTag(VOLUME_NAME_TAG, name)).filter(
+      (d) => d.state !== "deleting" && d.state !== "deleted",
+    );
+    if (disks.length > 1) {
+      this.#log.warn({ name, volumes: disks.map((d) => d.id) }, "several volumes carry one name: using the oldest id");
+    }
+    return disks.sort((a, b) => a.id.localeCompare(b.id))[0];
+  }
+
+  /** Zones to create in: preferred first, then the rest of requisite; all zones when unconstrained. */
+  async #candidateZones(req: TopologyRequirement | null): Promise<string[]> {
+    const zonesOf = (list: { segments?: Record<string, string> }[] | undefined, field: string) =>
+      (list ?? []).map((t, i) => {
+        const segments = t.segments ?? {};
+        const zone = ZONE_KEYS.map((k) => segments[k]).find((z) => z);
+        if (!zone) throw invalidArgument(`accessibility_requirements.${field}[${i}]`, `needs one of ${ZONE_KEYS.join(", ")}`);
+        return zone;
+      });
+    const requisite = zonesOf(req?.requisite, "requisite");
+    const preferred = zonesOf(req?.preferred, "preferred");
+    const ordered = [...new Set([...preferred, ...requisite])].filter((z) => requisite.length === 0 || requisite.includes(z));
+    if (ordered.length > 0) return ordered;
+    if (requisite.length > 0) throw resourceExhausted("accessibility_requirements: no zone satisfies both lists");
+    const zones = await this.#ec2.getZones().catch((err) => mapCloudError(err, "listing availability zones"));
+    if (zones.length === 0) throw resourceExhausted("no availability zone is available in this region");
+    return zones;
+  }
+
+  async #waitAvailable(disk: Disk, ctx: RpcContext): Promise<Disk> {
+    if (disk.state === "available" || disk.state === "in-use") return disk;
+    return waitUntil(
+      `volume ${disk.id} to become available`,
+      async () => {
+        const current = await this.#getDisk(disk.id);
+        if (!current) throw internal(`volume ${disk.id} disappeared while it was being created`);
+        if (current.state === "error") {
+          // EC2 gives up on volumes it cannot create (e.g. a KMS key it may not use): don't leak them.
+          await this.#ec2.deleteVolume(disk.id).catch(() => undefined);
+          throw internal(`volume ${disk.id} went to state "error" (check kmsKeyId and quotas); it was deleted`);
+        }
+        return current.state === "available" || current.state === "in-use" ? current : undefined;
+      },
+      { ...this.#options.createWait, signal: ctx.signal },
+    ).catch((err) => mapCloudError(err, `waiting for volume ${disk.id}`));
+  }
+
+  async #attach(disk: Disk, instance: Instance, ctx: RpcContext): Promise<string> {
+    for (let attempt = 0; attempt < 3; attempt++) {
+      const inUse = instance.devices.keys();
+      const device = this.#devices.allocate(instance.id, inUse, disk.id);
+      if (!device) throw resourceExhausted(`node_id ${instance.id}: no free device name left`);
+      const limit = await this.#ec2.getInstanceTypeEbsLimit(instance.type).catch(() => undefined);
+      if (limit !== undefined && this.#devices.countInUse(instance.id, instance.devices.keys()) > limit) {
+        this.#devices.release(instance.id, disk.id);
+        throw resourceExhausted(`node_id ${instance.id}: ${instance.type} takes at most ${limit} EBS volumes`);
+      }
+      ctx.log.info({ volumeId: disk.id, nodeId: instance.id, device }, "attaching");
+      try {
+        await this.#ec2.attachVolume(disk.id, instance.id, device);
+        return device;
+      } catch (err) {
+        this.#devices.release(instance.id, disk.id);
+        if (isCloudError(err, "InvalidParameter") && err.message.includes("already in use")) {
+          this.#devices.markForeign(instance.id, device);
+          continue;
+        }
+        mapCloudError(err, `attaching volume ${disk.id} to ${instance.id}`);
+      }
+    }
+    throw resourceExhausted(`node_id ${instance.id}: EC2 refused three device names in a row`);
+  }
+
+  async #waitAttachment(volumeId: string, instanceId: string, want: "attached" | "detached", ctx: RpcContext) {
+    await waitUntil(
+      `volume ${volumeId} to be ${want} ${want === "attached" ? "to" : "from"} ${instanceId}`,
+      async () => {
+        const disk = await this.#getDisk(volumeId);
+        const attachment = disk?.attachments.find((a) => a.instanceId === instanceId);
+        const state = attachment?.state ?? "detached";
+        if (want === "attached" && !disk) throw notFound(`volume_id ${volumeId}: volume disappeared while attaching`);
+        if (want === "attached" && state === "detached") {
+          throw internal(`volume ${volumeId} did not attach to ${instanceId}`);
+        }
+        return state === want ? true : undefined;
+      },
+      { ...this.#options.attachWait, signal: ctx.signal },
+    ).catch((err) => mapCloudError(err, `waiting for volume ${volumeId}`));
+  }
+
+  /** Waits until EC2 reports the modification usable (optimizing or completed) and `done` holds. */
+  async #waitModified(volumeId: string, done: (disk: Disk) => boolean, ctx: RpcContext): Promise<void> {
+    await waitUntil(
+      `volume ${volumeId} modification`,
+      async () => {
+        const modification = await this.#ec2.getModification(volumeId);
+        if (modification?.state === "failed") throw internal(`EC2 could not modify volume ${volumeId}`);
+        if (modification && modification.state === "modifying") return undefined;
+        const disk = await this.#getDisk(volumeId);
+        if (!disk) throw notFound(`volume_id ${volumeId}: volume disappeared while being modified`);
+        return done(disk) ? true : undefined;
+      },
+      { ...this.#options.attachWait, signal: ctx.signal },
+    ).catch((err) => mapCloudError(err, `waiting for volume ${volumeId}`));
+  }
+}
+
+function checkMultiAttach(caps: CheckedCapability[], type: string, multiAttach: boolean): void {
+  caps.forEach((cap, i) => {
+    if (!MULTI_NODE_MODES.includes(cap.mode)) return;
+    if (!cap.block) {
+      throw invalidArgument(`volume_capabilities[${i}]`, `${cap.mode} is only supported for raw block volumes`);
+    }
+    if (!multiAttach || (type !== "io1" && type !== "io2")) {
+      throw invalidArgument(
+        `volume_capabilities[${i}]`,
+        `${cap.mode} needs an io1 or io2 volume with multi-attach enabled (parameter multiAttach=true)`,
+      );
+    }
+  });
+}
+
+/** Why an existing volume of the same name does not match the request, or undefined when it does. */
+function describeMismatch(
+  disk: Disk,
+  spec: { sizeGiB: number; type: string; iops?: number; throughput?: number; encrypted: boolean; kmsKeyId?: string },
+  zones: string[],
+): string | undefined {
+  if (disk.sizeGiB !== spec.sizeGiB) return `size ${disk.sizeGiB} GiB, not ${spec.sizeGiB} GiB`;
+  if (disk.type !== spec.type) return `type ${disk.type}, not ${spec.type}`;
+  if (spec.iops !== undefined && disk.iops !== spec.iops) return `${disk.iops} IOPS, not ${spec.iops}`;
+  if (spec.throughput !== undefined && disk.throughput !== spec.throughput) {
+    return `throughput ${disk.throughput} MiB/s, not ${spec.throughput}`;
+  }
+  if (disk.encrypted !== spec.encrypted) return disk.encrypted ? "encryption on" : "encryption off";
+  if (spec.kmsKeyId && disk.kmsKeyId && disk.kmsKeyId !== spec.kmsKeyId) return `KMS key ${disk.kmsKeyId}`;
+  if (!zones.includes(disk.zone)) return `zone ${disk.zone}, outside the requested topology (${zones.join(", ")})`;
+  return undefined;
+}
+
+function toCsiVolume(disk: Disk, volumeContext: Record<string, string>): Volume {
+  return {
+    volume_id: disk.id,
+    capacity_bytes: disk.sizeGiB * GiB,
+    volume_context: volumeContext,
+    accessible_topology: [zoneTopology(disk.zone)],
+  };
+}
+
+function volumeStatus(disk: Disk) {
+  const abnormal = disk.state === "error";
+  return {
+    published_node_ids: disk.attachments
+      .filter((a) => a.state === "attached" || a.state === "attaching")
+      .map((a) => a.instanceId),
+    volume_condition: {
+      abnormal,
+      message: abnormal ? `EC2 reports volume ${disk.id} in state "error"` : `volume is ${disk.state}`,
+    },
+  };
+}

@@ -1,0 +1,483 @@
+/**
+ * The Ec2 interface on the AWS SDK. Describe calls of concurrent callers are merged into one
+ * request per batch window (dataloader), which is what keeps a busy controller under EC2's
+ * Describe* throttling limits.
+ */
+import {
+  type _InstanceType,
+  AttachVolumeCommand,
+  CreateTagsCommand,
+  CreateVolumeCommand,
+  DeleteVolumeCommand,
+  DescribeAvailabilityZonesCommand,
+  DescribeInstanceTypesCommand,
+  DescribeVolumesCommand,
+  DescribeVolumesModificationsCommand,
+  DetachVolumeCommand,
+  type EC2Client,
+  type Instance as Ec2Instance,
+  type Filter,
+  ModifyVolumeCommand,
+  paginateDescribeInstances,
+  paginateDescribeVolumes,
+  type Tag,
+  type Volume,
+  type VolumeModification,
+} from "@aws-sdk/client-ec2";
+import DataLoader from "dataloader";
+import { awsErrorCode, awsHttpStatus, isThrottlingError } from "../aws/sdk.ts";
+import type { Logger } from "../log.ts";
+import {
+  type AttachmentState,
+  CloudError,
+  type CloudErrorKind,
+  type CreateDiskInput,
+  type Disk,
+  type DiskModification,
+  type DiskPage,
+  type DiskState,
+  type Ec2,
+  type Instance,
+  type ModifyDiskInput,
+  type VolumeType,
+} from "./cloud.ts";
+
+export interface SdkEc2Options {
+  client: EC2Client;
+  /** Merge concurrent getVolumes/getInstances calls into one Describe* request. */
+  batching: boolean;
+  /** How long a batch collects ids before it is sent. */
+  batchWindowMs: number;
+  log: Logger;
+}
+
+/** Ids per batched Describe* request, and the page size asked of EC2 (DescribeVolumes allows 5-500). */
+const MAX_BATCH = 500;
+const MIN_PAGE = 5;
+
+export interface InstanceTypeEbsInfo {
+  maxAttachments: number;
+  /** "shared": network interfaces and instance store volumes count against maxAttachments. */
+  limitType: "shared" | "dedicated" | undefined;
+}
+
+export class SdkEc2 implements Ec2 {
+  readonly #client: EC2Client;
+  readonly #log: Logger;
+  readonly #volumeLoader: DataLoader<string, Disk | undefined> | undefined;
+  readonly #instanceLoader: DataLoader<string, Instance | undefined> | undefined;
+  /** Instance types do not change while the process runs; failed lookups are not kept. */
+  readonly #instanceTypes = new Map<string, Promise<InstanceTypeEbsInfo | undefined>>();
+
+  constructor(o: SdkEc2Options) {
+    this.#client = o.client;
+    this.#log = o.log;
+    if (o.batching) {
+      this.#volumeLoader = idLoader(o.batchWindowMs, (ids) => this.#describeVolumesById(ids));
+      this.#instanceLoader = idLoader(o.batchWindowMs, (ids) => this.#describeInstancesById(ids));
+    }
+  }
+
+  async createVolume(input: CreateDiskInput): Promise<Disk> {
+    const tags = Object.entries(input.tags).map(([Key, Value]) => ({ Key, Value }));
+    const created = await mapErrors(() =>
+      this.#client.send(
+        new CreateVolumeCommand({
+          ClientToken: input.clientToken,
+          AvailabilityZone: input.zone,
+          Size: input.sizeGiB,
+          VolumeType: input.type,
+          Iops: input.iops,
+          Throughput: input.throughput,
+          // Left out when false, so an account's encryption-by-default still applies.
+          Encrypted: input.encrypted || undefined,
+          KmsKeyId: input.kmsKeyId,
+          MultiAttachEnabled: input.multiAttach || undefined,
+          SnapshotId: input.snapshotId,
+          OutpostArn: input.outpostArn,
+          TagSpecifications: tags.length > 0 ? [{ ResourceType: "volume", Tags: tags }] : undefined,
+        }),
+      ),
+    );
+    // EC2 and moto echo the tags; should an answer leave them out, they are still the ones just set.
+    return toDisk({ ...created, Tags: created.Tags ?? tags });
+  }
+
+  async deleteVolume(volumeId: string): Promise<void> {
+    await mapErrors(() => this.#client.send(new DeleteVolumeCommand({ VolumeId: volumeId })));
+  }
+
+  async getVolumes(ids: string[]): Promise<Map<string, Disk>> {
+    return lookUp(ids, this.#volumeLoader, (chunk) => this.#describeVolumesById(chunk));
+  }
+
+  async getInstances(ids: string[]): Promise<Map<string, Instance>> {
+    return lookUp(ids, this.#instanceLoader, (chunk) => this.#describeInstancesById(chunk));
+  }
+
+  async findVolumesByTag(key: string, value: string): Promise<Disk[]> {
+    return this.#describeVolumes([{ Name: `tag:${key}`, Values: [value] }]);
+  }
+
+  /**
+   * The page token is ours, not EC2's: base64url of {t: EC2 token of the page, o: volumes of that
+   * page already returned}. Two reasons: EC2 pages hold 5 to 500 volumes while CSI may ask for
+   * fewer, and moto ignores MaxResults altogether and answers everything in one page. When EC2
+   * pages as asked, `o` stays 0 and the token is EC2's own. maxResults 0 means "no limit" (CSI):
+   * pages of 500.
+   */
+  async listVolumesWithTag(key: string, maxResults: number, nextToken?: string): Promise<DiskPage> {
+    const wanted = maxResults > 0 ? maxResults : MAX_BATCH;
+    let cursor: PageCursor = nextToken ? decodePageToken(nextToken) : { o: 0 };
+    const disks: Disk[] = [];
+    for (;;) {
+      const { t, o } = cursor;
+      const page = await mapErrors(() =>
+        this.#client.send(
+          new DescribeVolumesCommand({
+            Filters: [{ Name: "tag-key", Values: [key] }],
+            MaxResults: Math.min(MAX_BATCH, Math.max(MIN_PAGE, wanted)),
+            NextToken: t,
+          }),
+        ),
+      );
+      const volumes = page.Volumes ?? [];
+      const taken = volumes.slice(o, o + wanted - disks.length);
+      disks.push(...taken.map(toDisk));
+      const consumed = o + taken.length;
+      if (consumed < volumes.length) return { disks, nextToken: encodePageToken({ t, o: consumed }) };
+      if (!page.NextToken) return { disks };
+      cursor = { t: page.NextToken, o: 0 };
+      if (disks.length === wanted) return { disks, nextToken: encodePageToken(cursor) };
+    }
+  }
+
+  async attachVolume(volumeId: string, instanceId: string, device: string): Promise<void> {
+    await mapErrors(() =>
+      this.#client.send(
+        new AttachVolumeCommand({ VolumeId: volumeId, InstanceId: instanceId, Device: device }),
+      ),
+    );
+  }
+
+  async detachVolume(volumeId: string, instanceId: string): Promise<void> {
+    await mapErrors(() =>
+      this.#client.send(new DetachVolumeCommand({ VolumeId: volumeId, InstanceId: instanceId })),
+    );
+  }
+
+  async modifyVolume(volumeId: string, input: ModifyDiskInput): Promise<void> {
+    await mapErrors(() =>
+      this.#client.send(
+        new ModifyVolumeCommand({
+          VolumeId: volumeId,
+          Size: input.sizeGiB,
+          VolumeType: input.type,
+          Iops: input.iops,
+          Throughput: input.throughput,
+        }),
+      ),
+    );
+  }
+
+  async tagVolume(volumeId: string, tags: Record<string, string>): Promise<void> {
+    const Tags = Object.entries(tags).map(([Key, Value]) => ({ Key, Value }));
+    if (Tags.length === 0) return;
+    await mapErrors(() => this.#client.send(new CreateTagsCommand({ Resources: [volumeId], Tags })));
+  }
+
+  async getModification(volumeId: string): Promise<DiskModification | undefined> {
+    try {
+      const out = await mapErrors(() =>
+        this.#client.send(new DescribeVolumesModificationsCommand({ VolumeIds: [volumeId] })),
+      );
+      return toModification(latest(out.VolumesModifications ?? []));
+    } catch (err) {
+      // Real EC2 answers this for a volume that was never modified (moto answers an empty list).
+      if (err instanceof CloudError && err.awsCode === "InvalidVolumeModification.NotFound") return undefined;
+      throw err;
+    }
+  }
+
+  async getInstanceTypeEbsLimit(instanceType: string): Promise<number | undefined> {
+    return (await this.getInstanceTypeEbsInfo(instanceType))?.maxAttachments;
+  }
+
+  /** EbsInfo of an instance type, or undefined when EC2 does not know the type or says nothing. */
+  getInstanceTypeEbsInfo(instanceType: string): Promise<InstanceTypeEbsInfo | undefined> {
+    let info = this.#instanceTypes.get(instanceType);
+    if (!info) {
+      info = this.#describeInstanceType(instanceType);
+      info.catch(() => this.#instanceTypes.delete(instanceType));
+      this.#instanceTypes.set(instanceType, info);
+    }
+    return info;
+  }
+
+  async getZones(): Promise<string[]> {
+    const out = await mapErrors(() => this.#client.send(new DescribeAvailabilityZonesCommand({})));
+    return (out.AvailabilityZones ?? [])
+      .filter((z) => z.State === "available" && (z.ZoneType ?? "availability-zone") === "availability-zone")
+      .map((z) => z.ZoneName ?? "")
+      .filter((name) => name !== "")
+      .sort();
+  }
+
+  async probe(): Promise<void> {
+    await mapErrors(() => this.#client.send(new DescribeAvailabilityZonesCommand({})));
+  }
+
+  async #describeInstanceType(instanceType: string): Promise<InstanceTypeEbsInfo | undefined> {
+    try {
+      const out = await mapErrors(() =>
+        this.#client.send(
+          new DescribeInstanceTypesCommand({ InstanceTypes: [instanceType as _InstanceType] }),
+        ),
+      );
+      const ebs = out.InstanceTypes?.[0]?.EbsInfo;
+      if (ebs?.MaximumEbsAttachments === undefined) return undefined;
+      return { maxAttachments: ebs.MaximumEbsAttachments, limitType: ebs.AttachmentLimitType };
+    } catch (err) {
+      if (err instanceof CloudError && err.awsCode === "InvalidInstanceType") return undefined;
+      throw err;
+    }
+  }
+
+  async #describeVolumesById(ids: string[]): Promise<Map<string, Disk>> {
+    this.#log.debug({ ids: ids.length }, "DescribeVolumes by id");
+    // A filter, not VolumeIds: with VolumeIds one unknown id fails the whole request.
+    const disks = await this.#describeVolumes([{ Name: "volume-id", Values: ids }]);
+    return new Map(disks.map((d) => [d.id, d]));
+  }
+
+  async #describeVolumes(filters: Filter[]): Promise<Disk[]> {
+    return mapErrors(async () => {
+      const disks: Disk[] = [];
+      const pages = paginateDescribeVolumes(
+        { client: this.#client, pageSize: MAX_BATCH },
+        { Filters: filters },
+      );
+      for await (const page of pages) disks.push(...(page.Volumes ?? []).map(toDisk));
+      return disks;
+    });
+  }
+
+  async #describeInstancesById(ids: string[]): Promise<Map<string, Instance>> {
+    this.#log.debug({ ids: ids.length }, "DescribeInstances by id");
+    return mapErrors(async () => {
+      const found = new Map<string, Instance>();
+      const pages = paginateDescribeInstances(
+        { client: this.#client, pageSize: MAX_BATCH },
+        { Filters: [{ Name: "instance-id", Values: ids }] },
+      );
+      for await (const page of pages) {
+        for (const instance of (page.Reservations ?? []).flatMap((r) => r.Instances ?? [])) {
+          found.set(instance.InstanceId ?? "", toInstance(instance));
+        }
+      }
+      return found;
+    });
+  }
+}
+
+async function mapErrors<T>(call: () => Promise<T>): Promise<T> {
+  try {
+    return await call();
+  } catch (err) {
+    throw toCloudError(err);
+  }
+}
+
+/** A DataLoader that sends the ids collected during `windowMs` in one lookup. */
+function idLoader<T>(
+  windowMs: number,
+  lookup: (ids: string[]) => Promise<Map<string, T>>,
+): DataLoader<string, T | undefined> {
+  return new DataLoader<string, T | undefined>(
+    async (ids) => {
+      const found = await lookup([...new Set(ids)]);
+      return ids.map((id) => found.get(id));
+    },
+    // No cache: a volume's state changes between calls, and an old answer would be wrong.
+    { cache: false, maxBatchSize: MAX_BATCH, batchScheduleFn: (send) => setTimeout(send, windowMs) },
+  );
+}
+
+async function lookUp<T>(
+  ids: string[],
+  loader: DataLoader<string, T | undefined> | undefined,
+  lookup: (ids: string[]) => Promise<Map<string, T>>,
+): Promise<Map<string, T>> {
+  const unique = [...new Set(ids)];
+  if (unique.length === 0) return new Map();
+  if (loader) {
+    const values = await Promise.all(unique.map((id) => loader.load(id)));
+    const found = new Map<string, T>();
+    values.forEach((value, i) => {
+      if (value !== undefined) found.set(unique[i]!, value);
+    });
+    return found;
+  }
+  const found = new Map<string, T>();
+  for (let i = 0; i < unique.length; i += MAX_BATCH) {
+    for (const [id, value] of await lookup(unique.slice(i, i + MAX_BATCH))) found.set(id, value);
+  }
+  return found;
+}
+
+interface PageCursor {
+  /** EC2's NextToken for the page; absent for the first page. */
+  t?: string;
+  /** Volumes of that page already returned. */
+  o: number;
+}
+
+const encodePageToken = (cursor: PageCursor): string =>
+  Buffer.from(JSON.stringify(cursor)).toString("base64url");
+
+function decodePageToken(token: string): PageCursor {
+  try {
+    const value: unknown = JSON.parse(Buffer.from(token, "base64url").toString());
+    if (value !== null && typeof value === "object") {
+      const { t, o } = value as Record<string, unknown>;
+      if ((t === undefined || typeof t === "string") && Number.isInteger(o) && (o as number) >= 0) {
+        return t === undefined ? { o: o as number } : { t, o: o as number };
+      }
+    }
+  } catch {
+    // fall through to the error below
+  }
+  throw new CloudError("InvalidParameter", "InvalidNextToken", `invalid page token "${token}"`);
+}
+
+function tagMap(tags: Tag[] | undefined): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const { Key, Value } of tags ?? []) if (Key !== undefined) out[Key] = Value ?? "";
+  return out;
+}
+
+function toDisk(v: Volume): Disk {
+  const disk: Disk = {
+    id: v.VolumeId ?? "",
+    sizeGiB: v.Size ?? 0,
+    type: (v.VolumeType ?? "standard") as VolumeType,
+    encrypted: v.Encrypted ?? false,
+    zone: v.AvailabilityZone ?? "",
+    state: (v.State ?? "error") as DiskState,
+    multiAttach: v.MultiAttachEnabled ?? false,
+    tags: tagMap(v.Tags),
+    attachments: (v.Attachments ?? []).map((a) => ({
+      instanceId: a.InstanceId ?? "",
+      device: a.Device ?? "",
+      state: (a.State ?? "attaching") as AttachmentState,
+    })),
+  };
+  if (v.Iops !== undefined) disk.iops = v.Iops;
+  if (v.Throughput !== undefined) disk.throughput = v.Throughput;
+  if (v.KmsKeyId) disk.kmsKeyId = v.KmsKeyId;
+  // EC2 answers SnapshotId "" for a volume that was not made from a snapshot.
+  if (v.SnapshotId) disk.snapshotId = v.SnapshotId;
+  if (v.OutpostArn) disk.outpostArn = v.OutpostArn;
+  return disk;
+}
+
+function toInstance(i: Ec2Instance): Instance {
+  const devices = new Map<string, string>();
+  for (const mapping of i.BlockDeviceMappings ?? []) {
+    if (mapping.DeviceName && mapping.Ebs?.VolumeId) devices.set(mapping.DeviceName, mapping.Ebs.VolumeId);
+  }
+  return {
+    id: i.InstanceId ?? "",
+    zone: i.Placement?.AvailabilityZone ?? "",
+    type: i.InstanceType ?? "",
+    state: i.State?.Name ?? "unknown",
+    devices,
+  };
+}
+
+function latest(modifications: VolumeModification[]): VolumeModification | undefined {
+  let newest: VolumeModification | undefined;
+  for (const m of modifications) {
+    if (!newest || (m.StartTime?.getTime() ?? 0) > (newest.StartTime?.getTime() ?? 0)) newest = m;
+  }
+  return newest;
+}
+
+function toModification(m: VolumeModification | undefined): DiskModification | undefined {
+  if (!m?.ModificationState) return undefined;
+  const out: DiskModification = { state: m.ModificationState };
+  if (m.TargetSize !== undefined) out.targetSizeGiB = m.TargetSize;
+  if (m.TargetVolumeType !== undefined) out.targetType = m.TargetVolumeType as VolumeType;
+  if (m.TargetIops !== undefined) out.targetIops = m.TargetIops;
+  if (m.TargetThroughput !== undefined) out.targetThroughput = m.TargetThroughput;
+  return out;
+}
+
+/** AWS error codes -> what they mean to the driver. Codes not listed fall to the rules in toCloudError. */
+const ERROR_KINDS: Record<string, CloudErrorKind> = {
+  "InvalidVolume.NotFound": "NotFound",
+  "InvalidInstanceID.NotFound": "NotFound",
+  "InvalidSnapshot.NotFound": "NotFound",
+  // Detaching a volume that is not attached (any more) to that instance.
+  "InvalidAttachment.NotFound": "NotFound",
+  // An id EC2 cannot parse names no volume or instance: delete and detach then succeed, lookups say NOT_FOUND.
+  "InvalidVolumeID.Malformed": "NotFound",
+  "InvalidInstanceID.Malformed": "NotFound",
+  "InvalidSnapshotID.Malformed": "NotFound",
+  // An unknown zone is a bad parameter, not a missing volume.
+  "InvalidZone.NotFound": "InvalidParameter",
+  InvalidParameterValue: "InvalidParameter",
+  InvalidParameter: "InvalidParameter",
+  InvalidParameterCombination: "InvalidParameter",
+  MissingParameter: "InvalidParameter",
+  UnknownVolumeType: "InvalidParameter",
+  "InvalidVolume.ZoneMismatch": "InvalidParameter",
+  VolumeInUse: "InUse",
+  IncorrectState: "InUse",
+  IncorrectModificationState: "InUse",
+  "InvalidVolume.NotAvailable": "InUse",
+  IdempotentParameterMismatch: "IdempotentParameterMismatch",
+  AttachmentLimitExceeded: "AttachmentLimitExceeded",
+  UnauthorizedOperation: "Unauthorized",
+  AuthFailure: "Unauthorized",
+  Blocked: "Unauthorized",
+  OptInRequired: "Unauthorized",
+  CredentialsProviderError: "Unauthorized",
+  InternalError: "Unavailable",
+  ServiceUnavailable: "Unavailable",
+  Unavailable: "Unavailable",
+  TimeoutError: "Unavailable",
+  RequestTimeout: "Unavailable",
+};
+
+/** Node.js codes of a request that never got an answer. */
+const NETWORK_CODES = new Set([
+  "ECONNREFUSED",
+  "ECONNRESET",
+  "EPIPE",
+  "ETIMEDOUT",
+  "EHOSTUNREACH",
+  "ENETUNREACH",
+  "ENOTFOUND",
+  "EAI_AGAIN",
+]);
+
+/** EC2 says InvalidParameterValue for some malformed ids, e.g. `Invalid id: "x" (expecting "vol-...")`. */
+const MALFORMED_ID = /invalid id: .*\(expecting "(vol|i|snap)-/i;
+
+/** The one place that turns an EC2 or network error into a CloudError; the message keeps AWS's code and text. */
+export function toCloudError(err: unknown): CloudError {
+  if (err instanceof CloudError) return err;
+  const code = awsErrorCode(err);
+  const message = `${code}: ${err instanceof Error ? err.message : String(err)}`;
+  return new CloudError(errorKind(err, code, message), code, message);
+}
+
+function errorKind(err: unknown, code: string, message: string): CloudErrorKind {
+  if (code === "InvalidParameterValue" && MALFORMED_ID.test(message)) return "NotFound";
+  const known = ERROR_KINDS[code];
+  if (known) return known;
+  if (isThrottlingError(err)) return "Throttled";
+  if (NETWORK_CODES.has(code) || (awsHttpStatus(err) ?? 0) >= 500) return "Unavailable";
+  return "Other";
+}

@@ -1,0 +1,216 @@
+import { readFile, realpath, stat } from "node:fs/promises";
+import path from "node:path";
+import { CommandError, run } from "./exec.ts";
+
+/** One line of /proc/self/mountinfo (see proc(5)). */
+export interface MountEntry {
+  id: number;
+  parentId: number;
+  /** Device number of the filesystem: for a block device filesystem, the device's; bind mounts share it. */
+  major: number;
+  minor: number;
+  /** Directory of the filesystem that is mounted here: "/" for a whole filesystem, a subdirectory for a bind mount of one. */
+  root: string;
+  mountPoint: string;
+  /** Per-mount options, e.g. ["rw", "relatime"]: a read-only bind shows "ro" here only. */
+  mountOptions: string[];
+  /** Propagation and peer-group tags, e.g. ["shared:1"]. */
+  optionalFields: string[];
+  fsType: string;
+  /** "none" or "" when the filesystem has no source. */
+  source: string;
+  /** Options of the filesystem itself (superblock), shared by every mount of it. */
+  superOptions: string[];
+}
+
+export const MOUNTINFO_PATH = "/proc/self/mountinfo";
+const MOUNT_TIMEOUT_MS = 2 * 60_000;
+/** umount's exit code when it failed for a reason other than usage or permission (busy, not mounted). */
+const UMOUNT_FAILURE = 32;
+
+export class MountBusyError extends Error {
+  readonly target: string;
+  constructor(target: string, cause: CommandError) {
+    super(`${target} is busy: it is still in use and cannot be unmounted (${cause.stderr.trim()})`, {
+      cause,
+    });
+    this.name = "MountBusyError";
+    this.target = target;
+  }
+}
+
+/** Parses the text of /proc/<pid>/mountinfo. Malformed lines are skipped rather than fatal. */
+export function parseMountInfo(text: string): MountEntry[] {
+  const entries: MountEntry[] = [];
+  for (const line of text.split("\n")) {
+    const entry = parseMountInfoLine(line);
+    if (entry) entries.push(entry);
+  }
+  return entries;
+}
+
+/**
+ * Fields are separated by single spaces (an empty source shows as two spaces, so no /\s+/);
+ * a variable number of optional fields ends with a lone "-".
+ */
+export function parseMountInfoLine(line: string): MountEntry | undefined {
+  if (line.trim() === "") return undefined;
+  const fields = line.split(" ");
+  const sep = fields.indexOf("-", 6);
+  if (sep < 0 || fields.length < sep + 4) return undefined;
+  const [id, parentId, devNumbers, root, mountPoint, mountOptions] = fields;
+  const [major, minor] = (devNumbers ?? "").split(":").map(Number);
+  if (major === undefined || minor === undefined || !Number.isInteger(major) || !Number.isInteger(minor)) {
+    return undefined;
+  }
+  return {
+    id: Number(id),
+    parentId: Number(parentId),
+    major,
+    minor,
+    root: unescapeOctal(root ?? ""),
+    mountPoint: unescapeOctal(mountPoint ?? ""),
+    mountOptions: splitOptions(mountOptions ?? ""),
+    optionalFields: fields.slice(6, sep).filter((f) => f !== ""),
+    fsType: unescapeOctal(fields[sep + 1] ?? ""),
+    source: unescapeOctal(fields[sep + 2] ?? ""),
+    superOptions: splitOptions(fields.slice(sep + 3).join(" ")),
+  };
+}
+
+/** The kernel writes space, tab, newline and backslash in paths as \040, \011, \012, \134. */
+export function unescapeOctal(s: string): string {
+  return s.replace(/\\([0-7]{3})/g, (_, oct: string) => String.fromCharCode(Number.parseInt(oct, 8)));
+}
+
+function splitOptions(s: string): string[] {
+  return s === "" ? [] : s.split(",").map(unescapeOctal);
+}
+
+/** The mount table as the kernel sees it now: read on every call, never cached. */
+export async function listMounts(): Promise<MountEntry[]> {
+  return parseMountInfo(await readFile(MOUNTINFO_PATH, "utf8"));
+}
+
+/**
+ * The path as the kernel writes it in mountinfo: symlinks in the parent resolved (kubelet's root
+ * may be a symlink), the last component left alone so a hung or broken mount there is not touched.
+ */
+export async function resolveMountPath(p: string): Promise<string> {
+  const abs = path.resolve(p);
+  if (abs === "/") return abs;
+  try {
+    return path.join(await realpath(path.dirname(abs)), path.basename(abs));
+  } catch {
+    return abs;
+  }
+}
+
+/** Every mount stacked at this path, bottom first (the last one is what the path shows). */
+export async function findMountsAt(p: string): Promise<MountEntry[]> {
+  const target = await resolveMountPath(p);
+  return (await listMounts()).filter((m) => m.mountPoint === target);
+}
+
+export async function isMountPoint(p: string): Promise<boolean> {
+  return (await findMountsAt(p)).length > 0;
+}
+
+/**
+ * Every mount of a block device's filesystem, bind mounts included: they show the device's
+ * major:minor but the source of the first mount, so both are compared.
+ */
+export async function findMountsOfSource(device: string): Promise<MountEntry[]> {
+  const names = new Set([device]);
+  let devNumber: { major: number; minor: number } | undefined;
+  try {
+    names.add(await realpath(device));
+    const st = await stat(device, { bigint: true });
+    if (st.isBlockDevice()) devNumber = splitDevNumber(st.rdev);
+  } catch {
+    // A device that is gone can still appear as a source in the table.
+  }
+  return (await listMounts()).filter(
+    (m) =>
+      names.has(m.source) ||
+      (devNumber !== undefined && m.major === devNumber.major && m.minor === devNumber.minor),
+  );
+}
+
+/** Splits a 64-bit Linux dev_t as glibc's gnu_dev_major/gnu_dev_minor do (low and high bits interleaved). */
+export function splitDevNumber(rdev: bigint): { major: number; minor: number } {
+  const major = ((rdev >> 8n) & 0xfffn) | ((rdev >> 32n) & 0xfffff000n);
+  const minor = (rdev & 0xffn) | ((rdev >> 12n) & 0xffffff00n);
+  return { major: Number(major), minor: Number(minor) };
+}
+
+export interface MountCallOptions {
+  timeoutMs?: number;
+}
+
+/** `mount -t fsType -o options -- source target`. */
+export async function mount(
+  source: string,
+  target: string,
+  fsType: string,
+  options: string[],
+  opts: MountCallOptions = {},
+): Promise<void> {
+  const args = ["-t", fsType];
+  if (options.length > 0) args.push("-o", options.join(","));
+  args.push("--", source, target);
+  await run("mount", args, { timeoutMs: opts.timeoutMs ?? MOUNT_TIMEOUT_MS });
+}
+
+/**
+ * Bind-mounts source at target. Read-only (and any other per-mount option, e.g. "noexec") needs a
+ * second step, `mount -o bind,remount,ro`: mount(2) ignores flags given with MS_BIND. If that step
+ * fails the bind is undone, so no writable mount is left behind.
+ */
+export async function bindMount(
+  source: string,
+  target: string,
+  opts: { readOnly?: boolean; options?: string[]; timeoutMs?: number } = {},
+): Promise<void> {
+  const timeoutMs = opts.timeoutMs ?? MOUNT_TIMEOUT_MS;
+  const extra = opts.options ?? [];
+  await run("mount", ["--bind", "--", source, target], { timeoutMs });
+  if (!opts.readOnly && extra.length === 0) return;
+  const remount = ["bind", "remount", ...(opts.readOnly ? ["ro"] : []), ...extra];
+  try {
+    await run("mount", ["-o", remount.join(","), "--", target], { timeoutMs });
+  } catch (err) {
+    await run("umount", ["--", target], { timeoutMs }).catch(() => {});
+    throw err;
+  }
+}
+
+/**
+ * Unmounts the top mount at target. Not mounted (or gone) is success, so retries are safe.
+ * A busy target is a MountBusyError naming the path.
+ */
+export async function unmount(target: string, opts: MountCallOptions = {}): Promise<void> {
+  if (!(await isMountPoint(target))) return;
+  try {
+    await run("umount", ["--", target], { timeoutMs: opts.timeoutMs ?? MOUNT_TIMEOUT_MS });
+  } catch (err) {
+    if (!(err instanceof CommandError) || err.exitCode !== UMOUNT_FAILURE) throw err;
+    if (/target is busy|device is busy/i.test(err.stderr)) throw new MountBusyError(target, err);
+    // Lost a race with another unmount: fine if nothing is mounted there now.
+    if (!(await isMountPoint(target))) return;
+    throw err;
+  }
+}
+
+/** Unmounts every mount stacked at target, top first. Returns how many were unmounted. */
+export async function unmountAll(target: string, opts: MountCallOptions = {}): Promise<number> {
+  let count = 0;
+  // Bounded by the stack seen at the start (plus one): a mount that reappears is an error, not a loop.
+  const limit = (await findMountsAt(target)).length + 1;
+  while (await isMountPoint(target)) {
+    if (count >= limit) throw new Error(`${target}: still mounted after ${count} unmounts`);
+    await unmount(target, opts);
+    count++;
+  }
+  return count;
+}

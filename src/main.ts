@@ -1,0 +1,75 @@
+#!/usr/bin/env node
+import { readFileSync } from "node:fs";
+import { ConfigError, type Options, helpText, parseCommandLine } from "./config.ts";
+import { identityService } from "./csi/identity.ts";
+import type { Driver, DriverDeps } from "./driver.ts";
+import { createLogger } from "./log.ts";
+import { createMetrics, serveMetrics } from "./metrics.ts";
+import { InflightKeys } from "./server/inflight.ts";
+import { serveCsi } from "./server/server.ts";
+
+const VERSION: string = JSON.parse(readFileSync(new URL("../package.json", import.meta.url), "utf8")).version;
+
+async function createDriver(deps: DriverDeps): Promise<Driver> {
+  if (deps.options.driver === "ebs") {
+    const { createEbsDriver } = await import("./ebs/driver.ts");
+    return createEbsDriver(deps);
+  }
+  const { createEfsDriver } = await import("./efs/driver.ts");
+  return createEfsDriver(deps);
+}
+
+async function serve(options: Options): Promise<void> {
+  const log = createLogger(options.logLevel);
+  const metrics = createMetrics(`aws_${options.driver}_csi`, true);
+  log.info({ version: VERSION, driver: options.driverName, mode: options.mode }, "starting");
+
+  const driver = await createDriver({ options, log, metrics });
+  const identity = identityService({
+    name: options.driverName,
+    version: VERSION,
+    controller: driver.controller !== undefined,
+    accessibilityConstraints: driver.accessibilityConstraints,
+    probe: () => driver.probe(),
+  });
+  const rt = { log, metrics, inflight: new InflightKeys() };
+  const server = await serveCsi(options.socketPath, { identity, ...driver }, rt);
+  const http = options.httpEndpoint
+    ? await serveMetrics(metrics, options.httpEndpoint.host, options.httpEndpoint.port)
+    : undefined;
+  if (http) log.info({ endpoint: options.httpEndpoint }, "serving /metrics");
+
+  let stopping = false;
+  const stop = async (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    log.info({ signal, timeoutMs: options.shutdownTimeoutMs }, "stopping: finishing in-flight calls");
+    await server.shutdown(options.shutdownTimeoutMs);
+    http?.close();
+    await driver.close();
+    log.info("stopped");
+    process.exit(0);
+  };
+  process.on("SIGTERM", () => void stop("SIGTERM"));
+  process.on("SIGINT", () => void stop("SIGINT"));
+}
+
+async function main(argv: string[]): Promise<void> {
+  const command = parseCommandLine(argv, process.env);
+  if (command.kind === "help") {
+    process.stdout.write(`${helpText(VERSION)}\n`);
+    return;
+  }
+  if (command.kind === "version") {
+    process.stdout.write(`aws-storage-csi ${VERSION}\n`);
+    return;
+  }
+  await serve(command.options);
+}
+
+main(process.argv.slice(2)).catch((err: unknown) => {
+  // Start-up failures are configuration or environment problems: one clear line, no stack trace.
+  const message = err instanceof ConfigError || err instanceof Error ? err.message : String(err);
+  process.stderr.write(`aws-storage-csi: ${message}\n`);
+  process.exit(2);
+});

@@ -1,0 +1,161 @@
+import { readFile } from "node:fs/promises";
+import { request } from "node:https";
+
+/** What the node (and, for the region, the controller) needs to know about the instance it runs on. */
+export interface InstanceMetadata {
+  instanceId: string;
+  instanceType: string;
+  zone: string;
+  region: string;
+  /** Network interfaces attached (they share the Nitro attachment limit with EBS volumes). */
+  networkInterfaces?: number;
+  /** Block devices from the instance's launch mapping (root and other non-CSI volumes). */
+  blockDevices?: number;
+  source: "imds" | "kubernetes" | "flags";
+}
+
+export interface MetadataSources {
+  /** IMDS base URL; default from AWS_EC2_METADATA_SERVICE_ENDPOINT or http://169.254.169.254. */
+  imdsEndpoint?: string;
+  imdsDisabled?: boolean;
+  imdsTimeoutMs?: number;
+  kubeNodeName?: string;
+  nodeId?: string;
+  zone?: string;
+  instanceType?: string;
+  region?: string;
+}
+
+export class MetadataError extends Error {
+  constructor(attempts: string[]) {
+    super(`could not determine the instance id, zone and region: ${attempts.join("; ")}`);
+    this.name = "MetadataError";
+  }
+}
+
+export const regionOfZone = (zone: string): string => zone.replace(/[a-z]$/, "");
+
+/** Tries IMDSv2, then the Kubernetes Node object, then the flags; says what it tried when all fail. */
+export async function resolveInstanceMetadata(sources: MetadataSources): Promise<InstanceMetadata> {
+  const attempts: string[] = [];
+  const env = process.env;
+  const imdsEndpoint = sources.imdsEndpoint ?? env.AWS_EC2_METADATA_SERVICE_ENDPOINT ?? "http://169.254.169.254";
+  if (sources.imdsDisabled ?? env.AWS_EC2_METADATA_DISABLED === "true") {
+    attempts.push("instance metadata is disabled (AWS_EC2_METADATA_DISABLED=true)");
+  } else {
+    try {
+      return await fromImds(imdsEndpoint, sources.imdsTimeoutMs ?? 2000);
+    } catch (err) {
+      attempts.push(`instance metadata at ${imdsEndpoint}: ${(err as Error).message}`);
+    }
+  }
+  if (sources.kubeNodeName && env.KUBERNETES_SERVICE_HOST) {
+    try {
+      return await fromKubernetes(sources.kubeNodeName, env);
+    } catch (err) {
+      attempts.push(`Kubernetes Node ${sources.kubeNodeName}: ${(err as Error).message}`);
+    }
+  } else {
+    attempts.push("Kubernetes: not in a cluster or CSI_NODE_NAME/--kube-node-name unset");
+  }
+  if (sources.nodeId && sources.zone) {
+    return {
+      instanceId: sources.nodeId,
+      zone: sources.zone,
+      region: sources.region ?? regionOfZone(sources.zone),
+      instanceType: sources.instanceType ?? "",
+      source: "flags",
+    };
+  }
+  attempts.push("flags: --node-id and --zone are not both set");
+  throw new MetadataError(attempts);
+}
+
+async function fromImds(endpoint: string, timeoutMs: number): Promise<InstanceMetadata> {
+  const base = endpoint.replace(/\/+$/, "");
+  const signal = () => AbortSignal.timeout(timeoutMs);
+  const tokenResponse = await fetch(`${base}/latest/api/token`, {
+    method: "PUT",
+    headers: { "X-aws-ec2-metadata-token-ttl-seconds": "300" },
+    signal: signal(),
+  }).catch((err: Error) => {
+    throw new Error(err.name === "TimeoutError" ? `no answer within ${timeoutMs} ms (hop limit?)` : err.message);
+  });
+  if (!tokenResponse.ok) throw new Error(`token request answered HTTP ${tokenResponse.status}`);
+  const token = await tokenResponse.text();
+  const get = async (path: string, optional = false): Promise<string | undefined> => {
+    const res = await fetch(`${base}/latest/meta-data/${path}`, {
+      headers: { "X-aws-ec2-metadata-token": token },
+      signal: signal(),
+    });
+    if (res.ok) return (await res.text()).trim();
+    if (optional && res.status === 404) return undefined;
+    throw new Error(`${path} answered HTTP ${res.status}`);
+  };
+  const [instanceId, instanceType, zone, region, macs, devices] = await Promise.all([
+    get("instance-id"),
+    get("instance-type"),
+    get("placement/availability-zone"),
+    get("placement/region", true),
+    get("network/interfaces/macs/", true),
+    get("block-device-mapping/", true),
+  ]);
+  const count = (list: string | undefined) => (list ? list.split("\n").filter((l) => l.trim() !== "").length : undefined);
+  return {
+    instanceId: instanceId!,
+    instanceType: instanceType!,
+    zone: zone!,
+    region: region ?? regionOfZone(zone!),
+    networkInterfaces: count(macs),
+    // "ami" and "root" name the same root device; "ebsN" entries are extra launch volumes.
+    blockDevices: devices ? (devices.split("\n").filter((d) => /^(root|ebs\d+)$/.test(d.trim())).length) : undefined,
+    source: "imds",
+  };
+}
+
+interface KubeNode {
+  spec?: { providerID?: string };
+  metadata?: { labels?: Record<string, string> };
+}
+
+async function fromKubernetes(nodeName: string, env: NodeJS.ProcessEnv): Promise<InstanceMetadata> {
+  const sa = "/var/run/secrets/kubernetes.io/serviceaccount";
+  const [token, ca] = await Promise.all([readFile(`${sa}/token`, "utf8"), readFile(`${sa}/ca.crt`)]);
+  const node = await new Promise<KubeNode>((resolve, reject) => {
+    const req = request(
+      {
+        host: env.KUBERNETES_SERVICE_HOST,
+        port: env.KUBERNETES_SERVICE_PORT ?? 443,
+        path: `/api/v1/nodes/${encodeURIComponent(nodeName)}`,
+        headers: { authorization: `Bearer ${token.trim()}`, accept: "application/json" },
+        ca,
+        timeout: 5000,
+      },
+      (res) => {
+        let body = "";
+        res.on("data", (chunk) => {
+          body += chunk;
+        });
+        res.on("end", () => {
+          if (res.statusCode !== 200) reject(new Error(`API server answered HTTP ${res.statusCode}`));
+          else resolve(JSON.parse(body) as KubeNode);
+        });
+      },
+    );
+    req.on("timeout", () => req.destroy(new Error("API server did not answer within 5 s")));
+    req.on("error", reject);
+    req.end();
+  });
+  // providerID: aws:///us-east-1a/i-0123456789abcdef0
+  const match = /^aws:\/\/\/([^/]+)\/(i-[0-9a-f]+)$/.exec(node.spec?.providerID ?? "");
+  if (!match) throw new Error(`spec.providerID "${node.spec?.providerID ?? ""}" is not aws:///<zone>/<instance-id>`);
+  const labels = node.metadata?.labels ?? {};
+  const zone = labels["topology.kubernetes.io/zone"] ?? match[1]!;
+  return {
+    instanceId: match[2]!,
+    zone,
+    region: labels["topology.kubernetes.io/region"] ?? regionOfZone(zone),
+    instanceType: labels["node.kubernetes.io/instance-type"] ?? "",
+    source: "kubernetes",
+  };
+}

@@ -1,0 +1,122 @@
+import { randomUUID } from "node:crypto";
+import { type ServerUnaryCall, type sendUnaryData, type ServiceDefinition, status } from "@grpc/grpc-js";
+import { CsiError, statusName } from "../csi/errors.ts";
+import { type Logger, redactSecrets } from "../log.ts";
+import type { Metrics } from "../metrics.ts";
+import type { InflightKeys } from "./inflight.ts";
+
+/** What a service method gets besides its request. */
+export interface RpcContext {
+  requestId: string;
+  log: Logger;
+  /** Aborted when the caller cancels or its deadline passes: waits stop, retries finish the job. */
+  signal: AbortSignal;
+}
+
+export type Method<Req = never, Res = unknown> = (req: Req, ctx: RpcContext) => Promise<Res>;
+
+/**
+ * A service implementation: an object (often a class instance) whose methods are named as in the
+ * proto (CreateVolume, NodeStageVolume, ...). Methods it lacks are answered with UNIMPLEMENTED.
+ */
+export type ServiceImpl = object;
+
+export interface RpcRuntime {
+  log: Logger;
+  inflight: InflightKeys;
+  metrics: Metrics;
+}
+
+/** Calls that only read: they never wait for a busy volume and never make one busy. */
+const READ_ONLY = new Set([
+  "ValidateVolumeCapabilities",
+  "ControllerGetVolume",
+  "ListVolumes",
+  "GetCapacity",
+  "NodeGetVolumeStats",
+]);
+
+/**
+ * The in-flight key of a call: the name for CreateVolume, the volume id otherwise (with the
+ * target path for publish calls, so that two pods of one volume do not turn each other away).
+ */
+export function inflightKey(method: string, req: Record<string, unknown>): string | undefined {
+  if (READ_ONLY.has(method)) return undefined;
+  const text = (field: string) => (typeof req[field] === "string" && req[field] !== "" ? req[field] : undefined);
+  if (method === "CreateVolume") return text("name") && `name/${text("name")}`;
+  const volumeId = text("volume_id");
+  if (!volumeId) return undefined;
+  if (method === "NodePublishVolume" || method === "NodeUnpublishVolume") {
+    return `node/${volumeId}/${text("target_path") ?? ""}`;
+  }
+  return `${method.startsWith("Node") ? "node" : "controller"}/${volumeId}`;
+}
+
+function shortMessage(err: unknown): { code: status; message: string; expected: boolean } {
+  if (err instanceof CsiError) return { code: err.code, message: err.message, expected: true };
+  return { code: status.INTERNAL, message: "internal error: see the plugin log", expected: false };
+}
+
+/**
+ * Builds the gRPC handler table for one service: every method of the definition is served, the
+ * ones the implementation lacks with UNIMPLEMENTED. Each call gets a request id, a log line with
+ * its method, duration and status code, secrets redacted, and errors mapped to status codes.
+ */
+export function bindService(
+  service: ServiceDefinition,
+  impl: ServiceImpl,
+  rt: RpcRuntime,
+): Record<string, (call: ServerUnaryCall<unknown, unknown>, callback: sendUnaryData<unknown>) => void> {
+  const handlers: Record<string, (call: ServerUnaryCall<unknown, unknown>, cb: sendUnaryData<unknown>) => void> = {};
+  for (const [method, def] of Object.entries(service)) {
+    if (def.requestStream || def.responseStream) continue;
+    const member = (impl as Record<string, unknown>)[method];
+    const fn = typeof member === "function" ? (member.bind(impl) as Method<unknown, unknown>) : undefined;
+    handlers[method] = (call, callback) => {
+      void handleCall(method, fn, call, callback, rt);
+    };
+  }
+  return handlers;
+}
+
+async function handleCall(
+  method: string,
+  fn: Method<unknown, unknown> | undefined,
+  call: ServerUnaryCall<unknown, unknown>,
+  callback: sendUnaryData<unknown>,
+  rt: RpcRuntime,
+): Promise<void> {
+  const started = process.hrtime.bigint();
+  const requestId = randomUUID().slice(0, 8);
+  const req = (call.request ?? {}) as Record<string, unknown>;
+  const log = rt.log.child({ rid: requestId, method });
+  const abort = new AbortController();
+  call.on("cancelled", () => abort.abort(new CsiError(status.CANCELLED, "the caller cancelled the call")));
+  log.debug({ request: redactSecrets(req) }, "call");
+
+  let code: status = status.OK;
+  let release: (() => void) | undefined;
+  try {
+    if (!fn) throw new CsiError(status.UNIMPLEMENTED, `${method} is not implemented by this driver`);
+    const key = inflightKey(method, req);
+    if (key) {
+      release = rt.inflight.tryAcquire(key);
+      if (!release) {
+        throw new CsiError(status.ABORTED, `an operation for ${key.slice(key.indexOf("/") + 1)} is already in progress`);
+      }
+    }
+    const response = await fn(req, { requestId, log, signal: abort.signal });
+    callback(null, response);
+  } catch (err) {
+    const { code: errCode, message, expected } = shortMessage(err);
+    code = errCode;
+    if (expected) log.info({ code: statusName(code), error: message }, "call failed");
+    else log.error({ err }, "unexpected error");
+    callback({ code, details: message, message });
+  } finally {
+    release?.();
+    const seconds = Number(process.hrtime.bigint() - started) / 1e9;
+    rt.metrics.rpcDuration.observe({ method, code: statusName(code) }, seconds);
+    log.info({ code: statusName(code), ms: Math.round(seconds * 1000), volume: req.volume_id || req.name }, "done");
+  }
+}

@@ -1,0 +1,37 @@
+import { type Client, credentials, type ServiceError } from "@grpc/grpc-js";
+import { csiServices } from "../../src/csi/proto.ts";
+
+type Service = "Identity" | "Controller" | "Node";
+// biome-ignore lint/suspicious/noExplicitAny: responses are plain decoded protobuf objects.
+export type Reply = any;
+
+/** A CSI client over the driver's unix socket, as the sidecars and kubelet talk to it. */
+export class CsiClient {
+  readonly #clients: Record<Service, Client>;
+
+  constructor(socketPath: string) {
+    const services = csiServices();
+    const address = `unix://${socketPath}`;
+    const make = (s: Service) => new services[s](address, credentials.createInsecure());
+    this.#clients = { Identity: make("Identity"), Controller: make("Controller"), Node: make("Node") };
+  }
+
+  /** Calls `service.method`; rejects with the gRPC ServiceError (code, details) on failure. */
+  call(service: Service, method: string, request: object, timeoutMs = 120_000): Promise<Reply> {
+    const client = this.#clients[service] as unknown as Record<
+      string,
+      (req: object, opts: object, cb: (err: ServiceError | null, res: Reply) => void) => void
+    >;
+    const fn = client[method];
+    if (!fn) throw new Error(`${service} has no method ${method}`);
+    return new Promise((resolve, reject) => {
+      fn.call(client, request, { deadline: Date.now() + timeoutMs }, (err, res) =>
+        err ? reject(err) : resolve(res),
+      );
+    });
+  }
+
+  close(): void {
+    for (const client of Object.values(this.#clients)) client.close();
+  }
+}

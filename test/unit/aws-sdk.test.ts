@@ -1,0 +1,193 @@
+import { createServer, type Server } from "node:http";
+import type { AddressInfo } from "node:net";
+import { Writable } from "node:stream";
+import { DescribeAvailabilityZonesCommand, DescribeVolumesCommand, EC2Client } from "@aws-sdk/client-ec2";
+import { pino } from "pino";
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
+import {
+  awsClientConfig,
+  awsErrorCode,
+  DEFAULT_MAX_ATTEMPTS,
+  instrumentClient,
+  isThrottlingError,
+} from "../../src/aws/sdk.ts";
+import { createMetrics, type Metrics } from "../../src/metrics.ts";
+
+/** What the fake EC2 answers to the next requests, in order; the last entry repeats. */
+type Answer = { status: number; code?: string };
+
+const errorXml = (code: string, requestId: string) =>
+  `<?xml version="1.0" encoding="UTF-8"?><Response><Errors><Error><Code>${code}</Code>` +
+  `<Message>fake ${code}</Message></Error></Errors><RequestID>${requestId}</RequestID></Response>`;
+
+const zonesXml = (requestId: string) =>
+  `<DescribeAvailabilityZonesResponse xmlns="http://ec2.amazonaws.com/doc/2016-11-15/">` +
+  `<requestId>${requestId}</requestId><availabilityZoneInfo><item><zoneName>us-east-1a</zoneName>` +
+  `<zoneState>available</zoneState></item></availabilityZoneInfo></DescribeAvailabilityZonesResponse>`;
+
+let server: Server;
+let url: string;
+let answers: Answer[] = [];
+let requests = 0;
+
+beforeAll(async () => {
+  process.env["AWS_ACCESS_KEY_ID"] = "testing";
+  process.env["AWS_SECRET_ACCESS_KEY"] = "testing";
+  server = createServer((req, res) => {
+    req.resume();
+    req.on("end", () => {
+      const answer = answers[Math.min(requests, answers.length - 1)] ?? { status: 200 };
+      requests++;
+      const requestId = `req-${requests}`;
+      const body = answer.code ? errorXml(answer.code, requestId) : zonesXml(requestId);
+      // EC2 sends the request id in a header too, and the SDK reads it from there.
+      res.writeHead(answer.status, { "content-type": "text/xml", "x-amzn-requestid": requestId }).end(body);
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+});
+
+afterAll(() => new Promise<void>((resolve) => server.close(() => resolve())));
+
+let metrics: Metrics;
+let logLines: Record<string, unknown>[];
+
+beforeEach(() => {
+  answers = [];
+  requests = 0;
+  metrics = createMetrics("aws_ebs_csi");
+  logLines = [];
+});
+
+function client(maxAttempts?: number): EC2Client {
+  const sink = new Writable({
+    write(chunk, _encoding, done) {
+      for (const line of String(chunk).split("\n").filter(Boolean)) logLines.push(JSON.parse(line));
+      done();
+    },
+  });
+  const c = new EC2Client(awsClientConfig({ region: "us-east-1", endpoint: url, maxAttempts }));
+  instrumentClient(c, metrics, pino({ level: "debug" }, sink));
+  return c;
+}
+
+/** A counter's value, or for awsDuration the number of observations, for these labels. */
+async function value(
+  name: "awsAttempts" | "awsThrottles" | "awsErrors" | "awsDuration",
+  labels: Record<string, string>,
+): Promise<number> {
+  const { values } = await metrics[name].get();
+  const sample = (values as { metricName?: string; labels: object; value: number }[]).find(
+    (v) =>
+      (name !== "awsDuration" || v.metricName?.endsWith("_count")) &&
+      Object.entries(labels).every(([k, want]) => String((v.labels as Record<string, unknown>)[k]) === want),
+  );
+  return sample?.value ?? 0;
+}
+
+const request = { request: "DescribeAvailabilityZones" };
+
+describe("awsClientConfig", () => {
+  it("requires a region", () => {
+    expect(() => awsClientConfig({ region: undefined })).toThrow(/region/);
+    expect(() => awsClientConfig({ region: "" })).toThrow(/region/);
+  });
+
+  it("uses adaptive retries, the default attempts and the endpoint only when set", () => {
+    const config = awsClientConfig({ region: "eu-west-1" });
+    expect(config).toMatchObject({
+      region: "eu-west-1",
+      retryMode: "adaptive",
+      maxAttempts: DEFAULT_MAX_ATTEMPTS,
+    });
+    expect("endpoint" in config).toBe(false);
+    expect(awsClientConfig({ region: "eu-west-1", endpoint: "http://x:1", maxAttempts: 2 })).toMatchObject({
+      endpoint: "http://x:1",
+      maxAttempts: 2,
+    });
+    expect(() => awsClientConfig({ region: "eu-west-1", maxAttempts: 0 })).toThrow(/maxAttempts/);
+  });
+});
+
+describe("instrumentClient", () => {
+  it("counts every attempt and each throttle, and one call that succeeded after retries", async () => {
+    answers = [
+      { status: 503, code: "RequestLimitExceeded" },
+      { status: 500, code: "InternalError" },
+      { status: 200 },
+    ];
+    const out = await client().send(new DescribeAvailabilityZonesCommand({}));
+    expect(out.AvailabilityZones?.[0]?.ZoneName).toBe("us-east-1a");
+    expect(requests).toBe(3);
+    expect(await value("awsAttempts", request)).toBe(3);
+    expect(await value("awsThrottles", request)).toBe(1);
+    expect(await value("awsDuration", request)).toBe(1);
+    expect((await metrics.awsErrors.get()).values).toHaveLength(0);
+    const debug = logLines.filter((l) => l["level"] === 20);
+    expect(debug.map((l) => l["error"])).toEqual(["RequestLimitExceeded", "InternalError"]);
+    expect(debug.map((l) => l["requestId"])).toEqual(["req-1", "req-2"]);
+  });
+
+  it("records a final failure once, with its AWS code, and logs it at warn with the request id", async () => {
+    answers = [{ status: 403, code: "UnauthorizedOperation" }];
+    await expect(client().send(new DescribeAvailabilityZonesCommand({}))).rejects.toThrow(
+      /UnauthorizedOperation/,
+    );
+    expect(requests).toBe(1);
+    expect(await value("awsAttempts", request)).toBe(1);
+    expect(await value("awsErrors", { ...request, error: "UnauthorizedOperation" })).toBe(1);
+    expect(await value("awsDuration", request)).toBe(1);
+    const warn = logLines.filter((l) => l["level"] === 40);
+    expect(warn).toHaveLength(1);
+    expect(warn[0]).toMatchObject({
+      request: "DescribeAvailabilityZones",
+      error: "UnauthorizedOperation",
+      requestId: "req-1",
+    });
+  });
+
+  it("gives up after maxAttempts throttles and counts each of them", async () => {
+    answers = [{ status: 503, code: "RequestLimitExceeded" }];
+    await expect(client(2).send(new DescribeAvailabilityZonesCommand({}))).rejects.toThrow(
+      /RequestLimitExceeded/,
+    );
+    expect(requests).toBe(2);
+    expect(await value("awsAttempts", request)).toBe(2);
+    expect(await value("awsThrottles", request)).toBe(2);
+    expect(await value("awsErrors", { ...request, error: "RequestLimitExceeded" })).toBe(1);
+  });
+
+  it("labels a call that never got an answer with the network error code", async () => {
+    const c = new EC2Client(
+      awsClientConfig({ region: "us-east-1", endpoint: "http://127.0.0.1:1", maxAttempts: 1 }),
+    );
+    instrumentClient(c, metrics, pino({ level: "silent" }));
+    await expect(c.send(new DescribeAvailabilityZonesCommand({}))).rejects.toThrow();
+    expect(await value("awsErrors", { ...request, error: "ECONNREFUSED" })).toBe(1);
+  });
+
+  it("never logs request parameters", async () => {
+    answers = [{ status: 400, code: "InvalidParameterValue" }];
+    const secretish = "vol-0123456789abcdef0";
+    await expect(
+      client().send(new DescribeVolumesCommand({ Filters: [{ Name: "tag:secret", Values: [secretish] }] })),
+    ).rejects.toThrow();
+    expect(logLines.length).toBeGreaterThan(0);
+    expect(JSON.stringify(logLines)).not.toContain(secretish);
+    expect(JSON.stringify(logLines)).not.toContain("tag:secret");
+  });
+});
+
+describe("error helpers", () => {
+  it("reads the AWS code, else the network code, and recognises throttles", () => {
+    expect(awsErrorCode(Object.assign(new Error("x"), { name: "VolumeInUse" }))).toBe("VolumeInUse");
+    expect(awsErrorCode(Object.assign(new Error("x"), { code: "ECONNRESET" }))).toBe("ECONNRESET");
+    expect(awsErrorCode("weird")).toBe("Unknown");
+    expect(isThrottlingError(Object.assign(new Error("x"), { name: "RequestLimitExceeded" }))).toBe(true);
+    expect(
+      isThrottlingError(Object.assign(new Error("x"), { name: "X", $metadata: { httpStatusCode: 429 } })),
+    ).toBe(true);
+    expect(isThrottlingError(Object.assign(new Error("x"), { name: "VolumeInUse" }))).toBe(false);
+  });
+});

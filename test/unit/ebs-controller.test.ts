@@ -1,0 +1,363 @@
+import { status } from "@grpc/grpc-js";
+import { beforeEach, describe, expect, it } from "vitest";
+import { CsiError } from "../../src/csi/errors.ts";
+import type { CreateVolumeRequest } from "../../src/csi/types.ts";
+import { EbsController, clientTokenFor } from "../../src/ebs/controller.ts";
+import { createLogger } from "../../src/log.ts";
+import type { RpcContext } from "../../src/server/rpc.ts";
+import { FakeEc2 } from "./fake-ec2.ts";
+
+const GiB = 1024 ** 3;
+const log = createLogger("silent");
+const ctx = (): RpcContext => ({ requestId: "test", log, signal: new AbortController().signal });
+const fastWait = { initialMs: 1, factor: 1, maxDelayMs: 1, timeoutMs: 200 };
+
+const mountCap = (mode = "SINGLE_NODE_WRITER") => ({ access_mode: { mode }, mount: { fs_type: "ext4", mount_flags: [] } });
+
+/** A CreateVolumeRequest as the server decodes it: every field present, defaults filled in. */
+function createReq(over: Partial<CreateVolumeRequest> = {}): CreateVolumeRequest {
+  return {
+    name: "pvc-1",
+    capacity_range: { required_bytes: 10 * GiB, limit_bytes: 0 },
+    volume_capabilities: [mountCap() as never],
+    parameters: {},
+    secrets: {},
+    volume_content_source: null,
+    accessibility_requirements: null,
+    mutable_parameters: {},
+    ...over,
+  } as CreateVolumeRequest;
+}
+
+async function expectCode(promise: Promise<unknown>, code: status, message?: RegExp): Promise<CsiError> {
+  const err = await promise.then(
+    () => undefined,
+    (e: unknown) => e,
+  );
+  expect(err, "expected the call to fail").toBeInstanceOf(CsiError);
+  const csi = err as CsiError;
+  expect(status[csi.code]).toBe(status[code]);
+  if (message) expect(csi.message).toMatch(message);
+  return csi;
+}
+
+describe("EBS controller", () => {
+  let ec2: FakeEc2;
+  let controller: EbsController;
+
+  beforeEach(() => {
+    ec2 = new FakeEc2();
+    controller = new EbsController(ec2, log, { createWait: fastWait, attachWait: fastWait, clusterId: "c1" });
+  });
+
+  describe("CreateVolume", () => {
+    it("creates a tagged volume with both zone keys and rounds the size up to GiB", async () => {
+      const res = await controller.CreateVolume(
+        createReq({ capacity_range: { required_bytes: 5 * GiB + 1, limit_bytes: 0 } }),
+        ctx(),
+      );
+      const volume = res.volume!;
+      expect(volume.capacity_bytes).toBe(6 * GiB);
+      expect(volume.accessible_topology).toEqual([
+        { segments: { "topology.kubernetes.io/zone": "us-east-1a", "topology.ebs.csi.aws.com/zone": "us-east-1a" } },
+      ]);
+      const disk = ec2.disks.get(volume.volume_id!)!;
+      expect(disk.tags).toMatchObject({
+        CSIVolumeName: "pvc-1",
+        "ebs.csi.aws.com/cluster": "true",
+        "kubernetes.io/cluster/c1": "owned",
+      });
+      expect(disk.type).toBe("gp3");
+      expect(ec2.tokens.has(clientTokenFor("pvc-1"))).toBe(true);
+    });
+
+    it("returns the same volume for the same name and makes no second volume", async () => {
+      const a = await controller.CreateVolume(createReq(), ctx());
+      const b = await controller.CreateVolume(createReq(), ctx());
+      expect(b.volume!.volume_id).toBe(a.volume!.volume_id);
+      expect(ec2.disks.size).toBe(1);
+      expect(ec2.calls.createVolume).toBe(1);
+    });
+
+    it("gives ALREADY_EXISTS for the same name with another size", async () => {
+      await controller.CreateVolume(createReq(), ctx());
+      await expectCode(
+        controller.CreateVolume(createReq({ capacity_range: { required_bytes: 20 * GiB, limit_bytes: 0 } }), ctx()),
+        status.ALREADY_EXISTS,
+        /size 10 GiB, not 20 GiB/,
+      );
+    });
+
+    it("gives ALREADY_EXISTS when EC2 reports a ClientToken mismatch", async () => {
+      // A volume made with the same token but without the name tag, e.g. by an earlier version.
+      const other = { zone: "us-east-1a", sizeGiB: 1, type: "gp2" as const, encrypted: false, tags: {} };
+      await ec2.createVolume({ ...other, clientToken: clientTokenFor("pvc-1") });
+      await expectCode(controller.CreateVolume(createReq(), ctx()), status.ALREADY_EXISTS, /token/);
+    });
+
+    it("creates in a requisite zone, preferring the preferred one", async () => {
+      const zone = (z: string) => ({ segments: { "topology.kubernetes.io/zone": z } });
+      const res = await controller.CreateVolume(
+        createReq({
+          accessibility_requirements: {
+            requisite: [zone("us-east-1a"), zone("us-east-1b")],
+            preferred: [zone("us-east-1b")],
+          },
+        }),
+        ctx(),
+      );
+      expect(ec2.disks.get(res.volume!.volume_id!)!.zone).toBe("us-east-1b");
+    });
+
+    it("refuses requests that name no usable zone key", async () => {
+      await expectCode(
+        controller.CreateVolume(createReq({ accessibility_requirements: { requisite: [{ segments: { rack: "r1" } }], preferred: [] } }), ctx()),
+        status.INVALID_ARGUMENT,
+        /accessibility_requirements\.requisite\[0\]/,
+      );
+    });
+
+    it.each([
+      [{ name: "" }, /^name: required/],
+      [{ name: "x".repeat(129) }, /^name: 129 bytes/],
+      [{ volume_capabilities: [] }, /^volume_capabilities: at least one/],
+      [{ volume_capabilities: [{ access_mode: { mode: 99 } }] }, /volume_capabilities\[0\]\.access_mode\.mode: 99/],
+      [{ volume_capabilities: [{ access_mode: { mode: "SINGLE_NODE_WRITER" } }] }, /volume_capabilities\[0\]: access_type/],
+      [{ volume_capabilities: [{ access_mode: { mode: "SINGLE_NODE_WRITER" }, mount: { fs_type: "zfs" } }] }, /fs_type/],
+      [{ volume_capabilities: [mountCap("MULTI_NODE_MULTI_WRITER")] }, /only supported for raw block/],
+      [{ capacity_range: { required_bytes: 2 * GiB, limit_bytes: GiB } }, /capacity_range\.limit_bytes/],
+      [{ parameters: { bogus: "1" } }, /parameters\.bogus/],
+      [{ parameters: { big: "x".repeat(5000) } }, /^parameters: .*4 KiB/],
+      [{ volume_content_source: { snapshot: { snapshot_id: "snap-1" } } }, /volume_content_source/],
+    ] as [Partial<CreateVolumeRequest>, RegExp][])("refuses %j with INVALID_ARGUMENT naming the field", async (over, message) => {
+      await expectCode(controller.CreateVolume(createReq(over), ctx()), status.INVALID_ARGUMENT, message);
+      expect(ec2.disks.size).toBe(0);
+    });
+
+    it("gives OUT_OF_RANGE when no size fits the type", async () => {
+      await expectCode(
+        controller.CreateVolume(createReq({ capacity_range: { required_bytes: 100_000 * GiB, limit_bytes: 0 } }), ctx()),
+        status.OUT_OF_RANGE,
+      );
+    });
+
+    it("deletes a volume that EC2 puts in the error state instead of leaking it", async () => {
+      const original = ec2.createVolume.bind(ec2);
+      ec2.createVolume = async (input) => {
+        const disk = await original(input);
+        ec2.disks.get(disk.id)!.state = "error";
+        return { ...disk, state: "creating" };
+      };
+      await expectCode(controller.CreateVolume(createReq(), ctx()), status.INTERNAL, /state "error".*deleted/);
+      expect(ec2.disks.size).toBe(0);
+    });
+  });
+
+  describe("DeleteVolume", () => {
+    it("deletes, and answers OK for unknown and malformed ids", async () => {
+      const { volume } = await controller.CreateVolume(createReq(), ctx());
+      await controller.DeleteVolume({ volume_id: volume!.volume_id!, secrets: {} }, ctx());
+      expect(ec2.disks.size).toBe(0);
+      await controller.DeleteVolume({ volume_id: volume!.volume_id!, secrets: {} }, ctx());
+      await controller.DeleteVolume({ volume_id: "not-a-volume", secrets: {} }, ctx());
+    });
+
+    it("gives FAILED_PRECONDITION for an attached volume", async () => {
+      const node = ec2.addInstance();
+      const { volume } = await controller.CreateVolume(createReq(), ctx());
+      await controller.ControllerPublishVolume(publishReq(volume!.volume_id!, node), ctx());
+      await expectCode(
+        controller.DeleteVolume({ volume_id: volume!.volume_id!, secrets: {} }, ctx()),
+        status.FAILED_PRECONDITION,
+        /attached/,
+      );
+    });
+  });
+
+  const publishReq = (volumeId: string, nodeId: string, mode = "SINGLE_NODE_WRITER") =>
+    ({
+      volume_id: volumeId,
+      node_id: nodeId,
+      volume_capability: mountCap(mode),
+      readonly: false,
+      secrets: {},
+      volume_context: {},
+    }) as never;
+
+  describe("ControllerPublishVolume / ControllerUnpublishVolume", () => {
+    it("attaches, answers the same device again, and detaches idempotently", async () => {
+      const node = ec2.addInstance();
+      const { volume } = await controller.CreateVolume(createReq(), ctx());
+      const id = volume!.volume_id!;
+      const first = await controller.ControllerPublishVolume(publishReq(id, node), ctx());
+      expect(first.publish_context!.devicePath).toBe("/dev/xvdaa");
+      const again = await controller.ControllerPublishVolume(publishReq(id, node), ctx());
+      expect(again.publish_context).toEqual(first.publish_context);
+      expect(ec2.calls.attachVolume).toBe(1);
+
+      await controller.ControllerUnpublishVolume({ volume_id: id, node_id: node, secrets: {} }, ctx());
+      await controller.ControllerUnpublishVolume({ volume_id: id, node_id: node, secrets: {} }, ctx());
+      expect(ec2.disks.get(id)!.attachments).toEqual([]);
+      expect(ec2.calls.detachVolume).toBe(1);
+    });
+
+    it("gives NOT_FOUND for an unknown volume or node, naming the field", async () => {
+      const node = ec2.addInstance();
+      const { volume } = await controller.CreateVolume(createReq(), ctx());
+      await expectCode(controller.ControllerPublishVolume(publishReq("vol-00000000000000099", node), ctx()), status.NOT_FOUND, /volume_id/);
+      await expectCode(controller.ControllerPublishVolume(publishReq(volume!.volume_id!, "i-00000000000000099"), ctx()), status.NOT_FOUND, /node_id/);
+      await expectCode(controller.ControllerPublishVolume(publishReq(volume!.volume_id!, "fake-node"), ctx()), status.NOT_FOUND, /node_id/);
+    });
+
+    it("gives FAILED_PRECONDITION when the volume is attached to another node", async () => {
+      const a = ec2.addInstance();
+      const b = ec2.addInstance();
+      const { volume } = await controller.CreateVolume(createReq(), ctx());
+      await controller.ControllerPublishVolume(publishReq(volume!.volume_id!, a), ctx());
+      await expectCode(controller.ControllerPublishVolume(publishReq(volume!.volume_id!, b), ctx()), status.FAILED_PRECONDITION, new RegExp(a));
+    });
+
+    it("gives FAILED_PRECONDITION when volume and node are in different zones", async () => {
+      const node = ec2.addInstance("us-east-1b");
+      const { volume } = await controller.CreateVolume(createReq(), ctx());
+      await expectCode(controller.ControllerPublishVolume(publishReq(volume!.volume_id!, node), ctx()), status.FAILED_PRECONDITION, /us-east-1b/);
+    });
+
+    it("never hands out a device name twice under 50 concurrent attaches to one node", async () => {
+      ec2.ebsLimit = 100;
+      const node = ec2.addInstance();
+      const ids = await Promise.all(
+        Array.from({ length: 50 }, (_, i) => controller.CreateVolume(createReq({ name: `pvc-${i}` }), ctx())),
+      );
+      const results = await Promise.all(
+        ids.map((r) => controller.ControllerPublishVolume(publishReq(r.volume!.volume_id!, node), ctx())),
+      );
+      const devices = results.map((r) => r.publish_context!.devicePath);
+      expect(new Set(devices).size).toBe(50);
+      expect(devices).not.toContain("/dev/xvda");
+      expect(ec2.instances.get(node)!.devices.size).toBe(51);
+    });
+
+    it("gives RESOURCE_EXHAUSTED at the node's attachment limit", async () => {
+      ec2.ebsLimit = 3;
+      const node = ec2.addInstance();
+      const vols = [];
+      for (let i = 0; i < 3; i++) vols.push((await controller.CreateVolume(createReq({ name: `v${i}` }), ctx())).volume!.volume_id!);
+      await controller.ControllerPublishVolume(publishReq(vols[0]!, node), ctx());
+      await controller.ControllerPublishVolume(publishReq(vols[1]!, node), ctx());
+      await expectCode(controller.ControllerPublishVolume(publishReq(vols[2]!, node), ctx()), status.RESOURCE_EXHAUSTED, /at most 3/);
+      expect(ec2.disks.get(vols[2]!)!.attachments).toEqual([]);
+    });
+
+    it("picks another device name when EC2 says one is in use", async () => {
+      const node = ec2.addInstance();
+      ec2.instances.get(node)!.devices.set("/dev/xvdaa", "vol-foreign");
+      const hidden = ec2.getInstances.bind(ec2);
+      // EC2's describe lags behind: the name in use is not reported yet.
+      ec2.getInstances = async (ids) => {
+        const found = await hidden(ids);
+        found.get(node)?.devices.delete("/dev/xvdaa");
+        return found;
+      };
+      const { volume } = await controller.CreateVolume(createReq(), ctx());
+      const res = await controller.ControllerPublishVolume(publishReq(volume!.volume_id!, node), ctx());
+      expect(res.publish_context!.devicePath).toBe("/dev/xvdab");
+    });
+  });
+
+  describe("expand, modify, list, get, validate", () => {
+    it("expands to the rounded size and asks for node expansion of filesystems only", async () => {
+      const { volume } = await controller.CreateVolume(createReq(), ctx());
+      const id = volume!.volume_id!;
+      const res = await controller.ControllerExpandVolume(
+        { volume_id: id, capacity_range: { required_bytes: 20 * GiB - 5, limit_bytes: 0 }, secrets: {}, volume_capability: null },
+        ctx(),
+      );
+      expect(res).toEqual({ capacity_bytes: 20 * GiB, node_expansion_required: true });
+      expect(ec2.disks.get(id)!.sizeGiB).toBe(20);
+      const block = await controller.ControllerExpandVolume(
+        {
+          volume_id: id,
+          capacity_range: { required_bytes: 20 * GiB, limit_bytes: 0 },
+          secrets: {},
+          volume_capability: { access_mode: { mode: "SINGLE_NODE_WRITER" }, block: {} } as never,
+        },
+        ctx(),
+      );
+      expect(block.node_expansion_required).toBe(false);
+      expect(ec2.calls.modifyVolume).toBe(1);
+    });
+
+    it("refuses expansion past limit_bytes or the type maximum with OUT_OF_RANGE", async () => {
+      const { volume } = await controller.CreateVolume(createReq(), ctx());
+      const expand = (required: number, limit: number) =>
+        controller.ControllerExpandVolume(
+          { volume_id: volume!.volume_id!, capacity_range: { required_bytes: required, limit_bytes: limit }, secrets: {}, volume_capability: null },
+          ctx(),
+        );
+      await expectCode(expand(20 * GiB + 1, 20 * GiB + 2), status.OUT_OF_RANGE, /limit_bytes/);
+      await expectCode(expand(1_000_000 * GiB, 0), status.OUT_OF_RANGE, /maximum/);
+      await expectCode(
+        controller.ControllerExpandVolume({ volume_id: "vol-00000000000000099", capacity_range: { required_bytes: GiB, limit_bytes: 0 }, secrets: {}, volume_capability: null }, ctx()),
+        status.NOT_FOUND,
+      );
+    });
+
+    it("modifies iops and type, refuses unknown keys with nothing applied", async () => {
+      const { volume } = await controller.CreateVolume(createReq(), ctx());
+      const id = volume!.volume_id!;
+      await expectCode(
+        controller.ControllerModifyVolume({ volume_id: id, mutable_parameters: { XXX_FakeKey: "1" }, secrets: {} }, ctx()),
+        status.INVALID_ARGUMENT,
+        /XXX_FakeKey/i,
+      );
+      expect(ec2.calls.modifyVolume ?? 0).toBe(0);
+      await controller.ControllerModifyVolume({ volume_id: id, mutable_parameters: { iops: "5000" }, secrets: {} }, ctx());
+      expect(ec2.disks.get(id)!.iops).toBe(5000);
+      await expectCode(
+        controller.ControllerModifyVolume({ volume_id: "non-existing-volume-id", mutable_parameters: {}, secrets: {} }, ctx()),
+        status.NOT_FOUND,
+      );
+    });
+
+    it("lists volumes page by page with their nodes, and refuses a bad token with ABORTED", async () => {
+      const node = ec2.addInstance();
+      const ids = [];
+      for (let i = 0; i < 5; i++) ids.push((await controller.CreateVolume(createReq({ name: `v${i}` }), ctx())).volume!.volume_id!);
+      await controller.ControllerPublishVolume(publishReq(ids[0]!, node), ctx());
+      const seen: string[] = [];
+      let token = "";
+      let pages = 0;
+      do {
+        const page = await controller.ListVolumes({ max_entries: 2, starting_token: token });
+        for (const e of page.entries!) {
+          seen.push(e.volume!.volume_id!);
+          if (e.volume!.volume_id === ids[0]) expect(e.status!.published_node_ids).toEqual([node]);
+        }
+        token = page.next_token ?? "";
+        pages++;
+      } while (token);
+      expect(pages).toBe(3);
+      expect(seen.sort()).toEqual([...ids].sort());
+      await expectCode(controller.ListVolumes({ max_entries: 0, starting_token: "invalid-token" }), status.ABORTED);
+    });
+
+    it("gets a volume with its status, NOT_FOUND when it is gone", async () => {
+      const { volume } = await controller.CreateVolume(createReq(), ctx());
+      const got = await controller.ControllerGetVolume({ volume_id: volume!.volume_id! });
+      expect(got.volume!.capacity_bytes).toBe(10 * GiB);
+      expect(got.status!.volume_condition!.abnormal).toBe(false);
+      await expectCode(controller.ControllerGetVolume({ volume_id: "vol-00000000000000099" }), status.NOT_FOUND);
+    });
+
+    it("confirms supported capabilities and explains unsupported ones", async () => {
+      const { volume } = await controller.CreateVolume(createReq(), ctx());
+      const req = (caps: unknown[]) =>
+        ({ volume_id: volume!.volume_id!, volume_capabilities: caps, volume_context: {}, parameters: {}, mutable_parameters: {}, secrets: {} }) as never;
+      expect((await controller.ValidateVolumeCapabilities(req([mountCap()]))).confirmed).toBeTruthy();
+      const refused = await controller.ValidateVolumeCapabilities(req([mountCap("MULTI_NODE_MULTI_WRITER")]));
+      expect(refused.confirmed).toBeUndefined();
+      expect(refused.message).toMatch(/raw block/);
+    });
+  });
+});

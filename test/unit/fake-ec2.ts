@@ -1,0 +1,178 @@
+import {
+  CloudError,
+  type CreateDiskInput,
+  type Disk,
+  type DiskModification,
+  type DiskPage,
+  type Ec2,
+  type Instance,
+  type ModifyDiskInput,
+} from "../../src/ebs/cloud.ts";
+
+/**
+ * EC2 in memory, with the semantics the controller relies on: ClientToken idempotency, VolumeInUse
+ * for attached volumes, attachments recorded on both the volume and the instance. Every method
+ * call is counted, so tests can assert on the number of AWS calls.
+ */
+export class FakeEc2 implements Ec2 {
+  readonly disks = new Map<string, Disk>();
+  readonly instances = new Map<string, Instance>();
+  readonly calls: Record<string, number> = {};
+  readonly tokens = new Map<string, { input: string; id: string }>();
+  zones = ["us-east-1a", "us-east-1b"];
+  ebsLimit: number | undefined = 28;
+  /** Set to make the next call of that method throw. */
+  failNext: Partial<Record<keyof Ec2, CloudError>> = {};
+  #next = 1;
+
+  #count(method: keyof Ec2): void {
+    this.calls[method] = (this.calls[method] ?? 0) + 1;
+    const failure = this.failNext[method];
+    if (failure) {
+      delete this.failNext[method];
+      throw failure;
+    }
+  }
+
+  #id(prefix: string): string {
+    return `${prefix}-${(this.#next++).toString(16).padStart(17, "0")}`;
+  }
+
+  addInstance(zone = "us-east-1a", type = "m5.large"): string {
+    const id = this.#id("i");
+    this.instances.set(id, { id, zone, type, state: "running", devices: new Map([["/dev/xvda", "vol-root"]]) });
+    return id;
+  }
+
+  async createVolume(input: CreateDiskInput): Promise<Disk> {
+    this.#count("createVolume");
+    const { clientToken, ...rest } = input;
+    const known = this.tokens.get(clientToken);
+    if (known) {
+      if (known.input !== JSON.stringify(rest)) {
+        throw new CloudError("IdempotentParameterMismatch", "IdempotentParameterMismatch", "token reused");
+      }
+      return structuredClone(this.disks.get(known.id)!);
+    }
+    const id = this.#id("vol");
+    const disk: Disk = {
+      id,
+      sizeGiB: input.sizeGiB,
+      type: input.type,
+      iops: input.iops,
+      throughput: input.throughput,
+      encrypted: input.encrypted,
+      kmsKeyId: input.kmsKeyId,
+      zone: input.zone,
+      state: "available",
+      multiAttach: input.multiAttach ?? false,
+      tags: { ...input.tags },
+      attachments: [],
+    };
+    this.disks.set(id, disk);
+    this.tokens.set(clientToken, { input: JSON.stringify(rest), id });
+    return structuredClone(disk);
+  }
+
+  async deleteVolume(volumeId: string): Promise<void> {
+    this.#count("deleteVolume");
+    const disk = this.disks.get(volumeId);
+    if (!disk) throw new CloudError("NotFound", "InvalidVolume.NotFound", `The volume '${volumeId}' does not exist.`);
+    if (disk.attachments.length > 0) throw new CloudError("InUse", "VolumeInUse", `Volume ${volumeId} is attached`);
+    this.disks.delete(volumeId);
+  }
+
+  async getVolumes(ids: string[]): Promise<Map<string, Disk>> {
+    this.#count("getVolumes");
+    return new Map(ids.filter((id) => this.disks.has(id)).map((id) => [id, structuredClone(this.disks.get(id)!)]));
+  }
+
+  async findVolumesByTag(key: string, value: string): Promise<Disk[]> {
+    this.#count("findVolumesByTag");
+    return [...this.disks.values()].filter((d) => d.tags[key] === value).map((d) => structuredClone(d));
+  }
+
+  async listVolumesWithTag(key: string, maxResults: number, nextToken?: string): Promise<DiskPage> {
+    this.#count("listVolumesWithTag");
+    const all = [...this.disks.values()].filter((d) => key in d.tags);
+    let start = 0;
+    if (nextToken !== undefined) {
+      const match = /^page-(\d+)$/.exec(nextToken);
+      if (!match) throw new CloudError("InvalidParameter", "InvalidParameterValue", `bad token ${nextToken}`);
+      start = Number(match[1]);
+    }
+    const disks = all.slice(start, start + maxResults).map((d) => structuredClone(d));
+    const end = start + disks.length;
+    return { disks, nextToken: end < all.length ? `page-${end}` : undefined };
+  }
+
+  async attachVolume(volumeId: string, instanceId: string, device: string): Promise<void> {
+    this.#count("attachVolume");
+    const disk = this.disks.get(volumeId);
+    const instance = this.instances.get(instanceId);
+    if (!disk) throw new CloudError("NotFound", "InvalidVolume.NotFound", `no volume ${volumeId}`);
+    if (!instance) throw new CloudError("NotFound", "InvalidInstanceID.NotFound", `no instance ${instanceId}`);
+    if (disk.attachments.length > 0 && !disk.multiAttach) {
+      throw new CloudError("InUse", "VolumeInUse", `${volumeId} is already attached`);
+    }
+    if (instance.devices.has(device)) {
+      throw new CloudError("InvalidParameter", "InvalidParameterValue", `Attachment point ${device} is already in use`);
+    }
+    instance.devices.set(device, volumeId);
+    disk.attachments.push({ instanceId, device, state: "attached" });
+    disk.state = "in-use";
+  }
+
+  async detachVolume(volumeId: string, instanceId: string): Promise<void> {
+    this.#count("detachVolume");
+    const disk = this.disks.get(volumeId);
+    if (!disk) throw new CloudError("NotFound", "InvalidVolume.NotFound", `no volume ${volumeId}`);
+    const attachment = disk.attachments.find((a) => a.instanceId === instanceId);
+    if (!attachment) throw new CloudError("NotFound", "IncorrectState", `${volumeId} is not attached to ${instanceId}`);
+    disk.attachments = disk.attachments.filter((a) => a !== attachment);
+    this.instances.get(instanceId)?.devices.delete(attachment.device);
+    if (disk.attachments.length === 0) disk.state = "available";
+  }
+
+  async modifyVolume(volumeId: string, input: ModifyDiskInput): Promise<void> {
+    this.#count("modifyVolume");
+    const disk = this.disks.get(volumeId);
+    if (!disk) throw new CloudError("NotFound", "InvalidVolume.NotFound", `no volume ${volumeId}`);
+    if (input.sizeGiB !== undefined) disk.sizeGiB = input.sizeGiB;
+    if (input.type !== undefined) disk.type = input.type;
+    if (input.iops !== undefined) disk.iops = input.iops;
+    if (input.throughput !== undefined) disk.throughput = input.throughput;
+  }
+
+  async tagVolume(volumeId: string, tags: Record<string, string>): Promise<void> {
+    this.#count("tagVolume");
+    const disk = this.disks.get(volumeId);
+    if (!disk) throw new CloudError("NotFound", "InvalidVolume.NotFound", `no volume ${volumeId}`);
+    Object.assign(disk.tags, tags);
+  }
+
+  async getModification(): Promise<DiskModification | undefined> {
+    this.#count("getModification");
+    return undefined;
+  }
+
+  async getInstances(ids: string[]): Promise<Map<string, Instance>> {
+    this.#count("getInstances");
+    const found = ids.filter((id) => this.instances.has(id));
+    return new Map(found.map((id) => [id, { ...this.instances.get(id)!, devices: new Map(this.instances.get(id)!.devices) }]));
+  }
+
+  async getInstanceTypeEbsLimit(): Promise<number | undefined> {
+    this.#count("getInstanceTypeEbsLimit");
+    return this.ebsLimit;
+  }
+
+  async getZones(): Promise<string[]> {
+    this.#count("getZones");
+    return [...this.zones];
+  }
+
+  async probe(): Promise<void> {
+    this.#count("probe");
+  }
+}
