@@ -52,11 +52,23 @@ export const FLAGS: Record<string, FlagSpec> = {
   "log-level": { type: "string", default: "info", help: "trace, debug, info, warn, error or silent" },
   region: { type: "string", env: "AWS_REGION", help: "AWS region (default: from instance metadata)" },
   "aws-endpoint": { type: "string", env: "AWS_ENDPOINT_URL", help: "AWS API endpoint, for a fake AWS" },
-  "extra-tags": { type: "string", default: "", help: "tags for every created resource: key=value,key2=value2" },
+  "extra-tags": {
+    type: "string",
+    default: "",
+    help: "tags for every created resource: key=value,key2=value2",
+  },
   "k8s-tag-cluster-id": { type: "string", help: "cluster id: adds kubernetes.io/cluster/<id>=owned" },
   batching: { type: "string", default: "true", help: "merge concurrent Describe* calls into one request" },
-  "batch-window-ms": { type: "string", default: "20", help: "how long a batch collects ids before it is sent" },
-  "volume-attach-limit": { type: "string", default: "-1", help: "EBS volumes per node (-1: from instance type)" },
+  "batch-window-ms": {
+    type: "string",
+    default: "20",
+    help: "how long a batch collects ids before it is sent",
+  },
+  "volume-attach-limit": {
+    type: "string",
+    default: "-1",
+    help: "EBS volumes per node (-1: from instance type)",
+  },
   "reserved-volume-attachments": {
     type: "string",
     default: "-1",
@@ -126,7 +138,8 @@ export function parseCommandLine(argv: string[], env: NodeJS.ProcessEnv): Parsed
 
   const driver = str("driver");
   if (driver === undefined) throw new ConfigError("--driver is required: ebs or efs");
-  if (driver !== "ebs" && driver !== "efs") throw new ConfigError(`--driver must be ebs or efs, not "${driver}"`);
+  if (driver !== "ebs" && driver !== "efs")
+    throw new ConfigError(`--driver must be ebs or efs, not "${driver}"`);
   const mode = str("mode");
   if (mode !== "controller" && mode !== "node" && mode !== "all") {
     throw new ConfigError(`--mode must be controller, node or all, not "${mode}"`);
@@ -152,7 +165,10 @@ export function parseCommandLine(argv: string[], env: NodeJS.ProcessEnv): Parsed
       batching: parseBool("--batching", str("batching")!),
       batchWindowMs: parseInteger("--batch-window-ms", str("batch-window-ms")!, 0, 5000),
       volumeAttachLimit: optionalCount("--volume-attach-limit", str("volume-attach-limit")!),
-      reservedVolumeAttachments: optionalCount("--reserved-volume-attachments", str("reserved-volume-attachments")!),
+      reservedVolumeAttachments: optionalCount(
+        "--reserved-volume-attachments",
+        str("reserved-volume-attachments")!,
+      ),
       nodeId: str("node-id") || undefined,
       zone: str("zone") || undefined,
       instanceType: str("instance-type") || undefined,

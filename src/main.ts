@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 import { readFileSync } from "node:fs";
-import { ConfigError, type Options, helpText, parseCommandLine } from "./config.ts";
+import { ConfigError, helpText, type Options, parseCommandLine } from "./config.ts";
 import { identityService } from "./csi/identity.ts";
 import type { Driver, DriverDeps } from "./driver.ts";
 import { createLogger } from "./log.ts";

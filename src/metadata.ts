@@ -39,7 +39,8 @@ export const regionOfZone = (zone: string): string => zone.replace(/[a-z]$/, "")
 export async function resolveInstanceMetadata(sources: MetadataSources): Promise<InstanceMetadata> {
   const attempts: string[] = [];
   const env = process.env;
-  const imdsEndpoint = sources.imdsEndpoint ?? env.AWS_EC2_METADATA_SERVICE_ENDPOINT ?? "http://169.254.169.254";
+  const imdsEndpoint =
+    sources.imdsEndpoint ?? env.AWS_EC2_METADATA_SERVICE_ENDPOINT ?? "http://169.254.169.254";
   if (sources.imdsDisabled ?? env.AWS_EC2_METADATA_DISABLED === "true") {
     attempts.push("instance metadata is disabled (AWS_EC2_METADATA_DISABLED=true)");
   } else {
@@ -79,7 +80,9 @@ async function fromImds(endpoint: string, timeoutMs: number): Promise<InstanceMe
     headers: { "X-aws-ec2-metadata-token-ttl-seconds": "300" },
     signal: signal(),
   }).catch((err: Error) => {
-    throw new Error(err.name === "TimeoutError" ? `no answer within ${timeoutMs} ms (hop limit?)` : err.message);
+    throw new Error(
+      err.name === "TimeoutError" ? `no answer within ${timeoutMs} ms (hop limit?)` : err.message,
+    );
   });
   if (!tokenResponse.ok) throw new Error(`token request answered HTTP ${tokenResponse.status}`);
   const token = await tokenResponse.text();
@@ -100,7 +103,8 @@ async function fromImds(endpoint: string, timeoutMs: number): Promise<InstanceMe
     get("network/interfaces/macs/", true),
     get("block-device-mapping/", true),
   ]);
-  const count = (list: string | undefined) => (list ? list.split("\n").filter((l) => l.trim() !== "").length : undefined);
+  const count = (list: string | undefined) =>
+    list ? list.split("\n").filter((l) => l.trim() !== "").length : undefined;
   return {
     instanceId: instanceId!,
     instanceType: instanceType!,
@@ -108,7 +112,9 @@ async function fromImds(endpoint: string, timeoutMs: number): Promise<InstanceMe
     region: region ?? regionOfZone(zone!),
     networkInterfaces: count(macs),
     // "ami" and "root" name the same root device; "ebsN" entries are extra launch volumes.
-    blockDevices: devices ? (devices.split("\n").filter((d) => /^(root|ebs\d+)$/.test(d.trim())).length) : undefined,
+    blockDevices: devices
+      ? devices.split("\n").filter((d) => /^(root|ebs\d+)$/.test(d.trim())).length
+      : undefined,
     source: "imds",
   };
 }
@@ -148,7 +154,8 @@ async function fromKubernetes(nodeName: string, env: NodeJS.ProcessEnv): Promise
   });
   // providerID: aws:///us-east-1a/i-0123456789abcdef0
   const match = /^aws:\/\/\/([^/]+)\/(i-[0-9a-f]+)$/.exec(node.spec?.providerID ?? "");
-  if (!match) throw new Error(`spec.providerID "${node.spec?.providerID ?? ""}" is not aws:///<zone>/<instance-id>`);
+  if (!match)
+    throw new Error(`spec.providerID "${node.spec?.providerID ?? ""}" is not aws:///<zone>/<instance-id>`);
   const labels = node.metadata?.labels ?? {};
   const zone = labels["topology.kubernetes.io/zone"] ?? match[1]!;
   return {

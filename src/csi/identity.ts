@@ -1,9 +1,5 @@
 import { failedPrecondition } from "./errors.ts";
-import type {
-  GetPluginCapabilitiesResponse,
-  GetPluginInfoResponse,
-  ProbeResponse,
-} from "./types.ts";
+import type { GetPluginCapabilitiesResponse, GetPluginInfoResponse, ProbeResponse } from "./types.ts";
 
 export interface IdentityInfo {
   name: string;

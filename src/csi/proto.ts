@@ -1,5 +1,5 @@
 import { fileURLToPath } from "node:url";
-import { type GrpcObject, type ServiceClientConstructor, loadPackageDefinition } from "@grpc/grpc-js";
+import { type GrpcObject, loadPackageDefinition, type ServiceClientConstructor } from "@grpc/grpc-js";
 import { loadSync } from "@grpc/proto-loader";
 
 /** How requests decode: proto field names, enums as names, int64 as numbers, defaults filled in. */

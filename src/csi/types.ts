@@ -1,5 +1,7 @@
 // Friendly names for the generated csi.v1 types: a request is what the server decodes (the
 // __Output shape, defaults filled in), a response is what a service returns.
+
+export type { CapacityRange__Output as CapacityRange } from "./gen/csi/v1/CapacityRange.ts";
 export type { ControllerExpandVolumeRequest__Output as ControllerExpandVolumeRequest } from "./gen/csi/v1/ControllerExpandVolumeRequest.ts";
 export type { ControllerExpandVolumeResponse } from "./gen/csi/v1/ControllerExpandVolumeResponse.ts";
 export type { ControllerGetCapabilitiesRequest__Output as ControllerGetCapabilitiesRequest } from "./gen/csi/v1/ControllerGetCapabilitiesRequest.ts";
@@ -50,11 +52,9 @@ export type { NodeUnstageVolumeRequest__Output as NodeUnstageVolumeRequest } fro
 export type { NodeUnstageVolumeResponse } from "./gen/csi/v1/NodeUnstageVolumeResponse.ts";
 export type { ProbeRequest__Output as ProbeRequest } from "./gen/csi/v1/ProbeRequest.ts";
 export type { ProbeResponse } from "./gen/csi/v1/ProbeResponse.ts";
+export type { Topology as TopologyOut, Topology__Output as Topology } from "./gen/csi/v1/Topology.ts";
+export type { TopologyRequirement__Output as TopologyRequirement } from "./gen/csi/v1/TopologyRequirement.ts";
 export type { ValidateVolumeCapabilitiesRequest__Output as ValidateVolumeCapabilitiesRequest } from "./gen/csi/v1/ValidateVolumeCapabilitiesRequest.ts";
 export type { ValidateVolumeCapabilitiesResponse } from "./gen/csi/v1/ValidateVolumeCapabilitiesResponse.ts";
-export type { VolumeCapability__Output as VolumeCapability } from "./gen/csi/v1/VolumeCapability.ts";
-export type { Topology__Output as Topology } from "./gen/csi/v1/Topology.ts";
-export type { TopologyRequirement__Output as TopologyRequirement } from "./gen/csi/v1/TopologyRequirement.ts";
-export type { CapacityRange__Output as CapacityRange } from "./gen/csi/v1/CapacityRange.ts";
 export type { Volume } from "./gen/csi/v1/Volume.ts";
-export type { Topology as TopologyOut } from "./gen/csi/v1/Topology.ts";
+export type { VolumeCapability__Output as VolumeCapability } from "./gen/csi/v1/VolumeCapability.ts";

@@ -28,14 +28,18 @@ export function checkString(value: string, field: string, maxBytes = MAX_STRING_
 }
 
 /** A map field (parameters, secrets, volume_context...): at most 4 KiB of keys and values. */
-export function checkMap(map: Record<string, string> | undefined | null, field: string): Record<string, string> {
+export function checkMap(
+  map: Record<string, string> | undefined | null,
+  field: string,
+): Record<string, string> {
   if (!map) return {};
   let bytes = 0;
   for (const [key, value] of Object.entries(map)) {
     if (key === "") throw invalidArgument(field, "has an empty key");
     bytes += Buffer.byteLength(key) + Buffer.byteLength(value);
   }
-  if (bytes > MAX_MAP_BYTES) throw invalidArgument(field, `${bytes} bytes of keys and values, the limit is 4 KiB`);
+  if (bytes > MAX_MAP_BYTES)
+    throw invalidArgument(field, `${bytes} bytes of keys and values, the limit is 4 KiB`);
   return map;
 }
 
@@ -54,7 +58,11 @@ export interface CheckedCapability {
 }
 
 /** Checks one capability against what the driver supports; throws INVALID_ARGUMENT naming the field. */
-export function checkCapability(cap: VolumeCapability | null, field: string, rules: CapabilityRules): CheckedCapability {
+export function checkCapability(
+  cap: VolumeCapability | null,
+  field: string,
+  rules: CapabilityRules,
+): CheckedCapability {
   if (!cap) throw invalidArgument(field, "required");
   const mode = cap.access_mode?.mode as unknown;
   if (!cap.access_mode || mode === "UNKNOWN") throw invalidArgument(`${field}.access_mode.mode`, "required");
@@ -65,19 +73,29 @@ export function checkCapability(cap: VolumeCapability | null, field: string, rul
     );
   }
   if (cap.block) {
-    if (!rules.block) throw invalidArgument(`${field}.block`, "raw block volumes are not supported by this driver");
+    if (!rules.block)
+      throw invalidArgument(`${field}.block`, "raw block volumes are not supported by this driver");
     return { mode: mode as AccessMode, block: true, fsType: "", mountFlags: [], volumeMountGroup: "" };
   }
   if (!cap.mount) throw invalidArgument(field, "access_type is required: mount or block");
   const fsType = cap.mount.fs_type ?? "";
   if (fsType !== "" && rules.fsTypes && !rules.fsTypes.includes(fsType)) {
-    throw invalidArgument(`${field}.mount.fs_type`, `"${fsType}" is not supported; supported: ${rules.fsTypes.join(", ")}`);
+    throw invalidArgument(
+      `${field}.mount.fs_type`,
+      `"${fsType}" is not supported; supported: ${rules.fsTypes.join(", ")}`,
+    );
   }
   const mountFlags = cap.mount.mount_flags ?? [];
   mountFlags.forEach((flag, i) => {
     checkString(flag, `${field}.mount.mount_flags[${i}]`, 1024);
   });
-  return { mode: mode as AccessMode, block: false, fsType, mountFlags, volumeMountGroup: cap.mount.volume_mount_group ?? "" };
+  return {
+    mode: mode as AccessMode,
+    block: false,
+    fsType,
+    mountFlags,
+    volumeMountGroup: cap.mount.volume_mount_group ?? "",
+  };
 }
 
 /** Checks a non-empty list of capabilities; throws INVALID_ARGUMENT naming the first bad entry. */

@@ -47,6 +47,8 @@ export interface Instance {
   state: string;
   /** Device name -> volume id, as EC2 reports the instance's block device mappings. */
   devices: Map<string, string>;
+  /** Network interfaces attached: they count against shared attachment limits. */
+  networkInterfaces: number;
 }
 
 export interface CreateDiskInput {
@@ -71,6 +73,12 @@ export interface ModifyDiskInput {
   type?: VolumeType;
   iops?: number;
   throughput?: number;
+}
+
+export interface InstanceTypeEbsInfo {
+  maxAttachments: number;
+  /** "shared": network interfaces and instance store volumes count against maxAttachments. */
+  limitType: "shared" | "dedicated" | undefined;
 }
 
 export interface DiskPage {
@@ -125,8 +133,8 @@ export interface Ec2 {
   getModification(volumeId: string): Promise<DiskModification | undefined>;
   /** The instances that exist among `ids`; unknown ids are absent. */
   getInstances(ids: string[]): Promise<Map<string, Instance>>;
-  /** Maximum EBS attachments for an instance type, or undefined when EC2 does not say. */
-  getInstanceTypeEbsLimit(instanceType: string): Promise<number | undefined>;
+  /** EBS attachment limit of an instance type, or undefined when EC2 does not say. */
+  getInstanceTypeEbsInfo(instanceType: string): Promise<InstanceTypeEbsInfo | undefined>;
   /** The region's availability zones that are available, sorted by name. */
   getZones(): Promise<string[]>;
   /** A cheap authenticated call, to tell whether EC2 answers. */

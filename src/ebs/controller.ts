@@ -2,9 +2,9 @@ import { createHash } from "node:crypto";
 import { status } from "@grpc/grpc-js";
 import { type BackoffOptions, WaitTimeoutError, waitUntil } from "../backoff.ts";
 import {
-  CsiError,
   aborted,
   alreadyExists,
+  CsiError,
   failedPrecondition,
   internal,
   invalidArgument,
@@ -39,11 +39,11 @@ import {
   type AccessMode,
   type CapabilityRules,
   type CheckedCapability,
-  GiB,
   checkCapabilities,
   checkCapability,
   checkCapacityRange,
   checkMap,
+  GiB,
   requireString,
 } from "../csi/validate.ts";
 import type { Logger } from "../log.ts";
@@ -51,7 +51,7 @@ import type { RpcContext } from "../server/rpc.ts";
 import { type Disk, type Ec2, type Instance, isCloudError } from "./cloud.ts";
 import { DeviceNames } from "./devices.ts";
 import { VOLUME_LIMITS } from "./limits.ts";
-import { FS_TYPES, VOLUME_NAME_TAG, parseCreateParameters, parseModifyParameters } from "./params.ts";
+import { FS_TYPES, parseCreateParameters, parseModifyParameters, VOLUME_NAME_TAG } from "./params.ts";
 
 export const ZONE_KEYS = ["topology.kubernetes.io/zone", "topology.ebs.csi.aws.com/zone"] as const;
 
@@ -94,7 +94,8 @@ const zoneTopology = (zone: string) => ({ segments: Object.fromEntries(ZONE_KEYS
 
 function mapCloudError(err: unknown, what: string): never {
   if (err instanceof CsiError) throw err;
-  if (err instanceof WaitTimeoutError) throw new CsiError(status.DEADLINE_EXCEEDED, `${what}: ${err.message}`);
+  if (err instanceof WaitTimeoutError)
+    throw new CsiError(status.DEADLINE_EXCEEDED, `${what}: ${err.message}`);
   if (!isCloudError(err)) throw err;
   const message = `${what}: ${err.message}`;
   switch (err.kind) {
@@ -153,7 +154,10 @@ export class EbsController {
     const mutable = checkMap(req.mutable_parameters, "mutable_parameters");
     checkMap(req.secrets, "secrets");
     if (req.volume_content_source) {
-      throw invalidArgument("volume_content_source", "snapshots and clones are not supported by this driver yet");
+      throw invalidArgument(
+        "volume_content_source",
+        "snapshots and clones are not supported by this driver yet",
+      );
     }
     const mountCapability = capabilities.find((c) => !c.block && c.fsType !== "");
     const parsed = parseCreateParameters(parameters, {
@@ -170,7 +174,9 @@ export class EbsController {
     checkMultiAttach(capabilities, spec.type, spec.multiAttach === true);
     const zones = await this.#candidateZones(req.accessibility_requirements);
 
-    const existing = await this.#findByName(name).catch((err) => mapCloudError(err, `looking up volume ${name}`));
+    const existing = await this.#findByName(name).catch((err) =>
+      mapCloudError(err, `looking up volume ${name}`),
+    );
     let disk: Disk;
     if (existing) {
       const mismatch = describeMismatch(existing, spec, zones);
@@ -195,13 +201,17 @@ export class EbsController {
       ctx.log.info({ volumeId }, "deleted volume");
     } catch (err) {
       if (isCloudError(err, "NotFound")) return {};
-      if (isCloudError(err, "InUse")) throw failedPrecondition(`volume_id ${volumeId}: volume is attached: ${err.message}`);
+      if (isCloudError(err, "InUse"))
+        throw failedPrecondition(`volume_id ${volumeId}: volume is attached: ${err.message}`);
       mapCloudError(err, `deleting volume ${volumeId}`);
     }
     return {};
   }
 
-  async ControllerPublishVolume(req: ControllerPublishVolumeRequest, ctx: RpcContext): Promise<ControllerPublishVolumeResponse> {
+  async ControllerPublishVolume(
+    req: ControllerPublishVolumeRequest,
+    ctx: RpcContext,
+  ): Promise<ControllerPublishVolumeResponse> {
     const volumeId = requireString(req.volume_id, "volume_id");
     const nodeId = requireString(req.node_id, "node_id");
     const capability = checkCapability(req.volume_capability, "volume_capability", CAPABILITY_RULES);
@@ -215,17 +225,23 @@ export class EbsController {
     if (!instance) throw notFound(`node_id ${nodeId}: no such instance`);
     const multiNode = MULTI_NODE_MODES.includes(capability.mode);
     if (multiNode && !disk.multiAttach) {
-      throw failedPrecondition(`volume_id ${volumeId}: ${capability.mode} needs a multi-attach io1/io2 volume`);
+      throw failedPrecondition(
+        `volume_id ${volumeId}: ${capability.mode} needs a multi-attach io1/io2 volume`,
+      );
     }
 
     const mine = disk.attachments.find((a) => a.instanceId === nodeId && a.state !== "detached");
     if (mine?.state === "attached") return { publish_context: { devicePath: mine.device } };
     const others = disk.attachments.filter((a) => a.instanceId !== nodeId && a.state !== "detached");
     if (others.length > 0 && !disk.multiAttach) {
-      throw failedPrecondition(`volume_id ${volumeId}: attached to ${others.map((a) => a.instanceId).join(", ")}`);
+      throw failedPrecondition(
+        `volume_id ${volumeId}: attached to ${others.map((a) => a.instanceId).join(", ")}`,
+      );
     }
     if (disk.zone !== instance.zone) {
-      throw failedPrecondition(`volume_id ${volumeId}: volume is in ${disk.zone}, node ${nodeId} in ${instance.zone}`);
+      throw failedPrecondition(
+        `volume_id ${volumeId}: volume is in ${disk.zone}, node ${nodeId} in ${instance.zone}`,
+      );
     }
 
     const device = mine?.device ?? (await this.#attach(disk, instance, ctx));
@@ -243,7 +259,9 @@ export class EbsController {
     if (!VOLUME_ID.test(volumeId) || (nodeId !== "" && !INSTANCE_ID.test(nodeId))) return {};
     const disk = await this.#getDisk(volumeId);
     if (!disk) return {};
-    const targets = disk.attachments.filter((a) => (nodeId === "" || a.instanceId === nodeId) && a.state !== "detached");
+    const targets = disk.attachments.filter(
+      (a) => (nodeId === "" || a.instanceId === nodeId) && a.state !== "detached",
+    );
     for (const attachment of targets) {
       if (attachment.state !== "detaching") {
         ctx.log.info({ volumeId, nodeId: attachment.instanceId, device: attachment.device }, "detaching");
@@ -258,7 +276,9 @@ export class EbsController {
     return {};
   }
 
-  async ValidateVolumeCapabilities(req: ValidateVolumeCapabilitiesRequest): Promise<ValidateVolumeCapabilitiesResponse> {
+  async ValidateVolumeCapabilities(
+    req: ValidateVolumeCapabilitiesRequest,
+  ): Promise<ValidateVolumeCapabilitiesResponse> {
     const volumeId = requireString(req.volume_id, "volume_id");
     if (!req.volume_capabilities || req.volume_capabilities.length === 0) {
       throw invalidArgument("volume_capabilities", "at least one capability is required");
@@ -294,7 +314,8 @@ export class EbsController {
     try {
       page = await this.#ec2.listVolumesWithTag(VOLUME_NAME_TAG, max > 0 ? Math.min(max, 1000) : 1000, token);
     } catch (err) {
-      if (token && isCloudError(err, "InvalidParameter")) throw aborted(`starting_token "${token}" is not valid`);
+      if (token && isCloudError(err, "InvalidParameter"))
+        throw aborted(`starting_token "${token}" is not valid`);
       mapCloudError(err, "listing volumes");
     }
     return {
@@ -310,33 +331,47 @@ export class EbsController {
     return { volume: toCsiVolume(disk, {}), status: volumeStatus(disk) };
   }
 
-  async ControllerExpandVolume(req: ControllerExpandVolumeRequest, ctx: RpcContext): Promise<ControllerExpandVolumeResponse> {
+  async ControllerExpandVolume(
+    req: ControllerExpandVolumeRequest,
+    ctx: RpcContext,
+  ): Promise<ControllerExpandVolumeResponse> {
     const volumeId = requireString(req.volume_id, "volume_id");
     if (!req.capacity_range) throw invalidArgument("capacity_range", "required");
     const range = checkCapacityRange(req.capacity_range);
     if (range.requiredBytes === 0) throw invalidArgument("capacity_range.required_bytes", "required");
     checkMap(req.secrets, "secrets");
-    const block = req.volume_capability ? checkCapability(req.volume_capability, "volume_capability", CAPABILITY_RULES).block : false;
+    const block = req.volume_capability
+      ? checkCapability(req.volume_capability, "volume_capability", CAPABILITY_RULES).block
+      : false;
     const disk = VOLUME_ID.test(volumeId) ? await this.#getDisk(volumeId) : undefined;
     if (!disk) throw notFound(`volume_id ${volumeId}: no such volume`);
 
     const sizeGiB = Math.ceil(range.requiredBytes / GiB);
     const limits = VOLUME_LIMITS[disk.type];
     if (range.limitBytes > 0 && sizeGiB * GiB > range.limitBytes) {
-      throw outOfRange(`capacity_range: ${sizeGiB} GiB (required_bytes rounded up to GiB) exceeds limit_bytes ${range.limitBytes}`);
+      throw outOfRange(
+        `capacity_range: ${sizeGiB} GiB (required_bytes rounded up to GiB) exceeds limit_bytes ${range.limitBytes}`,
+      );
     }
     if (sizeGiB > limits.maxSizeGiB) {
-      throw outOfRange(`capacity_range.required_bytes: ${sizeGiB} GiB is above the ${disk.type} maximum of ${limits.maxSizeGiB} GiB`);
+      throw outOfRange(
+        `capacity_range.required_bytes: ${sizeGiB} GiB is above the ${disk.type} maximum of ${limits.maxSizeGiB} GiB`,
+      );
     }
     if (sizeGiB > disk.sizeGiB) {
       ctx.log.info({ volumeId, fromGiB: disk.sizeGiB, toGiB: sizeGiB }, "expanding volume");
-      await this.#ec2.modifyVolume(volumeId, { sizeGiB }).catch((err) => mapCloudError(err, `expanding volume ${volumeId}`));
+      await this.#ec2
+        .modifyVolume(volumeId, { sizeGiB })
+        .catch((err) => mapCloudError(err, `expanding volume ${volumeId}`));
       await this.#waitModified(volumeId, (d) => d.sizeGiB >= sizeGiB, ctx);
     }
     return { capacity_bytes: Math.max(sizeGiB, disk.sizeGiB) * GiB, node_expansion_required: !block };
   }
 
-  async ControllerModifyVolume(req: ControllerModifyVolumeRequest, ctx: RpcContext): Promise<ControllerModifyVolumeResponse> {
+  async ControllerModifyVolume(
+    req: ControllerModifyVolumeRequest,
+    ctx: RpcContext,
+  ): Promise<ControllerModifyVolumeResponse> {
     const volumeId = requireString(req.volume_id, "volume_id");
     const mutable = checkMap(req.mutable_parameters, "mutable_parameters");
     checkMap(req.secrets, "secrets");
@@ -344,12 +379,16 @@ export class EbsController {
     if (!disk) throw notFound(`volume_id ${volumeId}: no such volume`);
     const { modify, tags } = parseModifyParameters(mutable, { sizeGiB: disk.sizeGiB, type: disk.type });
     if (Object.keys(tags).length > 0) {
-      await this.#ec2.tagVolume(volumeId, tags).catch((err) => mapCloudError(err, `tagging volume ${volumeId}`));
+      await this.#ec2
+        .tagVolume(volumeId, tags)
+        .catch((err) => mapCloudError(err, `tagging volume ${volumeId}`));
     }
     const changes = Object.entries(modify).filter(([, v]) => v !== undefined);
     if (changes.length > 0) {
       ctx.log.info({ volumeId, changes: Object.fromEntries(changes) }, "modifying volume");
-      await this.#ec2.modifyVolume(volumeId, modify).catch((err) => mapCloudError(err, `modifying volume ${volumeId}`));
+      await this.#ec2
+        .modifyVolume(volumeId, modify)
+        .catch((err) => mapCloudError(err, `modifying volume ${volumeId}`));
       await this.#waitModified(volumeId, () => true, ctx);
     }
     return {};
@@ -358,7 +397,9 @@ export class EbsController {
   // --- helpers: each does one thing the RPCs above share ---
 
   async #getDisk(volumeId: string): Promise<Disk | undefined> {
-    const found = await this.#ec2.getVolumes([volumeId]).catch((err) => mapCloudError(err, `describing volume ${volumeId}`));
+    const found = await this.#ec2
+      .getVolumes([volumeId])
+      .catch((err) => mapCloudError(err, `describing volume ${volumeId}`));
     return found.get(volumeId);
   }
 
@@ -375,7 +416,10 @@ export class EbsController {
       (d) => d.state !== "deleting" && d.state !== "deleted",
     );
     if (disks.length > 1) {
-      this.#log.warn({ name, volumes: disks.map((d) => d.id) }, "several volumes carry one name: using the oldest id");
+      this.#log.warn(
+        { name, volumes: disks.map((d) => d.id) },
+        "several volumes carry one name: using the oldest id",
+      );
     }
     return disks.sort((a, b) => a.id.localeCompare(b.id))[0];
   }
@@ -386,14 +430,21 @@ export class EbsController {
       (list ?? []).map((t, i) => {
         const segments = t.segments ?? {};
         const zone = ZONE_KEYS.map((k) => segments[k]).find((z) => z);
-        if (!zone) throw invalidArgument(`accessibility_requirements.${field}[${i}]`, `needs one of ${ZONE_KEYS.join(", ")}`);
+        if (!zone)
+          throw invalidArgument(
+            `accessibility_requirements.${field}[${i}]`,
+            `needs one of ${ZONE_KEYS.join(", ")}`,
+          );
         return zone;
       });
     const requisite = zonesOf(req?.requisite, "requisite");
     const preferred = zonesOf(req?.preferred, "preferred");
-    const ordered = [...new Set([...preferred, ...requisite])].filter((z) => requisite.length === 0 || requisite.includes(z));
+    const ordered = [...new Set([...preferred, ...requisite])].filter(
+      (z) => requisite.length === 0 || requisite.includes(z),
+    );
     if (ordered.length > 0) return ordered;
-    if (requisite.length > 0) throw resourceExhausted("accessibility_requirements: no zone satisfies both lists");
+    if (requisite.length > 0)
+      throw resourceExhausted("accessibility_requirements: no zone satisfies both lists");
     const zones = await this.#ec2.getZones().catch((err) => mapCloudError(err, "listing availability zones"));
     if (zones.length === 0) throw resourceExhausted("no availability zone is available in this region");
     return zones;
@@ -409,7 +460,9 @@ export class EbsController {
         if (current.state === "error") {
           // EC2 gives up on volumes it cannot create (e.g. a KMS key it may not use): don't leak them.
           await this.#ec2.deleteVolume(disk.id).catch(() => undefined);
-          throw internal(`volume ${disk.id} went to state "error" (check kmsKeyId and quotas); it was deleted`);
+          throw internal(
+            `volume ${disk.id} went to state "error" (check kmsKeyId and quotas); it was deleted`,
+          );
         }
         return current.state === "available" || current.state === "in-use" ? current : undefined;
       },
@@ -422,10 +475,12 @@ export class EbsController {
       const inUse = instance.devices.keys();
       const device = this.#devices.allocate(instance.id, inUse, disk.id);
       if (!device) throw resourceExhausted(`node_id ${instance.id}: no free device name left`);
-      const limit = await this.#ec2.getInstanceTypeEbsLimit(instance.type).catch(() => undefined);
+      const limit = await this.#attachLimit(instance);
       if (limit !== undefined && this.#devices.countInUse(instance.id, instance.devices.keys()) > limit) {
         this.#devices.release(instance.id, disk.id);
-        throw resourceExhausted(`node_id ${instance.id}: ${instance.type} takes at most ${limit} EBS volumes`);
+        throw resourceExhausted(
+          `node_id ${instance.id}: ${instance.type} has no attachment left (limit ${limit})`,
+        );
       }
       ctx.log.info({ volumeId: disk.id, nodeId: instance.id, device }, "attaching");
       try {
@@ -443,14 +498,30 @@ export class EbsController {
     throw resourceExhausted(`node_id ${instance.id}: EC2 refused three device names in a row`);
   }
 
-  async #waitAttachment(volumeId: string, instanceId: string, want: "attached" | "detached", ctx: RpcContext) {
+  /**
+   * Attachments the instance can take, root volume included, as NodeGetInfo reports them: a shared
+   * limit also counts the network interfaces.
+   */
+  async #attachLimit(instance: Instance): Promise<number | undefined> {
+    const info = await this.#ec2.getInstanceTypeEbsInfo(instance.type).catch(() => undefined);
+    if (!info) return undefined;
+    return info.maxAttachments - (info.limitType === "dedicated" ? 0 : instance.networkInterfaces);
+  }
+
+  async #waitAttachment(
+    volumeId: string,
+    instanceId: string,
+    want: "attached" | "detached",
+    ctx: RpcContext,
+  ) {
     await waitUntil(
       `volume ${volumeId} to be ${want} ${want === "attached" ? "to" : "from"} ${instanceId}`,
       async () => {
         const disk = await this.#getDisk(volumeId);
         const attachment = disk?.attachments.find((a) => a.instanceId === instanceId);
         const state = attachment?.state ?? "detached";
-        if (want === "attached" && !disk) throw notFound(`volume_id ${volumeId}: volume disappeared while attaching`);
+        if (want === "attached" && !disk)
+          throw notFound(`volume_id ${volumeId}: volume disappeared while attaching`);
         if (want === "attached" && state === "detached") {
           throw internal(`volume ${volumeId} did not attach to ${instanceId}`);
         }
@@ -481,7 +552,10 @@ function checkMultiAttach(caps: CheckedCapability[], type: string, multiAttach: 
   caps.forEach((cap, i) => {
     if (!MULTI_NODE_MODES.includes(cap.mode)) return;
     if (!cap.block) {
-      throw invalidArgument(`volume_capabilities[${i}]`, `${cap.mode} is only supported for raw block volumes`);
+      throw invalidArgument(
+        `volume_capabilities[${i}]`,
+        `${cap.mode} is only supported for raw block volumes`,
+      );
     }
     if (!multiAttach || (type !== "io1" && type !== "io2")) {
       throw invalidArgument(
@@ -495,7 +569,14 @@ function checkMultiAttach(caps: CheckedCapability[], type: string, multiAttach: 
 /** Why an existing volume of the same name does not match the request, or undefined when it does. */
 function describeMismatch(
   disk: Disk,
-  spec: { sizeGiB: number; type: string; iops?: number; throughput?: number; encrypted: boolean; kmsKeyId?: string },
+  spec: {
+    sizeGiB: number;
+    type: string;
+    iops?: number;
+    throughput?: number;
+    encrypted: boolean;
+    kmsKeyId?: string;
+  },
   zones: string[],
 ): string | undefined {
   if (disk.sizeGiB !== spec.sizeGiB) return `size ${disk.sizeGiB} GiB, not ${spec.sizeGiB} GiB`;
@@ -506,7 +587,8 @@ function describeMismatch(
   }
   if (disk.encrypted !== spec.encrypted) return disk.encrypted ? "encryption on" : "encryption off";
   if (spec.kmsKeyId && disk.kmsKeyId && disk.kmsKeyId !== spec.kmsKeyId) return `KMS key ${disk.kmsKeyId}`;
-  if (!zones.includes(disk.zone)) return `zone ${disk.zone}, outside the requested topology (${zones.join(", ")})`;
+  if (!zones.includes(disk.zone))
+    return `zone ${disk.zone}, outside the requested topology (${zones.join(", ")})`;
   return undefined;
 }
 

@@ -8,7 +8,9 @@
 const LETTERS = "abcdefghijklmnopqrstuvwxyz";
 
 /** /dev/xvdaa ... /dev/xvdzz: 676 names, none of which EC2 reserves for root devices. */
-export const DEVICE_NAMES: readonly string[] = [...LETTERS].flatMap((a) => [...LETTERS].map((b) => `/dev/xvd${a}${b}`));
+export const DEVICE_NAMES: readonly string[] = [...LETTERS].flatMap((a) =>
+  [...LETTERS].map((b) => `/dev/xvd${a}${b}`),
+);
 
 const canonical = (device: string) => (device.startsWith("/dev/") ? device : `/dev/${device}`);
 

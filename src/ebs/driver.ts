@@ -38,7 +38,7 @@ export async function createEbsDriver({ options, log, metrics }: DriverDeps): Pr
   let node: ServiceImpl | undefined;
   if (serveNode && metadata) {
     const { createEbsNode } = await import("./node.ts");
-    node = (await createEbsNode({ options, log: log.child({ service: "node" }), metadata, ec2 }));
+    node = await createEbsNode({ options, log: log.child({ service: "node" }), metadata, ec2 });
   }
 
   return {

@@ -38,6 +38,7 @@ import {
   type DiskState,
   type Ec2,
   type Instance,
+  type InstanceTypeEbsInfo,
   type ModifyDiskInput,
   type VolumeType,
 } from "./cloud.ts";
@@ -54,12 +55,6 @@ export interface SdkEc2Options {
 /** Ids per batched Describe* request, and the page size asked of EC2 (DescribeVolumes allows 5-500). */
 const MAX_BATCH = 500;
 const MIN_PAGE = 5;
-
-export interface InstanceTypeEbsInfo {
-  maxAttachments: number;
-  /** "shared": network interfaces and instance store volumes count against maxAttachments. */
-  limitType: "shared" | "dedicated" | undefined;
-}
 
 export class SdkEc2 implements Ec2 {
   readonly #client: EC2Client;
@@ -197,10 +192,6 @@ export class SdkEc2 implements Ec2 {
       if (err instanceof CloudError && err.awsCode === "InvalidVolumeModification.NotFound") return undefined;
       throw err;
     }
-  }
-
-  async getInstanceTypeEbsLimit(instanceType: string): Promise<number | undefined> {
-    return (await this.getInstanceTypeEbsInfo(instanceType))?.maxAttachments;
   }
 
   /** EbsInfo of an instance type, or undefined when EC2 does not know the type or says nothing. */
@@ -392,6 +383,7 @@ function toInstance(i: Ec2Instance): Instance {
     type: i.InstanceType ?? "",
     state: i.State?.Name ?? "unknown",
     devices,
+    networkInterfaces: i.NetworkInterfaces?.length ?? 1,
   };
 }
 

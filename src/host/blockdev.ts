@@ -289,3 +289,27 @@ export async function fsStats(path: string): Promise<FsStats> {
     usedInodes: Number(s.files - s.ffree),
   };
 }
+
+/**
+ * The size the filesystem itself claims (not what statfs shows, which leaves out its metadata),
+ * to tell whether a grown device still needs resizeFilesystem.
+ */
+export async function filesystemSizeBytes(
+  device: string,
+  mountPath: string,
+  fsType: FsType,
+): Promise<number> {
+  if (fsType === "xfs") {
+    // data     =                       bsize=4096   blocks=262144, imaxpct=25
+    const { stdout } = await run("xfs_info", ["--", mountPath], { timeoutMs: PROBE_TIMEOUT_MS });
+    const match = /^data\s+=\s+bsize=(\d+)\s+blocks=(\d+)/m.exec(stdout);
+    if (!match) throw new Error(`xfs_info ${mountPath}: no data section in its output`);
+    return Number(match[1]) * Number(match[2]);
+  }
+  const { stdout } = await run("dumpe2fs", ["-h", "--", device], { timeoutMs: PROBE_TIMEOUT_MS });
+  const field = (name: string) => Number(new RegExp(`^${name}:\\s+(\\d+)`, "m").exec(stdout)?.[1]);
+  const size = field("Block count") * field("Block size");
+  if (!Number.isFinite(size))
+    throw new Error(`dumpe2fs -h ${device}: no block count or block size in its output`);
+  return size;
+}

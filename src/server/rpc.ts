@@ -1,5 +1,5 @@
 import { randomUUID } from "node:crypto";
-import { type ServerUnaryCall, type sendUnaryData, type ServiceDefinition, status } from "@grpc/grpc-js";
+import { type ServerUnaryCall, type ServiceDefinition, type sendUnaryData, status } from "@grpc/grpc-js";
 import { CsiError, statusName } from "../csi/errors.ts";
 import { type Logger, redactSecrets } from "../log.ts";
 import type { Metrics } from "../metrics.ts";
@@ -42,7 +42,8 @@ const READ_ONLY = new Set([
  */
 export function inflightKey(method: string, req: Record<string, unknown>): string | undefined {
   if (READ_ONLY.has(method)) return undefined;
-  const text = (field: string) => (typeof req[field] === "string" && req[field] !== "" ? req[field] : undefined);
+  const text = (field: string) =>
+    typeof req[field] === "string" && req[field] !== "" ? req[field] : undefined;
   if (method === "CreateVolume") return text("name") && `name/${text("name")}`;
   const volumeId = text("volume_id");
   if (!volumeId) return undefined;
@@ -67,7 +68,10 @@ export function bindService(
   impl: ServiceImpl,
   rt: RpcRuntime,
 ): Record<string, (call: ServerUnaryCall<unknown, unknown>, callback: sendUnaryData<unknown>) => void> {
-  const handlers: Record<string, (call: ServerUnaryCall<unknown, unknown>, cb: sendUnaryData<unknown>) => void> = {};
+  const handlers: Record<
+    string,
+    (call: ServerUnaryCall<unknown, unknown>, cb: sendUnaryData<unknown>) => void
+  > = {};
   for (const [method, def] of Object.entries(service)) {
     if (def.requestStream || def.responseStream) continue;
     const member = (impl as Record<string, unknown>)[method];
@@ -102,7 +106,10 @@ async function handleCall(
     if (key) {
       release = rt.inflight.tryAcquire(key);
       if (!release) {
-        throw new CsiError(status.ABORTED, `an operation for ${key.slice(key.indexOf("/") + 1)} is already in progress`);
+        throw new CsiError(
+          status.ABORTED,
+          `an operation for ${key.slice(key.indexOf("/") + 1)} is already in progress`,
+        );
       }
     }
     const response = await fn(req, { requestId, log, signal: abort.signal });
@@ -117,6 +124,9 @@ async function handleCall(
     release?.();
     const seconds = Number(process.hrtime.bigint() - started) / 1e9;
     rt.metrics.rpcDuration.observe({ method, code: statusName(code) }, seconds);
-    log.info({ code: statusName(code), ms: Math.round(seconds * 1000), volume: req.volume_id || req.name }, "done");
+    log.info(
+      { code: statusName(code), ms: Math.round(seconds * 1000), volume: req.volume_id || req.name },
+      "done",
+    );
   }
 }

@@ -3,7 +3,7 @@ import { dirname } from "node:path";
 import { Server, ServerCredentials } from "@grpc/grpc-js";
 import { csiServices } from "../csi/proto.ts";
 import type { Logger } from "../log.ts";
-import { type RpcRuntime, type ServiceImpl, bindService } from "./rpc.ts";
+import { bindService, type RpcRuntime, type ServiceImpl } from "./rpc.ts";
 
 export interface CsiServiceImpls {
   identity: ServiceImpl;
@@ -29,14 +29,22 @@ async function removeStaleSocket(path: string, log: Logger): Promise<void> {
   log.info({ path }, "removed stale socket");
 }
 
-export async function serveCsi(socketPath: string, impls: CsiServiceImpls, rt: RpcRuntime): Promise<RunningServer> {
+export async function serveCsi(
+  socketPath: string,
+  impls: CsiServiceImpls,
+  rt: RpcRuntime,
+): Promise<RunningServer> {
   const services = csiServices();
   const server = new Server({ "grpc.max_receive_message_length": 4 * 1024 * 1024 });
   server.addService(services.Identity.service, bindService(services.Identity.service, impls.identity, rt));
   if (impls.controller) {
-    server.addService(services.Controller.service, bindService(services.Controller.service, impls.controller, rt));
+    server.addService(
+      services.Controller.service,
+      bindService(services.Controller.service, impls.controller, rt),
+    );
   }
-  if (impls.node) server.addService(services.Node.service, bindService(services.Node.service, impls.node, rt));
+  if (impls.node)
+    server.addService(services.Node.service, bindService(services.Node.service, impls.node, rt));
 
   await mkdir(dirname(socketPath), { recursive: true });
   await removeStaleSocket(socketPath, rt.log);
@@ -51,7 +59,9 @@ export async function serveCsi(socketPath: string, impls: CsiServiceImpls, rt: R
     socketPath,
     async shutdown(timeoutMs) {
       const graceful = new Promise<void>((resolve) => server.tryShutdown(() => resolve()));
-      const timer = new Promise<"timeout">((resolve) => setTimeout(() => resolve("timeout"), timeoutMs).unref());
+      const timer = new Promise<"timeout">((resolve) =>
+        setTimeout(() => resolve("timeout"), timeoutMs).unref(),
+      );
       if ((await Promise.race([graceful, timer])) === "timeout") {
         rt.log.warn({ inflight: rt.inflight.size }, "in-flight calls did not finish in time: closing them");
         server.forceShutdown();

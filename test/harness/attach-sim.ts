@@ -27,7 +27,10 @@ export interface AttachSim {
   attach(volumeId: string, sizeGiB: number): Promise<Attachment>;
   /** Removes the link and the loop device; the file (the data) stays. Not attached is fine. */
   detach(volumeId: string): Promise<void>;
-  /** Grows the file and tells an attached loop device its new size (`losetup -c`). EBS never shrinks. */
+  /**
+   * Grows the file and tells an attached loop device its new size (`losetup -c`). EBS never shrinks.
+   * A volume that was never attached has no file: nothing to do.
+   */
   resize(volumeId: string, sizeGiB: number): Promise<void>;
   /** Deletes the volume's file, detaching it first if needed. */
   remove(volumeId: string): Promise<void>;
@@ -181,7 +184,8 @@ export function createAttachSim(options: AttachSimOptions): AttachSim {
       return serial(volumeId, async () => {
         checkId(volumeId);
         const file = await filePath(volumeId);
-        await stat(file); // a volume that was never created has nothing to resize
+        // A volume never attached has no file yet: attach creates it at EC2's size of the moment.
+        if (!(await stat(file).catch(() => undefined))) return;
         await growFile(file, sizeGiB);
         for (const device of await devicesOf(file)) {
           await run("losetup", ["--set-capacity", device], { timeoutMs: LOSETUP_TIMEOUT_MS });

@@ -218,9 +218,8 @@ describe("SdkEc2 on moto", () => {
     const zones = await ec2.getZones();
     expect(zones).toContain(zone);
     expect(zones).toEqual([...zones].sort());
-    expect(await ec2.getInstanceTypeEbsLimit("m5.large")).toBe(27);
     expect(await ec2.getInstanceTypeEbsInfo("m5.large")).toEqual({ maxAttachments: 27, limitType: "shared" });
-    expect(await ec2.getInstanceTypeEbsLimit("zz.large")).toBeUndefined();
+    expect(await ec2.getInstanceTypeEbsInfo("zz.large")).toBeUndefined();
   });
 
   it("sees tags set outside the driver (CreateTags) through findVolumesByTag", async () => {

@@ -2,7 +2,7 @@ import { status } from "@grpc/grpc-js";
 import { beforeEach, describe, expect, it } from "vitest";
 import { CsiError } from "../../src/csi/errors.ts";
 import type { CreateVolumeRequest } from "../../src/csi/types.ts";
-import { EbsController, clientTokenFor } from "../../src/ebs/controller.ts";
+import { clientTokenFor, EbsController } from "../../src/ebs/controller.ts";
 import { createLogger } from "../../src/log.ts";
 import type { RpcContext } from "../../src/server/rpc.ts";
 import { FakeEc2 } from "./fake-ec2.ts";
@@ -12,7 +12,10 @@ const log = createLogger("silent");
 const ctx = (): RpcContext => ({ requestId: "test", log, signal: new AbortController().signal });
 const fastWait = { initialMs: 1, factor: 1, maxDelayMs: 1, timeoutMs: 200 };
 
-const mountCap = (mode = "SINGLE_NODE_WRITER") => ({ access_mode: { mode }, mount: { fs_type: "ext4", mount_flags: [] } });
+const mountCap = (mode = "SINGLE_NODE_WRITER") => ({
+  access_mode: { mode },
+  mount: { fs_type: "ext4", mount_flags: [] },
+});
 
 /** A CreateVolumeRequest as the server decodes it: every field present, defaults filled in. */
 function createReq(over: Partial<CreateVolumeRequest> = {}): CreateVolumeRequest {
@@ -59,7 +62,12 @@ describe("EBS controller", () => {
       const volume = res.volume!;
       expect(volume.capacity_bytes).toBe(6 * GiB);
       expect(volume.accessible_topology).toEqual([
-        { segments: { "topology.kubernetes.io/zone": "us-east-1a", "topology.ebs.csi.aws.com/zone": "us-east-1a" } },
+        {
+          segments: {
+            "topology.kubernetes.io/zone": "us-east-1a",
+            "topology.ebs.csi.aws.com/zone": "us-east-1a",
+          },
+        },
       ]);
       const disk = ec2.disks.get(volume.volume_id!)!;
       expect(disk.tags).toMatchObject({
@@ -82,7 +90,10 @@ describe("EBS controller", () => {
     it("gives ALREADY_EXISTS for the same name with another size", async () => {
       await controller.CreateVolume(createReq(), ctx());
       await expectCode(
-        controller.CreateVolume(createReq({ capacity_range: { required_bytes: 20 * GiB, limit_bytes: 0 } }), ctx()),
+        controller.CreateVolume(
+          createReq({ capacity_range: { required_bytes: 20 * GiB, limit_bytes: 0 } }),
+          ctx(),
+        ),
         status.ALREADY_EXISTS,
         /size 10 GiB, not 20 GiB/,
       );
@@ -111,7 +122,12 @@ describe("EBS controller", () => {
 
     it("refuses requests that name no usable zone key", async () => {
       await expectCode(
-        controller.CreateVolume(createReq({ accessibility_requirements: { requisite: [{ segments: { rack: "r1" } }], preferred: [] } }), ctx()),
+        controller.CreateVolume(
+          createReq({
+            accessibility_requirements: { requisite: [{ segments: { rack: "r1" } }], preferred: [] },
+          }),
+          ctx(),
+        ),
         status.INVALID_ARGUMENT,
         /accessibility_requirements\.requisite\[0\]/,
       );
@@ -121,22 +137,37 @@ describe("EBS controller", () => {
       [{ name: "" }, /^name: required/],
       [{ name: "x".repeat(129) }, /^name: 129 bytes/],
       [{ volume_capabilities: [] }, /^volume_capabilities: at least one/],
-      [{ volume_capabilities: [{ access_mode: { mode: 99 } }] }, /volume_capabilities\[0\]\.access_mode\.mode: 99/],
-      [{ volume_capabilities: [{ access_mode: { mode: "SINGLE_NODE_WRITER" } }] }, /volume_capabilities\[0\]: access_type/],
-      [{ volume_capabilities: [{ access_mode: { mode: "SINGLE_NODE_WRITER" }, mount: { fs_type: "zfs" } }] }, /fs_type/],
+      [
+        { volume_capabilities: [{ access_mode: { mode: 99 } }] },
+        /volume_capabilities\[0\]\.access_mode\.mode: 99/,
+      ],
+      [
+        { volume_capabilities: [{ access_mode: { mode: "SINGLE_NODE_WRITER" } }] },
+        /volume_capabilities\[0\]: access_type/,
+      ],
+      [
+        { volume_capabilities: [{ access_mode: { mode: "SINGLE_NODE_WRITER" }, mount: { fs_type: "zfs" } }] },
+        /fs_type/,
+      ],
       [{ volume_capabilities: [mountCap("MULTI_NODE_MULTI_WRITER")] }, /only supported for raw block/],
       [{ capacity_range: { required_bytes: 2 * GiB, limit_bytes: GiB } }, /capacity_range\.limit_bytes/],
       [{ parameters: { bogus: "1" } }, /parameters\.bogus/],
       [{ parameters: { big: "x".repeat(5000) } }, /^parameters: .*4 KiB/],
       [{ volume_content_source: { snapshot: { snapshot_id: "snap-1" } } }, /volume_content_source/],
-    ] as [Partial<CreateVolumeRequest>, RegExp][])("refuses %j with INVALID_ARGUMENT naming the field", async (over, message) => {
-      await expectCode(controller.CreateVolume(createReq(over), ctx()), status.INVALID_ARGUMENT, message);
-      expect(ec2.disks.size).toBe(0);
-    });
+    ] as [Partial<CreateVolumeRequest>, RegExp][])(
+      "refuses %j with INVALID_ARGUMENT naming the field",
+      async (over, message) => {
+        await expectCode(controller.CreateVolume(createReq(over), ctx()), status.INVALID_ARGUMENT, message);
+        expect(ec2.disks.size).toBe(0);
+      },
+    );
 
     it("gives OUT_OF_RANGE when no size fits the type", async () => {
       await expectCode(
-        controller.CreateVolume(createReq({ capacity_range: { required_bytes: 100_000 * GiB, limit_bytes: 0 } }), ctx()),
+        controller.CreateVolume(
+          createReq({ capacity_range: { required_bytes: 100_000 * GiB, limit_bytes: 0 } }),
+          ctx(),
+        ),
         status.OUT_OF_RANGE,
       );
     });
@@ -148,7 +179,11 @@ describe("EBS controller", () => {
         ec2.disks.get(disk.id)!.state = "error";
         return { ...disk, state: "creating" };
       };
-      await expectCode(controller.CreateVolume(createReq(), ctx()), status.INTERNAL, /state "error".*deleted/);
+      await expectCode(
+        controller.CreateVolume(createReq(), ctx()),
+        status.INTERNAL,
+        /state "error".*deleted/,
+      );
       expect(ec2.disks.size).toBe(0);
     });
   });
@@ -204,9 +239,21 @@ describe("EBS controller", () => {
     it("gives NOT_FOUND for an unknown volume or node, naming the field", async () => {
       const node = ec2.addInstance();
       const { volume } = await controller.CreateVolume(createReq(), ctx());
-      await expectCode(controller.ControllerPublishVolume(publishReq("vol-00000000000000099", node), ctx()), status.NOT_FOUND, /volume_id/);
-      await expectCode(controller.ControllerPublishVolume(publishReq(volume!.volume_id!, "i-00000000000000099"), ctx()), status.NOT_FOUND, /node_id/);
-      await expectCode(controller.ControllerPublishVolume(publishReq(volume!.volume_id!, "fake-node"), ctx()), status.NOT_FOUND, /node_id/);
+      await expectCode(
+        controller.ControllerPublishVolume(publishReq("vol-00000000000000099", node), ctx()),
+        status.NOT_FOUND,
+        /volume_id/,
+      );
+      await expectCode(
+        controller.ControllerPublishVolume(publishReq(volume!.volume_id!, "i-00000000000000099"), ctx()),
+        status.NOT_FOUND,
+        /node_id/,
+      );
+      await expectCode(
+        controller.ControllerPublishVolume(publishReq(volume!.volume_id!, "fake-node"), ctx()),
+        status.NOT_FOUND,
+        /node_id/,
+      );
     });
 
     it("gives FAILED_PRECONDITION when the volume is attached to another node", async () => {
@@ -214,13 +261,21 @@ describe("EBS controller", () => {
       const b = ec2.addInstance();
       const { volume } = await controller.CreateVolume(createReq(), ctx());
       await controller.ControllerPublishVolume(publishReq(volume!.volume_id!, a), ctx());
-      await expectCode(controller.ControllerPublishVolume(publishReq(volume!.volume_id!, b), ctx()), status.FAILED_PRECONDITION, new RegExp(a));
+      await expectCode(
+        controller.ControllerPublishVolume(publishReq(volume!.volume_id!, b), ctx()),
+        status.FAILED_PRECONDITION,
+        new RegExp(a),
+      );
     });
 
     it("gives FAILED_PRECONDITION when volume and node are in different zones", async () => {
       const node = ec2.addInstance("us-east-1b");
       const { volume } = await controller.CreateVolume(createReq(), ctx());
-      await expectCode(controller.ControllerPublishVolume(publishReq(volume!.volume_id!, node), ctx()), status.FAILED_PRECONDITION, /us-east-1b/);
+      await expectCode(
+        controller.ControllerPublishVolume(publishReq(volume!.volume_id!, node), ctx()),
+        status.FAILED_PRECONDITION,
+        /us-east-1b/,
+      );
     });
 
     it("never hands out a device name twice under 50 concurrent attaches to one node", async () => {
@@ -238,14 +293,19 @@ describe("EBS controller", () => {
       expect(ec2.instances.get(node)!.devices.size).toBe(51);
     });
 
-    it("gives RESOURCE_EXHAUSTED at the node's attachment limit", async () => {
-      ec2.ebsLimit = 3;
+    it("gives RESOURCE_EXHAUSTED at the node's attachment limit (root volume and network interface count)", async () => {
+      ec2.ebsLimit = 4;
       const node = ec2.addInstance();
       const vols = [];
-      for (let i = 0; i < 3; i++) vols.push((await controller.CreateVolume(createReq({ name: `v${i}` }), ctx())).volume!.volume_id!);
+      for (let i = 0; i < 3; i++)
+        vols.push((await controller.CreateVolume(createReq({ name: `v${i}` }), ctx())).volume!.volume_id!);
       await controller.ControllerPublishVolume(publishReq(vols[0]!, node), ctx());
       await controller.ControllerPublishVolume(publishReq(vols[1]!, node), ctx());
-      await expectCode(controller.ControllerPublishVolume(publishReq(vols[2]!, node), ctx()), status.RESOURCE_EXHAUSTED, /at most 3/);
+      await expectCode(
+        controller.ControllerPublishVolume(publishReq(vols[2]!, node), ctx()),
+        status.RESOURCE_EXHAUSTED,
+        /limit 3/,
+      );
       expect(ec2.disks.get(vols[2]!)!.attachments).toEqual([]);
     });
 
@@ -270,7 +330,12 @@ describe("EBS controller", () => {
       const { volume } = await controller.CreateVolume(createReq(), ctx());
       const id = volume!.volume_id!;
       const res = await controller.ControllerExpandVolume(
-        { volume_id: id, capacity_range: { required_bytes: 20 * GiB - 5, limit_bytes: 0 }, secrets: {}, volume_capability: null },
+        {
+          volume_id: id,
+          capacity_range: { required_bytes: 20 * GiB - 5, limit_bytes: 0 },
+          secrets: {},
+          volume_capability: null,
+        },
         ctx(),
       );
       expect(res).toEqual({ capacity_bytes: 20 * GiB, node_expansion_required: true });
@@ -292,13 +357,26 @@ describe("EBS controller", () => {
       const { volume } = await controller.CreateVolume(createReq(), ctx());
       const expand = (required: number, limit: number) =>
         controller.ControllerExpandVolume(
-          { volume_id: volume!.volume_id!, capacity_range: { required_bytes: required, limit_bytes: limit }, secrets: {}, volume_capability: null },
+          {
+            volume_id: volume!.volume_id!,
+            capacity_range: { required_bytes: required, limit_bytes: limit },
+            secrets: {},
+            volume_capability: null,
+          },
           ctx(),
         );
       await expectCode(expand(20 * GiB + 1, 20 * GiB + 2), status.OUT_OF_RANGE, /limit_bytes/);
       await expectCode(expand(1_000_000 * GiB, 0), status.OUT_OF_RANGE, /maximum/);
       await expectCode(
-        controller.ControllerExpandVolume({ volume_id: "vol-00000000000000099", capacity_range: { required_bytes: GiB, limit_bytes: 0 }, secrets: {}, volume_capability: null }, ctx()),
+        controller.ControllerExpandVolume(
+          {
+            volume_id: "vol-00000000000000099",
+            capacity_range: { required_bytes: GiB, limit_bytes: 0 },
+            secrets: {},
+            volume_capability: null,
+          },
+          ctx(),
+        ),
         status.NOT_FOUND,
       );
     });
@@ -307,15 +385,24 @@ describe("EBS controller", () => {
       const { volume } = await controller.CreateVolume(createReq(), ctx());
       const id = volume!.volume_id!;
       await expectCode(
-        controller.ControllerModifyVolume({ volume_id: id, mutable_parameters: { XXX_FakeKey: "1" }, secrets: {} }, ctx()),
+        controller.ControllerModifyVolume(
+          { volume_id: id, mutable_parameters: { XXX_FakeKey: "1" }, secrets: {} },
+          ctx(),
+        ),
         status.INVALID_ARGUMENT,
         /XXX_FakeKey/i,
       );
       expect(ec2.calls.modifyVolume ?? 0).toBe(0);
-      await controller.ControllerModifyVolume({ volume_id: id, mutable_parameters: { iops: "5000" }, secrets: {} }, ctx());
+      await controller.ControllerModifyVolume(
+        { volume_id: id, mutable_parameters: { iops: "5000" }, secrets: {} },
+        ctx(),
+      );
       expect(ec2.disks.get(id)!.iops).toBe(5000);
       await expectCode(
-        controller.ControllerModifyVolume({ volume_id: "non-existing-volume-id", mutable_parameters: {}, secrets: {} }, ctx()),
+        controller.ControllerModifyVolume(
+          { volume_id: "non-existing-volume-id", mutable_parameters: {}, secrets: {} },
+          ctx(),
+        ),
         status.NOT_FOUND,
       );
     });
@@ -323,7 +410,8 @@ describe("EBS controller", () => {
     it("lists volumes page by page with their nodes, and refuses a bad token with ABORTED", async () => {
       const node = ec2.addInstance();
       const ids = [];
-      for (let i = 0; i < 5; i++) ids.push((await controller.CreateVolume(createReq({ name: `v${i}` }), ctx())).volume!.volume_id!);
+      for (let i = 0; i < 5; i++)
+        ids.push((await controller.CreateVolume(createReq({ name: `v${i}` }), ctx())).volume!.volume_id!);
       await controller.ControllerPublishVolume(publishReq(ids[0]!, node), ctx());
       const seen: string[] = [];
       let token = "";
@@ -339,7 +427,10 @@ describe("EBS controller", () => {
       } while (token);
       expect(pages).toBe(3);
       expect(seen.sort()).toEqual([...ids].sort());
-      await expectCode(controller.ListVolumes({ max_entries: 0, starting_token: "invalid-token" }), status.ABORTED);
+      await expectCode(
+        controller.ListVolumes({ max_entries: 0, starting_token: "invalid-token" }),
+        status.ABORTED,
+      );
     });
 
     it("gets a volume with its status, NOT_FOUND when it is gone", async () => {
@@ -347,13 +438,23 @@ describe("EBS controller", () => {
       const got = await controller.ControllerGetVolume({ volume_id: volume!.volume_id! });
       expect(got.volume!.capacity_bytes).toBe(10 * GiB);
       expect(got.status!.volume_condition!.abnormal).toBe(false);
-      await expectCode(controller.ControllerGetVolume({ volume_id: "vol-00000000000000099" }), status.NOT_FOUND);
+      await expectCode(
+        controller.ControllerGetVolume({ volume_id: "vol-00000000000000099" }),
+        status.NOT_FOUND,
+      );
     });
 
     it("confirms supported capabilities and explains unsupported ones", async () => {
       const { volume } = await controller.CreateVolume(createReq(), ctx());
       const req = (caps: unknown[]) =>
-        ({ volume_id: volume!.volume_id!, volume_capabilities: caps, volume_context: {}, parameters: {}, mutable_parameters: {}, secrets: {} }) as never;
+        ({
+          volume_id: volume!.volume_id!,
+          volume_capabilities: caps,
+          volume_context: {},
+          parameters: {},
+          mutable_parameters: {},
+          secrets: {},
+        }) as never;
       expect((await controller.ValidateVolumeCapabilities(req([mountCap()]))).confirmed).toBeTruthy();
       const refused = await controller.ValidateVolumeCapabilities(req([mountCap("MULTI_NODE_MULTI_WRITER")]));
       expect(refused.confirmed).toBeUndefined();

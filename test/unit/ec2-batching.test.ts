@@ -276,10 +276,12 @@ describe("other calls", () => {
       };
     });
     expect(
-      await Promise.all([ec2.getInstanceTypeEbsLimit("m5.large"), ec2.getInstanceTypeEbsLimit("m5.large")]),
+      (
+        await Promise.all([ec2.getInstanceTypeEbsInfo("m5.large"), ec2.getInstanceTypeEbsInfo("m5.large")])
+      ).map((info) => info?.maxAttachments),
     ).toEqual([27, 27]);
     expect(await ec2.getInstanceTypeEbsInfo("m5.large")).toEqual({ maxAttachments: 27, limitType: "shared" });
-    expect(await ec2.getInstanceTypeEbsLimit("zz.large")).toBeUndefined();
+    expect(await ec2.getInstanceTypeEbsInfo("zz.large")).toBeUndefined();
     expect(sent).toHaveLength(2);
   });
 

@@ -6,6 +6,7 @@ import {
   type DiskPage,
   type Ec2,
   type Instance,
+  type InstanceTypeEbsInfo,
   type ModifyDiskInput,
 } from "../../src/ebs/cloud.ts";
 
@@ -40,7 +41,14 @@ export class FakeEc2 implements Ec2 {
 
   addInstance(zone = "us-east-1a", type = "m5.large"): string {
     const id = this.#id("i");
-    this.instances.set(id, { id, zone, type, state: "running", devices: new Map([["/dev/xvda", "vol-root"]]) });
+    this.instances.set(id, {
+      id,
+      zone,
+      type,
+      state: "running",
+      devices: new Map([["/dev/xvda", "vol-root"]]),
+      networkInterfaces: 1,
+    });
     return id;
   }
 
@@ -77,14 +85,18 @@ export class FakeEc2 implements Ec2 {
   async deleteVolume(volumeId: string): Promise<void> {
     this.#count("deleteVolume");
     const disk = this.disks.get(volumeId);
-    if (!disk) throw new CloudError("NotFound", "InvalidVolume.NotFound", `The volume '${volumeId}' does not exist.`);
-    if (disk.attachments.length > 0) throw new CloudError("InUse", "VolumeInUse", `Volume ${volumeId} is attached`);
+    if (!disk)
+      throw new CloudError("NotFound", "InvalidVolume.NotFound", `The volume '${volumeId}' does not exist.`);
+    if (disk.attachments.length > 0)
+      throw new CloudError("InUse", "VolumeInUse", `Volume ${volumeId} is attached`);
     this.disks.delete(volumeId);
   }
 
   async getVolumes(ids: string[]): Promise<Map<string, Disk>> {
     this.#count("getVolumes");
-    return new Map(ids.filter((id) => this.disks.has(id)).map((id) => [id, structuredClone(this.disks.get(id)!)]));
+    return new Map(
+      ids.filter((id) => this.disks.has(id)).map((id) => [id, structuredClone(this.disks.get(id)!)]),
+    );
   }
 
   async findVolumesByTag(key: string, value: string): Promise<Disk[]> {
@@ -111,12 +123,17 @@ export class FakeEc2 implements Ec2 {
     const disk = this.disks.get(volumeId);
     const instance = this.instances.get(instanceId);
     if (!disk) throw new CloudError("NotFound", "InvalidVolume.NotFound", `no volume ${volumeId}`);
-    if (!instance) throw new CloudError("NotFound", "InvalidInstanceID.NotFound", `no instance ${instanceId}`);
+    if (!instance)
+      throw new CloudError("NotFound", "InvalidInstanceID.NotFound", `no instance ${instanceId}`);
     if (disk.attachments.length > 0 && !disk.multiAttach) {
       throw new CloudError("InUse", "VolumeInUse", `${volumeId} is already attached`);
     }
     if (instance.devices.has(device)) {
-      throw new CloudError("InvalidParameter", "InvalidParameterValue", `Attachment point ${device} is already in use`);
+      throw new CloudError(
+        "InvalidParameter",
+        "InvalidParameterValue",
+        `Attachment point ${device} is already in use`,
+      );
     }
     instance.devices.set(device, volumeId);
     disk.attachments.push({ instanceId, device, state: "attached" });
@@ -128,7 +145,8 @@ export class FakeEc2 implements Ec2 {
     const disk = this.disks.get(volumeId);
     if (!disk) throw new CloudError("NotFound", "InvalidVolume.NotFound", `no volume ${volumeId}`);
     const attachment = disk.attachments.find((a) => a.instanceId === instanceId);
-    if (!attachment) throw new CloudError("NotFound", "IncorrectState", `${volumeId} is not attached to ${instanceId}`);
+    if (!attachment)
+      throw new CloudError("NotFound", "IncorrectState", `${volumeId} is not attached to ${instanceId}`);
     disk.attachments = disk.attachments.filter((a) => a !== attachment);
     this.instances.get(instanceId)?.devices.delete(attachment.device);
     if (disk.attachments.length === 0) disk.state = "available";
@@ -159,12 +177,17 @@ export class FakeEc2 implements Ec2 {
   async getInstances(ids: string[]): Promise<Map<string, Instance>> {
     this.#count("getInstances");
     const found = ids.filter((id) => this.instances.has(id));
-    return new Map(found.map((id) => [id, { ...this.instances.get(id)!, devices: new Map(this.instances.get(id)!.devices) }]));
+    return new Map(
+      found.map((id) => [
+        id,
+        { ...this.instances.get(id)!, devices: new Map(this.instances.get(id)!.devices) },
+      ]),
+    );
   }
 
-  async getInstanceTypeEbsLimit(): Promise<number | undefined> {
-    this.#count("getInstanceTypeEbsLimit");
-    return this.ebsLimit;
+  async getInstanceTypeEbsInfo(): Promise<InstanceTypeEbsInfo | undefined> {
+    this.#count("getInstanceTypeEbsInfo");
+    return this.ebsLimit === undefined ? undefined : { maxAttachments: this.ebsLimit, limitType: "shared" };
   }
 
   async getZones(): Promise<string[]> {

@@ -1,0 +1,505 @@
+import { mkdir, readdir, readFile, realpath, rm, stat, writeFile } from "node:fs/promises";
+import { basename, dirname, join } from "node:path";
+import { status } from "@grpc/grpc-js";
+import { waitUntil } from "../backoff.ts";
+import type { Options } from "../config.ts";
+import {
+  alreadyExists,
+  CsiError,
+  failedPrecondition,
+  internal,
+  invalidArgument,
+  notFound,
+} from "../csi/errors.ts";
+import type {
+  NodeExpandVolumeRequest,
+  NodeExpandVolumeResponse,
+  NodeGetCapabilitiesResponse,
+  NodeGetInfoResponse,
+  NodeGetVolumeStatsRequest,
+  NodeGetVolumeStatsResponse,
+  NodePublishVolumeRequest,
+  NodePublishVolumeResponse,
+  NodeStageVolumeRequest,
+  NodeStageVolumeResponse,
+  NodeUnpublishVolumeRequest,
+  NodeUnpublishVolumeResponse,
+  NodeUnstageVolumeRequest,
+  NodeUnstageVolumeResponse,
+} from "../csi/types.ts";
+import { type CapabilityRules, checkCapability, checkMap, requireString } from "../csi/validate.ts";
+import {
+  deviceSizeBytes,
+  FormatRefusedError,
+  type FsType,
+  filesystemSizeBytes,
+  fsStats,
+  isSupportedFsType,
+  mkfsArgsFromVolumeContext,
+  resizeFilesystem,
+  safeFormatAndMount,
+} from "../host/blockdev.ts";
+import { checkFilesystemCondition } from "../host/condition.ts";
+import { CommandError } from "../host/exec.ts";
+import { bindMount, findMountsAt, type MountEntry, splitDevNumber, unmountAll } from "../host/mounts.ts";
+import { invalidPathReason } from "../host/paths.ts";
+import type { Logger } from "../log.ts";
+import type { InstanceMetadata } from "../metadata.ts";
+import type { RpcContext } from "../server/rpc.ts";
+import { attachLimitFromTable, volumesPerNode } from "./attach-limits.ts";
+import type { Ec2 } from "./cloud.ts";
+import { ZONE_KEYS } from "./controller.ts";
+
+const VOLUME_ID = /^vol-[0-9a-f]{8}([0-9a-f]{9})?$/;
+const NVME_LINK_PREFIX = "nvme-Amazon_Elastic_Block_Store_";
+const FS_TYPE_CONTEXT_KEY = "csi.storage.k8s.io/fstype";
+const DEFAULT_FS_TYPE: FsType = "ext4";
+/** A filesystem this much smaller than its device is grown at stage time (EBS grows by whole GiB). */
+const GROW_SLACK_BYTES = 64 * 1024 * 1024;
+
+const CAPABILITY_RULES: CapabilityRules = {
+  modes: [
+    "SINGLE_NODE_WRITER",
+    "SINGLE_NODE_READER_ONLY",
+    "SINGLE_NODE_SINGLE_WRITER",
+    "SINGLE_NODE_MULTI_WRITER",
+    "MULTI_NODE_MULTI_WRITER",
+  ],
+  block: true,
+  fsTypes: ["ext4", "ext3", "ext2", "xfs"],
+};
+
+export interface EbsNodeOptions {
+  /** Where the udev links of attached EBS volumes appear (/dev/disk/by-id). */
+  deviceDir: string;
+  /** How long NodeStage waits for an attached volume's device to show up. */
+  deviceWaitMs: number;
+  maxVolumesPerNode: number;
+  instanceId: string;
+  zone: string;
+}
+
+/** The EBS node service: finds attached disks, formats them safely, mounts them for kubelet. */
+export class EbsNode {
+  readonly #o: EbsNodeOptions;
+  readonly #log: Logger;
+
+  constructor(options: EbsNodeOptions, log: Logger) {
+    this.#o = options;
+    this.#log = log;
+  }
+
+  async NodeGetInfo(): Promise<NodeGetInfoResponse> {
+    return {
+      node_id: this.#o.instanceId,
+      max_volumes_per_node: this.#o.maxVolumesPerNode,
+      accessible_topology: { segments: Object.fromEntries(ZONE_KEYS.map((k) => [k, this.#o.zone])) },
+    };
+  }
+
+  async NodeGetCapabilities(): Promise<NodeGetCapabilitiesResponse> {
+    const types = [
+      "STAGE_UNSTAGE_VOLUME",
+      "GET_VOLUME_STATS",
+      "EXPAND_VOLUME",
+      "VOLUME_CONDITION",
+      "SINGLE_NODE_MULTI_WRITER",
+    ] as const;
+    return { capabilities: types.map((type) => ({ rpc: { type } })) };
+  }
+
+  async NodeStageVolume(req: NodeStageVolumeRequest, ctx: RpcContext): Promise<NodeStageVolumeResponse> {
+    const volumeId = requireString(req.volume_id, "volume_id");
+    const stagingPath = requirePath(req.staging_target_path, "staging_target_path");
+    const cap = checkCapability(req.volume_capability, "volume_capability", CAPABILITY_RULES);
+    const context = checkMap(req.volume_context, "volume_context");
+    const publishContext = checkMap(req.publish_context, "publish_context");
+    checkMap(req.secrets, "secrets");
+    // Raw block volumes are published straight from the device: nothing to format or mount here.
+    if (cap.block) return {};
+
+    const device = await this.#waitForDevice(volumeId, publishContext.devicePath);
+    const fsType = resolveFsType(cap.fsType, context);
+    const existing = (await findMountsAt(stagingPath)).at(-1);
+    if (existing) {
+      await this.#checkSameDevice(existing, device, "staging_target_path", stagingPath);
+      if (existing.fsType !== fsType && !(fsType === "ext4" && existing.fsType.startsWith("ext"))) {
+        throw alreadyExists(
+          `staging_target_path ${stagingPath}: volume is staged as ${existing.fsType}, not ${fsType}`,
+        );
+      }
+      await this.#growIfNeeded(device, stagingPath, fsType, ctx);
+      return {};
+    }
+
+    const mkfs = mkfsArgsFromVolumeContext(fsType, context);
+    if (!mkfs.ok) throw invalidArgument(`volume_context.${mkfs.key}`, mkfs.reason);
+    await mkdir(stagingPath, { recursive: true });
+    try {
+      const result = await safeFormatAndMount(device, stagingPath, fsType, cap.mountFlags, mkfs.args);
+      ctx.log.info({ volumeId, device, stagingPath, fsType, formatted: result.formatted }, "staged");
+    } catch (err) {
+      if (err instanceof FormatRefusedError)
+        throw failedPrecondition(`volume_id ${volumeId}: ${err.message}`);
+      throw hostError(err, `staging volume ${volumeId}`);
+    }
+    // A volume expanded while it was detached comes back bigger than its filesystem.
+    await this.#growIfNeeded(device, stagingPath, fsType, ctx);
+    return {};
+  }
+
+  async NodeUnstageVolume(
+    req: NodeUnstageVolumeRequest,
+    ctx: RpcContext,
+  ): Promise<NodeUnstageVolumeResponse> {
+    const volumeId = requireString(req.volume_id, "volume_id");
+    const stagingPath = requirePath(req.staging_target_path, "staging_target_path");
+    const count = await unmountAll(stagingPath).catch((err) => {
+      throw hostError(err, `unstaging volume ${volumeId}`);
+    });
+    if (count > 0) ctx.log.info({ volumeId, stagingPath }, "unstaged");
+    return {};
+  }
+
+  async NodePublishVolume(
+    req: NodePublishVolumeRequest,
+    ctx: RpcContext,
+  ): Promise<NodePublishVolumeResponse> {
+    const volumeId = requireString(req.volume_id, "volume_id");
+    const targetPath = requirePath(req.target_path, "target_path");
+    const cap = checkCapability(req.volume_capability, "volume_capability", CAPABILITY_RULES);
+    const publishContext = checkMap(req.publish_context, "publish_context");
+    checkMap(req.volume_context, "volume_context");
+    checkMap(req.secrets, "secrets");
+    const readOnly = req.readonly === true || cap.mode === "SINGLE_NODE_READER_ONLY";
+
+    let source: string;
+    if (cap.block) {
+      source = await this.#waitForDevice(volumeId, publishContext.devicePath);
+    } else {
+      source = requirePath(req.staging_target_path, "staging_target_path");
+      if (!(await findMountsAt(source)).length) {
+        throw failedPrecondition(`staging_target_path ${source}: volume ${volumeId} is not staged there`);
+      }
+    }
+
+    const existing = (await findMountsAt(targetPath)).at(-1);
+    if (existing) {
+      const sourceEntry = cap.block ? undefined : (await findMountsAt(source)).at(-1);
+      const sameSource = cap.block
+        ? await sameDeviceNumber(existing, source)
+        : sourceEntry !== undefined &&
+          existing.major === sourceEntry.major &&
+          existing.minor === sourceEntry.minor;
+      const sameMode = existing.mountOptions.includes("ro") === readOnly;
+      if (sameSource && sameMode) return {};
+      throw alreadyExists(
+        `target_path ${targetPath}: already published ${sameSource ? `${existing.mountOptions.includes("ro") ? "read-only" : "read-write"}` : "from another source"}`,
+      );
+    }
+    if (cap.mode === "SINGLE_NODE_SINGLE_WRITER")
+      await this.#checkSingleWriter(volumeId, source, cap.block, targetPath);
+
+    try {
+      if (cap.block) {
+        await mkdir(dirname(targetPath), { recursive: true });
+        await writeFile(targetPath, "", { flag: "a" });
+      } else {
+        await mkdir(targetPath, { recursive: true });
+      }
+      await bindMount(source, targetPath, { readOnly, options: cap.block ? [] : cap.mountFlags });
+    } catch (err) {
+      throw hostError(err, `publishing volume ${volumeId} at ${targetPath}`);
+    }
+    ctx.log.info({ volumeId, targetPath, readOnly, block: cap.block }, "published");
+    return {};
+  }
+
+  async NodeUnpublishVolume(
+    req: NodeUnpublishVolumeRequest,
+    ctx: RpcContext,
+  ): Promise<NodeUnpublishVolumeResponse> {
+    const volumeId = requireString(req.volume_id, "volume_id");
+    const targetPath = requirePath(req.target_path, "target_path");
+    try {
+      const count = await unmountAll(targetPath);
+      // The plugin created target_path (a directory, or a file for block): it removes it.
+      await rm(targetPath, { recursive: false, force: true }).catch(async (err: NodeJS.ErrnoException) => {
+        if (err.code === "EISDIR" || err.code === "ERR_FS_EISDIR")
+          await rm(targetPath, { recursive: true, force: true });
+        else throw err;
+      });
+      if (count > 0) ctx.log.info({ volumeId, targetPath }, "unpublished");
+    } catch (err) {
+      throw hostError(err, `unpublishing volume ${volumeId} from ${targetPath}`);
+    }
+    return {};
+  }
+
+  async NodeGetVolumeStats(req: NodeGetVolumeStatsRequest): Promise<NodeGetVolumeStatsResponse> {
+    const volumeId = requireString(req.volume_id, "volume_id");
+    const volumePath = requireString(req.volume_path, "volume_path", 4096);
+    checkMap(req.staging_target_path ? {} : {}, "staging_target_path");
+    const { mount, device } = await this.#findPublished(volumeId, volumePath);
+    if (!device) {
+      return {
+        usage: [],
+        volume_condition: {
+          abnormal: true,
+          message: `the block device of volume ${volumeId} is gone (detached?)`,
+        },
+      };
+    }
+    const info = await stat(volumePath);
+    if (info.isBlockDevice()) {
+      const total = await deviceSizeBytes(volumePath);
+      return {
+        usage: [{ unit: "BYTES", total, available: 0, used: 0 }],
+        volume_condition: { abnormal: false, message: "" },
+      };
+    }
+    const [stats, condition] = await Promise.all([
+      fsStats(volumePath),
+      checkFilesystemCondition(volumePath, { readOnlyRequested: mount.mountOptions.includes("ro") }),
+    ]);
+    return {
+      usage: [
+        { unit: "BYTES", total: stats.totalBytes, available: stats.availableBytes, used: stats.usedBytes },
+        { unit: "INODES", total: stats.totalInodes, available: stats.freeInodes, used: stats.usedInodes },
+      ],
+      volume_condition: condition,
+    };
+  }
+
+  async NodeExpandVolume(req: NodeExpandVolumeRequest, ctx: RpcContext): Promise<NodeExpandVolumeResponse> {
+    const volumeId = requireString(req.volume_id, "volume_id");
+    const volumePath = requireString(req.volume_path, "volume_path", 4096);
+    const cap = req.volume_capability
+      ? checkCapability(req.volume_capability, "volume_capability", CAPABILITY_RULES)
+      : undefined;
+    const required = Number(req.capacity_range?.required_bytes ?? 0);
+    const { mount, device } = await this.#findPublished(volumeId, volumePath);
+    if (!device) throw notFound(`volume_id ${volumeId}: no block device is attached for it`);
+    const deviceBytes = await deviceSizeBytes(device);
+    if (required > deviceBytes) {
+      // The kernel learns of a grown EBS volume a moment after EC2 reports it: kubelet retries.
+      throw new CsiError(
+        status.UNAVAILABLE,
+        `volume_id ${volumeId}: the device is ${deviceBytes} bytes, not yet ${required}`,
+      );
+    }
+    const block = cap?.block ?? (await stat(volumePath)).isBlockDevice();
+    if (!block) {
+      const fsType = isSupportedFsType(mount.fsType) ? mount.fsType : DEFAULT_FS_TYPE;
+      await this.#growIfNeeded(device, volumePath, fsType, ctx);
+    }
+    return { capacity_bytes: deviceBytes };
+  }
+
+  // --- helpers ---
+
+  /** The mount at volumePath and the volume's device, or NOT_FOUND when the volume is not there. */
+  async #findPublished(
+    volumeId: string,
+    volumePath: string,
+  ): Promise<{ mount: MountEntry; device?: string }> {
+    // csi-sanity sends relative paths here and expects NOT_FOUND: nothing can be mounted at one.
+    const mount =
+      volumePath.startsWith("/") && !invalidPathReason(volumePath)
+        ? (await findMountsAt(volumePath)).at(-1)
+        : undefined;
+    if (!VOLUME_ID.test(volumeId) || !mount)
+      throw notFound(`volume_path ${volumePath}: volume ${volumeId} is not mounted there`);
+    const device = await this.#findDevice(volumeId, undefined);
+    if (device && !(await sameDeviceNumber(mount, device))) {
+      throw notFound(`volume_path ${volumePath}: another volume is mounted there, not ${volumeId}`);
+    }
+    return { mount, device };
+  }
+
+  async #growIfNeeded(device: string, mountPath: string, fsType: FsType, ctx: RpcContext): Promise<void> {
+    try {
+      const [deviceBytes, fsBytes] = await Promise.all([
+        deviceSizeBytes(device),
+        filesystemSizeBytes(device, mountPath, fsType),
+      ]);
+      if (deviceBytes - fsBytes < GROW_SLACK_BYTES) return;
+      ctx.log.info({ device, mountPath, fsType, fsBytes, deviceBytes }, "growing filesystem");
+      await resizeFilesystem(device, mountPath, fsType);
+    } catch (err) {
+      throw hostError(err, `growing the filesystem on ${device}`);
+    }
+  }
+
+  async #checkSameDevice(mount: MountEntry, device: string, field: string, path: string): Promise<void> {
+    if (!(await sameDeviceNumber(mount, device))) {
+      throw alreadyExists(`${field} ${path}: ${mount.source} is mounted there, not ${device}`);
+    }
+  }
+
+  /** SINGLE_NODE_SINGLE_WRITER: one published target at a time on this node. */
+  async #checkSingleWriter(
+    volumeId: string,
+    source: string,
+    block: boolean,
+    targetPath: string,
+  ): Promise<void> {
+    const { listMounts } = await import("../host/mounts.ts");
+    const all = await listMounts();
+    const sourceEntry = block ? undefined : all.find((m) => m.mountPoint === source);
+    const sourceNumber = block
+      ? splitDevNumber((await stat(source)).rdev === 0 ? 0n : BigInt((await stat(source)).rdev))
+      : undefined;
+    const others = all.filter((m) => {
+      if (m.mountPoint === targetPath || m.mountPoint === source) return false;
+      if (sourceEntry)
+        return m.major === sourceEntry.major && m.minor === sourceEntry.minor && m.root === sourceEntry.root;
+      return sourceNumber !== undefined && m.major === sourceNumber.major && m.minor === sourceNumber.minor;
+    });
+    if (others.length > 0) {
+      throw failedPrecondition(
+        `volume_id ${volumeId}: SINGLE_NODE_SINGLE_WRITER volume is already published at ${others[0]!.mountPoint}`,
+      );
+    }
+  }
+
+  async #waitForDevice(volumeId: string, devicePath: string | undefined): Promise<string> {
+    if (!VOLUME_ID.test(volumeId)) throw notFound(`volume_id ${volumeId}: not an EBS volume id`);
+    const found = await waitUntil(`the device of ${volumeId}`, () => this.#findDevice(volumeId, devicePath), {
+      initialMs: 100,
+      factor: 2,
+      maxDelayMs: 1000,
+      timeoutMs: this.#o.deviceWaitMs,
+    }).catch(() => undefined);
+    if (!found) {
+      const looked = [join(this.#o.deviceDir, linkName(volumeId)), devicePath].filter(Boolean).join(" and ");
+      throw notFound(
+        `volume_id ${volumeId}: no block device found (looked at ${looked}); is the volume attached?`,
+      );
+    }
+    return found;
+  }
+
+  /**
+   * The volume's block device: its NVMe by-id link, else the device name EC2 was given (Xen). A
+   * device that another volume's link or NVMe serial claims is refused: formatting the wrong disk
+   * is the one mistake a storage driver must never make.
+   */
+  async #findDevice(volumeId: string, devicePath: string | undefined): Promise<string | undefined> {
+    const link = join(this.#o.deviceDir, linkName(volumeId));
+    const byLink = await realpath(link).catch(() => undefined);
+    if (byLink && (await isBlockDevice(byLink))) return byLink;
+    if (!devicePath) return undefined;
+    for (const candidate of aliases(devicePath)) {
+      const real = await realpath(candidate).catch(() => undefined);
+      if (!real || !(await isBlockDevice(real))) continue;
+      const owner = await this.#linkedVolume(real);
+      if (owner && owner !== volumeId) {
+        throw failedPrecondition(
+          `publish_context.devicePath ${devicePath}: ${real} belongs to volume ${owner}, not ${volumeId}`,
+        );
+      }
+      const serial = await readFile(`/sys/class/block/${basename(real)}/device/serial`, "utf8").catch(
+        () => undefined,
+      );
+      if (serial?.trim().startsWith("vol") && serial.trim() !== volumeId.replace("-", "")) {
+        throw failedPrecondition(
+          `publish_context.devicePath ${devicePath}: ${real} has serial ${serial.trim()}, not ${volumeId}`,
+        );
+      }
+      return real;
+    }
+    return undefined;
+  }
+
+  /** The volume whose by-id link points at device, if any. */
+  async #linkedVolume(device: string): Promise<string | undefined> {
+    const entries = await readdir(this.#o.deviceDir).catch(() => [] as string[]);
+    for (const entry of entries) {
+      if (!entry.startsWith(`${NVME_LINK_PREFIX}vol`)) continue;
+      const target = await realpath(join(this.#o.deviceDir, entry)).catch(() => undefined);
+      if (target === device) return `vol-${entry.slice(NVME_LINK_PREFIX.length + 3).split("-")[0]}`;
+    }
+    return undefined;
+  }
+}
+
+const linkName = (volumeId: string) => `${NVME_LINK_PREFIX}${volumeId.replace("-", "")}`;
+
+/** EC2 device names: /dev/xvdaa may show up as /dev/sdaa and the other way round. */
+function aliases(devicePath: string): string[] {
+  const xvd = devicePath.replace(/^\/dev\/sd/, "/dev/xvd");
+  const sd = devicePath.replace(/^\/dev\/xvd/, "/dev/sd");
+  return [...new Set([devicePath, xvd, sd])];
+}
+
+async function isBlockDevice(path: string): Promise<boolean> {
+  return (await stat(path).catch(() => undefined))?.isBlockDevice() ?? false;
+}
+
+/** Whether a mount's device numbers are those of `device` (a block device node). */
+async function sameDeviceNumber(mount: MountEntry, device: string): Promise<boolean> {
+  const info = await stat(device, { bigint: true }).catch(() => undefined);
+  if (!info) return false;
+  // A block device bind-mounted onto a file shows the devtmpfs numbers: compare the node itself.
+  if (!info.isBlockDevice()) return false;
+  const { major, minor } = splitDevNumber(info.rdev);
+  if (mount.major === major && mount.minor === minor) return true;
+  const published = await stat(mount.mountPoint, { bigint: true }).catch(() => undefined);
+  return published?.isBlockDevice() === true && published.rdev === info.rdev;
+}
+
+function requirePath(value: string | undefined, field: string): string {
+  const path = requireString(value, field, 4096);
+  const reason = invalidPathReason(path);
+  if (reason) throw invalidArgument(field, reason);
+  return path;
+}
+
+function resolveFsType(capabilityFsType: string, context: Record<string, string>): FsType {
+  const wanted = (capabilityFsType || context[FS_TYPE_CONTEXT_KEY] || DEFAULT_FS_TYPE).toLowerCase();
+  if (!isSupportedFsType(wanted))
+    throw invalidArgument("volume_capability.mount.fs_type", `"${wanted}" is not supported`);
+  return wanted;
+}
+
+/** Host failures keep their command and stderr; they are the node's problem, not the caller's. */
+function hostError(err: unknown, what: string): CsiError {
+  if (err instanceof CsiError) return err;
+  if (err instanceof CommandError || err instanceof Error) return internal(`${what}: ${err.message}`);
+  return internal(`${what}: ${String(err)}`);
+}
+
+export interface EbsNodeDeps {
+  options: Options;
+  log: Logger;
+  metadata: InstanceMetadata;
+  ec2: Ec2;
+}
+
+/** Builds the node service; the attachment limit is worked out once, at start-up. */
+export async function createEbsNode({ options, log, metadata, ec2 }: EbsNodeDeps): Promise<EbsNode> {
+  let maxVolumesPerNode = options.volumeAttachLimit;
+  if (maxVolumesPerNode === undefined) {
+    const fromEc2 = await ec2.getInstanceTypeEbsInfo(metadata.instanceType).catch((err: Error) => {
+      log.info({ error: err.message }, "DescribeInstanceTypes failed: using the built-in attachment limits");
+      return undefined;
+    });
+    const info = fromEc2 ?? attachLimitFromTable(metadata.instanceType);
+    maxVolumesPerNode = volumesPerNode(info, {
+      networkInterfaces: metadata.networkInterfaces ?? 1,
+      reservedVolumes: options.reservedVolumeAttachments ?? metadata.blockDevices ?? 1,
+    });
+    log.info({ instanceType: metadata.instanceType, ...info, maxVolumesPerNode }, "attachment limit");
+  }
+  return new EbsNode(
+    {
+      deviceDir: options.deviceDir,
+      deviceWaitMs: 10_000,
+      maxVolumesPerNode,
+      instanceId: metadata.instanceId,
+      zone: metadata.zone,
+    },
+    log,
+  );
+}
