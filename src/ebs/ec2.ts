@@ -61,13 +61,19 @@ export class SdkEc2 implements Ec2 {
   readonly #log: Logger;
   readonly #volumeLoader: DataLoader<string, Disk | undefined> | undefined;
   readonly #instanceLoader: DataLoader<string, Instance | undefined> | undefined;
+  /** Per tag key: concurrent lookups by tag value (CreateVolume's idempotency check) in one call. */
+  readonly #tagLoaders = new Map<string, DataLoader<string, Disk[] | undefined>>();
+  readonly #batchWindowMs: number | undefined;
   /** Instance types do not change while the process runs; failed lookups are not kept. */
   readonly #instanceTypes = new Map<string, Promise<InstanceTypeEbsInfo | undefined>>();
+  /** A region's zones change about never: asked once an hour, not once per CreateVolume. */
+  #zones: { fetchedAt: number; zones: Promise<string[]> } | undefined;
 
   constructor(o: SdkEc2Options) {
     this.#client = o.client;
     this.#log = o.log;
     if (o.batching) {
+      this.#batchWindowMs = o.batchWindowMs;
       this.#volumeLoader = idLoader(o.batchWindowMs, (ids) => this.#describeVolumesById(ids));
       this.#instanceLoader = idLoader(o.batchWindowMs, (ids) => this.#describeInstancesById(ids));
     }
@@ -111,7 +117,20 @@ export class SdkEc2 implements Ec2 {
   }
 
   async findVolumesByTag(key: string, value: string): Promise<Disk[]> {
-    return this.#describeVolumes([{ Name: `tag:${key}`, Values: [value] }]);
+    if (this.#batchWindowMs === undefined)
+      return this.#describeVolumes([{ Name: `tag:${key}`, Values: [value] }]);
+    let loader = this.#tagLoaders.get(key);
+    if (!loader) {
+      loader = idLoader(this.#batchWindowMs, async (values) => {
+        const byValue = new Map<string, Disk[]>(values.map((v) => [v, []]));
+        for (const disk of await this.#describeVolumes([{ Name: `tag:${key}`, Values: values }])) {
+          byValue.get(disk.tags[key] ?? "")?.push(disk);
+        }
+        return byValue;
+      });
+      this.#tagLoaders.set(key, loader);
+    }
+    return (await loader.load(value)) ?? [];
   }
 
   /**
@@ -206,6 +225,17 @@ export class SdkEc2 implements Ec2 {
   }
 
   async getZones(): Promise<string[]> {
+    if (!this.#zones || Date.now() - this.#zones.fetchedAt > ZONES_TTL_MS) {
+      const zones = this.#describeZones();
+      this.#zones = { fetchedAt: Date.now(), zones };
+      zones.catch(() => {
+        if (this.#zones?.zones === zones) this.#zones = undefined;
+      });
+    }
+    return [...(await this.#zones.zones)];
+  }
+
+  async #describeZones(): Promise<string[]> {
     const out = await mapErrors(() => this.#client.send(new DescribeAvailabilityZonesCommand({})));
     return (out.AvailabilityZones ?? [])
       .filter((z) => z.State === "available" && (z.ZoneType ?? "availability-zone") === "availability-zone")
@@ -280,6 +310,8 @@ async function mapErrors<T>(call: () => Promise<T>): Promise<T> {
 }
 
 /** A DataLoader that sends the ids collected during `windowMs` in one lookup. */
+const ZONES_TTL_MS = 60 * 60 * 1000;
+
 function idLoader<T>(
   windowMs: number,
   lookup: (ids: string[]) => Promise<Map<string, T>>,

@@ -353,3 +353,53 @@ describe("toCloudError", () => {
     expect(toCloudError(awsError("TimeoutError", "timed out", 0)).kind).toBe("Unavailable");
   });
 });
+
+describe("findVolumesByTag", () => {
+  /** Every tag value "pvc-vol-N" names volume vol-N. */
+  const describeByName: Handler = ({ input }) => ({
+    Volumes: idsOf(input, "tag:CSIVolumeName")
+      .filter((name) => name.startsWith("pvc-vol-"))
+      .map((name) => volume(name.slice(4))),
+  });
+
+  it("merges concurrent CreateVolume name lookups into one DescribeVolumes with a tag filter", async () => {
+    const { ec2, sent } = stubEc2(describeByName);
+    const names = [...volIds(30).map((id) => `pvc-${id}`), "pvc-missing"];
+    const results = await Promise.all(names.map((name) => ec2.findVolumesByTag("CSIVolumeName", name)));
+    expect(sent).toHaveLength(1);
+    expect(new Set(idsOf(sent[0]!.input, "tag:CSIVolumeName"))).toEqual(new Set(names));
+    results.slice(0, 30).forEach((disks, i) => {
+      expect(disks.map((d) => d.id)).toEqual([`vol-${i}`]);
+    });
+    expect(results[30]).toEqual([]);
+  });
+
+  it("sends one call per lookup without batching", async () => {
+    const { ec2, sent } = stubEc2(describeByName, false);
+    await Promise.all(volIds(5).map((id) => ec2.findVolumesByTag("CSIVolumeName", `pvc-${id}`)));
+    expect(sent).toHaveLength(5);
+  });
+});
+
+describe("getZones", () => {
+  it("asks EC2 once for many CreateVolume calls, and again after a failure", async () => {
+    let fail = true;
+    const { ec2, sent } = stubEc2(() => {
+      if (fail) {
+        fail = false;
+        throw Object.assign(new Error("boom"), { name: "InternalError", $metadata: { httpStatusCode: 500 } });
+      }
+      return {
+        AvailabilityZones: [
+          { ZoneName: "us-east-1b", State: "available", ZoneType: "availability-zone" },
+          { ZoneName: "us-east-1a", State: "available", ZoneType: "availability-zone" },
+          { ZoneName: "us-east-1-lax-1a", State: "available", ZoneType: "local-zone" },
+        ],
+      };
+    });
+    await expect(ec2.getZones()).rejects.toThrow();
+    const answers = await Promise.all(Array.from({ length: 20 }, () => ec2.getZones()));
+    for (const zones of answers) expect(zones).toEqual(["us-east-1a", "us-east-1b"]);
+    expect(sent.filter((c) => c.name === "DescribeAvailabilityZones")).toHaveLength(2);
+  });
+});

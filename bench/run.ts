@@ -1,0 +1,150 @@
+/**
+ * npm run bench: measures the driver under load against the fake AWS, each figure next to a
+ * baseline measured in the same run (these machines are shared and noisy: compare ratios, not
+ * milliseconds across runs). AWS calls are counted by the fault proxy, so they are exact.
+ *
+ *   BENCH_VOLUMES=100 BENCH_LATENCY_MS=25 BENCH_ROUNDS=3 npm run bench
+ */
+import { startEbsEnv } from "../test/harness/ebs-env.ts";
+import { benchGidAllocation } from "./gid.ts";
+
+const VOLUMES = Number(process.env.BENCH_VOLUMES ?? 100);
+// An m5.large takes 27 attachments, less its network interface and root volume.
+const ATTACHES = Math.min(VOLUMES, 25);
+const LATENCY_MS = Number(process.env.BENCH_LATENCY_MS ?? 25);
+const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3);
+const GiB = 1024 ** 3;
+
+interface Figures {
+  createMs: number;
+  attachMs: number;
+  detachMs: number;
+  deleteMs: number;
+  calls: Record<string, number>;
+}
+
+const capability = { access_mode: { mode: "SINGLE_NODE_WRITER" }, mount: { fs_type: "ext4" } };
+
+/** One round: VOLUMES concurrent creates, ATTACHES concurrent attaches to one node, then teardown. */
+async function round(batching: boolean): Promise<Figures> {
+  process.env.DRIVER_LOG_LEVEL = "warn";
+  const env = await startEbsEnv({ mode: "controller", extraArgs: ["--batching", String(batching)] });
+  try {
+    env.aws.proxy.faults.latencyMs = LATENCY_MS;
+    env.aws.proxy.resetStats();
+    const timed = async <T>(work: () => Promise<T>): Promise<[T, number]> => {
+      const started = performance.now();
+      const result = await work();
+      return [result, performance.now() - started];
+    };
+    const [ids, createMs] = await timed(() =>
+      Promise.all(
+        Array.from({ length: VOLUMES }, async (_, i) => {
+          const res = await env.client.call("Controller", "CreateVolume", {
+            name: `pvc-bench-${i}`,
+            capacity_range: { required_bytes: GiB },
+            volume_capabilities: [capability],
+          });
+          return res.volume.volume_id as string;
+        }),
+      ),
+    );
+    const attached = ids.slice(0, ATTACHES);
+    const publish = (method: string) =>
+      Promise.all(
+        attached.map((volume_id) =>
+          env.client.call("Controller", method, {
+            volume_id,
+            node_id: env.instanceId,
+            volume_capability: capability,
+          }),
+        ),
+      );
+    const [, attachMs] = await timed(() => publish("ControllerPublishVolume"));
+    const [, detachMs] = await timed(() => publish("ControllerUnpublishVolume"));
+    const [, deleteMs] = await timed(() =>
+      Promise.all(ids.map((volume_id) => env.client.call("Controller", "DeleteVolume", { volume_id }))),
+    );
+    return { createMs, attachMs, detachMs, deleteMs, calls: env.aws.proxy.stats() };
+  } finally {
+    await env.stop();
+  }
+}
+
+const median = (values: number[]) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)]!;
+
+async function measure(batching: boolean): Promise<Figures> {
+  const rounds: Figures[] = [];
+  for (let i = 0; i < ROUNDS; i++) rounds.push(await round(batching));
+  return {
+    createMs: median(rounds.map((r) => r.createMs)),
+    attachMs: median(rounds.map((r) => r.attachMs)),
+    detachMs: median(rounds.map((r) => r.detachMs)),
+    deleteMs: median(rounds.map((r) => r.deleteMs)),
+    calls: rounds[0]!.calls,
+  };
+}
+
+function printTable(rows: string[][]): void {
+  const widths = rows[0]!.map((_, c) => Math.max(...rows.map((r) => r[c]!.length)));
+  for (const [i, row] of rows.entries()) {
+    console.log(
+      row.map((cell, c) => (c === 0 ? cell.padEnd(widths[c]!) : cell.padStart(widths[c]!))).join("  "),
+    );
+    if (i === 0) console.log(widths.map((w) => "-".repeat(w)).join("  "));
+  }
+}
+
+async function main(): Promise<void> {
+  console.log(
+    `EBS controller under load: ${VOLUMES} concurrent CreateVolume, ${ATTACHES} concurrent attaches to one node,` +
+      ` AWS answering after ${LATENCY_MS} ms; median of ${ROUNDS} rounds.`,
+  );
+  console.log("Baseline: the same driver with --batching false (one Describe* call per lookup).\n");
+  // Alternate the order so that neither variant always runs on a warmer machine.
+  const baseline = await measure(false);
+  const ours = await measure(true);
+
+  const ratio = (a: number, b: number) => (b === 0 ? "-" : `${(a / b).toFixed(2)}x`);
+  const rows = [["phase", "baseline ms", "batched ms", "batched/baseline"]];
+  for (const [label, key] of [
+    [`create ${VOLUMES}`, "createMs"],
+    [`attach ${ATTACHES}`, "attachMs"],
+    [`detach ${ATTACHES}`, "detachMs"],
+    [`delete ${VOLUMES}`, "deleteMs"],
+  ] as const) {
+    rows.push([label, baseline[key].toFixed(0), ours[key].toFixed(0), ratio(ours[key], baseline[key])]);
+  }
+  printTable(rows);
+
+  console.log("\nAWS calls for the whole round (exact, counted by the fault proxy):");
+  const actions = [...new Set([...Object.keys(baseline.calls), ...Object.keys(ours.calls)])].sort();
+  const callRows = [["action", "baseline", "batched", "batched/baseline"]];
+  const total = (c: Record<string, number>) => Object.values(c).reduce((a, b) => a + b, 0);
+  for (const action of actions) {
+    const b = baseline.calls[action] ?? 0;
+    const o = ours.calls[action] ?? 0;
+    callRows.push([action, String(b), String(o), ratio(o, b)]);
+  }
+  callRows.push([
+    "all",
+    String(total(baseline.calls)),
+    String(total(ours.calls)),
+    ratio(total(ours.calls), total(baseline.calls)),
+  ]);
+  callRows.push([
+    "per volume",
+    (total(baseline.calls) / VOLUMES).toFixed(2),
+    (total(ours.calls) / VOLUMES).toFixed(2),
+    ratio(total(ours.calls), total(baseline.calls)),
+  ]);
+  printTable(callRows);
+
+  console.log("");
+  benchGidAllocation();
+}
+
+main().catch((err: unknown) => {
+  console.error(err);
+  process.exit(1);
+});

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it: setup, lint, typecheck, build, every vitest test (unit and
+# integration, against moto and real loop devices), then csi-sanity for both drivers. Every stage
+# runs even when an earlier one failed; the last line sums up all tests that ran.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh || { echo "setup failed"; exit 1; }
+export PATH="$PWD/node_modules/.bin:$PATH"
+mkdir -p .cache/reports
+failed_stages=()
+passed=0 failed=0 skipped=0
+
+stage() {
+  local name=$1; shift
+  printf '\n===== %s\n' "$name"
+  "$@" || failed_stages+=("$name")
+}
+
+stage lint npm run --silent lint
+stage typecheck npm run --silent typecheck
+stage build npm run --silent build
+
+stage vitest npx vitest run --reporter=default --reporter=json --outputFile.json=.cache/reports/vitest.json
+if [ -f .cache/reports/vitest.json ]; then
+  read -r p f s < <(node -e '
+    const r = JSON.parse(require("fs").readFileSync(".cache/reports/vitest.json", "utf8"));
+    console.log(r.numPassedTests, r.numFailedTests, r.numPendingTests + r.numTodoTests);')
+  passed=$((passed + p)) failed=$((failed + f)) skipped=$((skipped + s))
+fi
+
+for driver in ebs efs; do
+  log=.cache/reports/sanity-$driver.log
+  stage "csi-sanity $driver" bash -c "set -o pipefail; npm run --silent sanity -- $driver 2>&1 | tee $log"
+  counts=$(sed 's/\x1b\[[0-9;]*m//g' "$log" | grep -Eo '[0-9]+ Passed \| [0-9]+ Failed \| [0-9]+ Pending \| [0-9]+ Skipped' | tail -1)
+  if [ -n "$counts" ]; then
+    read -r p _ _ f _ _ _ _ _ s _ <<<"$counts"
+    passed=$((passed + p)) failed=$((failed + f)) skipped=$((skipped + s))
+  fi
+done
+
+leftover_loops=$(losetup -a 2>/dev/null | grep -c -e ebs-env -e aws-storage-csi || true)
+[ "$leftover_loops" -gt 0 ] && { echo "loop devices left behind:"; losetup -a; failed_stages+=("cleanup"); }
+
+echo
+if [ ${#failed_stages[@]} -gt 0 ]; then
+  echo "failed stages: ${failed_stages[*]}"
+  [ "$failed" -eq 0 ] && failed=${#failed_stages[@]}
+fi
+echo "total: $passed passed, $failed failed, $skipped skipped"
+[ ${#failed_stages[@]} -eq 0 ]
