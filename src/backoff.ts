@@ -16,7 +16,10 @@ export class WaitTimeoutError extends Error {
 }
 
 /** Delay for attempt n (0-based): exponential, capped, with "equal jitter" (half fixed, half random). */
-export function backoffDelay(attempt: number, o: Pick<BackoffOptions, "initialMs" | "factor" | "maxDelayMs">) {
+export function backoffDelay(
+  attempt: number,
+  o: Pick<BackoffOptions, "initialMs" | "factor" | "maxDelayMs">,
+) {
   const base = Math.min(o.maxDelayMs, o.initialMs * o.factor ** attempt);
   return base / 2 + Math.random() * (base / 2);
 }

@@ -1,5 +1,5 @@
 import { createServer, type Server } from "node:http";
-import { Counter, Histogram, Registry, collectDefaultMetrics } from "prom-client";
+import { Counter, collectDefaultMetrics, Histogram, Registry } from "prom-client";
 
 /** The process's metrics, in a registry of its own (no global state, so tests can make many). */
 export interface Metrics {
