@@ -1,4 +1,4 @@
-import { mkdir, readdir, readFile, realpath, rm, stat, writeFile } from "node:fs/promises";
+import { lstat, mkdir, readdir, readFile, realpath, rmdir, stat, unlink, writeFile } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
 import { status } from "@grpc/grpc-js";
 import { waitUntil } from "../backoff.ts";
@@ -41,7 +41,14 @@ import {
 } from "../host/blockdev.ts";
 import { checkFilesystemCondition } from "../host/condition.ts";
 import { CommandError } from "../host/exec.ts";
-import { bindMount, findMountsAt, type MountEntry, splitDevNumber, unmountAll } from "../host/mounts.ts";
+import {
+  bindMount,
+  findMountsAt,
+  listMounts,
+  type MountEntry,
+  splitDevNumber,
+  unmountAll,
+} from "../host/mounts.ts";
 import { invalidPathReason } from "../host/paths.ts";
 import type { Logger } from "../log.ts";
 import type { InstanceMetadata } from "../metadata.ts";
@@ -223,12 +230,7 @@ export class EbsNode {
     const targetPath = requirePath(req.target_path, "target_path");
     try {
       const count = await unmountAll(targetPath);
-      // The plugin created target_path (a directory, or a file for block): it removes it.
-      await rm(targetPath, { recursive: false, force: true }).catch(async (err: NodeJS.ErrnoException) => {
-        if (err.code === "EISDIR" || err.code === "ERR_FS_EISDIR")
-          await rm(targetPath, { recursive: true, force: true });
-        else throw err;
-      });
+      await removeTarget(targetPath);
       if (count > 0) ctx.log.info({ volumeId, targetPath }, "unpublished");
     } catch (err) {
       throw hostError(err, `unpublishing volume ${volumeId} from ${targetPath}`);
@@ -239,7 +241,6 @@ export class EbsNode {
   async NodeGetVolumeStats(req: NodeGetVolumeStatsRequest): Promise<NodeGetVolumeStatsResponse> {
     const volumeId = requireString(req.volume_id, "volume_id");
     const volumePath = requireString(req.volume_path, "volume_path", 4096);
-    checkMap(req.staging_target_path ? {} : {}, "staging_target_path");
     const { mount, device } = await this.#findPublished(volumeId, volumePath);
     if (!device) {
       return {
@@ -344,21 +345,24 @@ export class EbsNode {
     block: boolean,
     targetPath: string,
   ): Promise<void> {
-    const { listMounts } = await import("../host/mounts.ts");
-    const all = await listMounts();
-    const sourceEntry = block ? undefined : all.find((m) => m.mountPoint === source);
-    const sourceNumber = block
-      ? splitDevNumber((await stat(source)).rdev === 0 ? 0n : BigInt((await stat(source)).rdev))
-      : undefined;
-    const others = all.filter((m) => {
-      if (m.mountPoint === targetPath || m.mountPoint === source) return false;
-      if (sourceEntry)
-        return m.major === sourceEntry.major && m.minor === sourceEntry.minor && m.root === sourceEntry.root;
-      return sourceNumber !== undefined && m.major === sourceNumber.major && m.minor === sourceNumber.minor;
-    });
-    if (others.length > 0) {
+    const mounts = await listMounts();
+    let isSameVolume: (m: MountEntry) => boolean;
+    if (block) {
+      const { major, minor } = splitDevNumber((await stat(source, { bigint: true })).rdev);
+      // A device bind-mounted onto a file shows devtmpfs's numbers, and the device as its root.
+      const root = `/${basename(source)}`;
+      isSameVolume = (m) =>
+        (m.major === major && m.minor === minor) || (m.fsType === "devtmpfs" && m.root === root);
+    } else {
+      const staged = mounts.find((m) => m.mountPoint === source);
+      isSameVolume = (m) => staged !== undefined && m.major === staged.major && m.minor === staged.minor;
+    }
+    const other = mounts.find(
+      (m) => m.mountPoint !== targetPath && m.mountPoint !== source && isSameVolume(m),
+    );
+    if (other) {
       throw failedPrecondition(
-        `volume_id ${volumeId}: SINGLE_NODE_SINGLE_WRITER volume is already published at ${others[0]!.mountPoint}`,
+        `volume_id ${volumeId}: SINGLE_NODE_SINGLE_WRITER volume is already published at ${other.mountPoint}`,
       );
     }
   }
@@ -422,6 +426,18 @@ export class EbsNode {
     }
     return undefined;
   }
+}
+
+/**
+ * Removes the target_path the plugin created: a file (block) or an empty directory. Never a
+ * recursive delete: should an unmount have left the volume there, rmdir fails instead of
+ * deleting its data.
+ */
+async function removeTarget(targetPath: string): Promise<void> {
+  const info = await lstat(targetPath).catch(() => undefined);
+  if (!info) return;
+  if (info.isDirectory()) await rmdir(targetPath);
+  else await unlink(targetPath);
 }
 
 const linkName = (volumeId: string) => `${NVME_LINK_PREFIX}${volumeId.replace("-", "")}`;

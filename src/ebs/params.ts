@@ -786,6 +786,9 @@ export function parseCreateParameters(
   const { encrypted, kmsKeyId } = resolveEncryption(values);
   const fsType = resolveFsType(values, request.fsType);
   const volumeContext = resolveMkfsOptions(values, fsType, request.block === true);
+  // The node formats with the capability's fs_type; when a CO leaves that empty, this is the one
+  // the StorageClass asked for.
+  if (request.block !== true) volumeContext[FS_TYPE_KEY] = fsType;
 
   const disk: CreateDiskRequest = {
     sizeGiB,

@@ -66,7 +66,7 @@ describe("parseCreateParameters defaults", () => {
         encrypted: false,
         tags: { CSIVolumeName: "pvc-1", "ebs.csi.aws.com/cluster": "true" },
       },
-      volumeContext: {},
+      volumeContext: { "csi.storage.k8s.io/fstype": "ext4" },
       fsType: "ext4",
     });
   });
@@ -457,7 +457,10 @@ describe("mkfs options -> volume_context", () => {
       { blocksize: "4096", inodesize: "512", bytesperinode: "8192", numberofinodes: "12" },
     ],
   ])("%j on %s", (parameters, fs, volumeContext) => {
-    expect(create({ ...parameters, "csi.storage.k8s.io/fstype": fs }).volumeContext).toEqual(volumeContext);
+    expect(create({ ...parameters, "csi.storage.k8s.io/fstype": fs }).volumeContext).toEqual({
+      ...volumeContext,
+      "csi.storage.k8s.io/fstype": fs,
+    });
   });
 
   it.each([
