@@ -1,0 +1,192 @@
+// One fake AWS for a test file: moto (or LocalStack) behind the fault proxy, plus direct clients
+// for assertions and helpers for the fixtures every test needs.
+import { execFile } from "node:child_process";
+import { randomUUID } from "node:crypto";
+import { promisify } from "node:util";
+import {
+  type _InstanceType,
+  DescribeVolumesCommand,
+  EC2Client,
+  RunInstancesCommand,
+} from "@aws-sdk/client-ec2";
+import { CreateFileSystemCommand, DescribeFileSystemsCommand, EFSClient } from "@aws-sdk/client-efs";
+import { type FaultProxy, startFaultProxy } from "./fault-proxy.ts";
+import { startMoto } from "./moto.ts";
+
+export const FAKE_CREDENTIALS = { accessKeyId: "testing", secretAccessKey: "testing" };
+/** Tag key on what the harness creates: value "instance", "root-volume" or "file-system". */
+export const HARNESS_TAG = "aws-storage-csi/harness";
+export const FAKE_AMI = "ami-12c6146b";
+
+export interface FakeAwsOptions {
+  region?: string;
+}
+
+export interface FakeAws {
+  /** The fault proxy's URL: give this to the code under test. */
+  endpoint: string;
+  region: string;
+  /** Environment for a driver process: endpoint, region and the fake credentials. */
+  env: Record<string, string>;
+  proxy: FaultProxy;
+  /** Clients that talk to the fake directly, past the proxy's faults and counters. */
+  ec2: EC2Client;
+  efs: EFSClient;
+  /** Empties the fake and restores the proxy (faults, hooks, ClientTokens, stats). */
+  reset(): Promise<void>;
+  stop(): Promise<void>;
+  /** A running instance tagged HARNESS_TAG=instance (its 8 GiB root volume: root-volume). */
+  createInstance(options?: { zone?: string; instanceType?: string }): Promise<string>;
+  createFileSystem(): Promise<string>;
+}
+
+/** Thrown when the requested fake cannot run here; the message says why, for a skip reason. */
+export class FakeAwsUnavailable extends Error {
+  override name = "FakeAwsUnavailable";
+}
+
+interface Backend {
+  url: string;
+  reset(): Promise<void>;
+  stop(): Promise<void>;
+}
+
+export async function startFakeAws(options: FakeAwsOptions = {}): Promise<FakeAws> {
+  const region = options.region ?? "us-east-1";
+  const backend = process.env["AWS_FAKE"] === "localstack" ? await startLocalStack() : await startMoto();
+  const direct = { region, endpoint: backend.url, credentials: FAKE_CREDENTIALS };
+  const ec2 = new EC2Client(direct);
+  const efs = new EFSClient(direct);
+  // moto loads a service on its first call (EC2 takes seconds): pay that here, not in a timed test.
+  await stoppingOnFailure(backend, () =>
+    Promise.all([ec2.send(new DescribeVolumesCommand({})), efs.send(new DescribeFileSystemsCommand({}))]),
+  );
+  const proxy = await stoppingOnFailure(backend, () => startFaultProxy({ target: backend.url }));
+
+  return {
+    endpoint: proxy.url,
+    region,
+    env: {
+      AWS_ENDPOINT_URL: proxy.url,
+      AWS_REGION: region,
+      AWS_DEFAULT_REGION: region,
+      AWS_ACCESS_KEY_ID: FAKE_CREDENTIALS.accessKeyId,
+      AWS_SECRET_ACCESS_KEY: FAKE_CREDENTIALS.secretAccessKey,
+    },
+    proxy,
+    ec2,
+    efs,
+    async reset() {
+      await backend.reset();
+      proxy.reset();
+    },
+    async stop() {
+      ec2.destroy();
+      efs.destroy();
+      try {
+        await proxy.stop();
+      } finally {
+        await backend.stop();
+      }
+    },
+    async createInstance({ zone = `${region}a`, instanceType = "m5.large" } = {}) {
+      const answer = await ec2.send(
+        new RunInstancesCommand({
+          ImageId: FAKE_AMI,
+          MinCount: 1,
+          MaxCount: 1,
+          InstanceType: instanceType as _InstanceType,
+          Placement: { AvailabilityZone: zone },
+          TagSpecifications: [
+            { ResourceType: "instance", Tags: [{ Key: HARNESS_TAG, Value: "instance" }] },
+            { ResourceType: "volume", Tags: [{ Key: HARNESS_TAG, Value: "root-volume" }] },
+          ],
+        }),
+      );
+      const instanceId = answer.Instances?.[0]?.InstanceId;
+      if (!instanceId) throw new Error("RunInstances answered without an instance id");
+      return instanceId;
+    },
+    async createFileSystem() {
+      const answer = await efs.send(
+        new CreateFileSystemCommand({
+          CreationToken: randomUUID(),
+          Tags: [{ Key: HARNESS_TAG, Value: "file-system" }],
+        }),
+      );
+      if (!answer.FileSystemId) throw new Error("CreateFileSystem answered without a file system id");
+      return answer.FileSystemId;
+    },
+  };
+}
+
+async function stoppingOnFailure<T>(backend: Backend, step: () => Promise<T>): Promise<T> {
+  try {
+    return await step();
+  } catch (error) {
+    await backend.stop();
+    throw error;
+  }
+}
+
+/** The part of the optional testcontainers package used here. */
+interface Testcontainers {
+  GenericContainer: new (image: string) => ContainerBuilder;
+  Wait: { forHttp(path: string, port: number): unknown };
+}
+
+interface ContainerBuilder {
+  withEnvironment(env: Record<string, string>): ContainerBuilder;
+  withExposedPorts(...ports: number[]): ContainerBuilder;
+  withWaitStrategy(strategy: unknown): ContainerBuilder;
+  start(): Promise<{ getHost(): string; getMappedPort(port: number): number; stop(): Promise<unknown> }>;
+}
+
+// Untested here (no Docker engine): the LocalStack image needs an auth token and Docker.
+async function startLocalStack(): Promise<Backend> {
+  const authToken = process.env["LOCALSTACK_AUTH_TOKEN"];
+  const testcontainers = await importOptional<Testcontainers>("testcontainers");
+  const reasons = [
+    authToken ? undefined : "LOCALSTACK_AUTH_TOKEN is not set (the LocalStack image requires an auth token)",
+    (await dockerAnswers()) ? undefined : "`docker info` failed: no Docker engine is reachable",
+    testcontainers
+      ? undefined
+      : "the npm package testcontainers is not installed (npm install -D testcontainers)",
+  ].filter((reason) => reason !== undefined);
+  if (!testcontainers || !authToken || reasons.length > 0) {
+    throw new FakeAwsUnavailable(`AWS_FAKE=localstack cannot run: ${reasons.join("; ")}`);
+  }
+  const container = await new testcontainers.GenericContainer("localstack/localstack-pro")
+    .withEnvironment({ LOCALSTACK_AUTH_TOKEN: authToken, SERVICES: "ec2,efs" })
+    .withExposedPorts(4566)
+    .withWaitStrategy(testcontainers.Wait.forHttp("/_localstack/health", 4566))
+    .start();
+  const url = `http://${container.getHost()}:${container.getMappedPort(4566)}`;
+  return {
+    url,
+    async reset() {
+      const response = await fetch(`${url}/_localstack/state/reset`, { method: "POST" });
+      if (!response.ok) throw new Error(`LocalStack reset failed: HTTP ${response.status}`);
+    },
+    async stop() {
+      await container.stop();
+    },
+  };
+}
+
+async function importOptional<T>(name: string): Promise<T | undefined> {
+  try {
+    return (await import(name)) as T;
+  } catch {
+    return undefined;
+  }
+}
+
+async function dockerAnswers(): Promise<boolean> {
+  try {
+    await promisify(execFile)("docker", ["info"], { timeout: 15_000 });
+    return true;
+  } catch {
+    return false;
+  }
+}

@@ -1,0 +1,262 @@
+// An HTTP proxy in front of moto that adds what real AWS does and moto lacks (ClientToken
+// idempotency, VolumeInUse) and injects faults (throttling, latency, 5xx, lost answers).
+import { createServer, type IncomingHttpHeaders, type IncomingMessage, request } from "node:http";
+import type { AddressInfo } from "node:net";
+import { setTimeout as sleep } from "node:timers/promises";
+import {
+  type AwsCall,
+  awsError,
+  internalError,
+  recognizeCall,
+  signingScope,
+  throttlingError,
+  type WireResponse,
+} from "./aws-request.ts";
+import { createIdempotencyMemory } from "./idempotency.ts";
+import { createKeyedSerializer } from "./serialize.ts";
+import { createThrottle, type ThrottleConfig } from "./throttle.ts";
+
+export type { BucketConfig, ThrottleConfig } from "./throttle.ts";
+
+export interface Faults {
+  /** Replay creates with a known ClientToken (EC2 CreateVolume, EFS CreateAccessPoint). Default on. */
+  clientTokenIdempotency: boolean;
+  /** AttachVolume of an attached volume fails with VolumeInUse instead of moving it. Default on. */
+  volumeInUse: boolean;
+  /** Refused calls get RequestLimitExceeded (EC2, 503) or ThrottlingException (EFS, 429). */
+  throttle: ThrottleConfig | undefined;
+  /** Delay before a call is forwarded: for every call, or per action name. */
+  latencyMs: number | Record<string, number> | undefined;
+  /** Fraction (0..1) of calls answered with HTTP 500 InternalError (EFS: InternalServerError). */
+  errorRate: number;
+  /** Share (0..1) of those errors whose call reached moto first: the operation happened, its answer was lost. */
+  lostAnswerShare: number;
+}
+
+export interface Hooks {
+  onAttach?: (volumeId: string, instanceId: string, device: string) => void | Promise<void>;
+  onDetach?: (volumeId: string, instanceId: string) => void | Promise<void>;
+  onModify?: (volumeId: string, sizeGiB: number | undefined) => void | Promise<void>;
+  onDelete?: (volumeId: string) => void | Promise<void>;
+}
+
+export interface FaultProxy {
+  url: string;
+  /** Mutable: tests switch faults on and off between calls. */
+  faults: Faults;
+  /** Mutable: called after moto answered 2xx, awaited before the client gets the answer. */
+  hooks: Hooks;
+  /** Calls received per action name (EC2 Action or EFS operation), refused ones included. */
+  stats(): Record<string, number>;
+  resetStats(): void;
+  /** Faults back to defaults, hooks removed, remembered ClientTokens, throttle buckets and stats cleared. */
+  reset(): void;
+  stop(): Promise<void>;
+}
+
+export function defaultFaults(): Faults {
+  return {
+    clientTokenIdempotency: true,
+    volumeInUse: true,
+    throttle: undefined,
+    latencyMs: undefined,
+    errorRate: 0,
+    lostAnswerShare: 0.5,
+  };
+}
+
+interface Incoming {
+  method: string;
+  url: string;
+  headers: IncomingHttpHeaders;
+  body: Buffer;
+}
+
+export async function startFaultProxy(options: { target: string }): Promise<FaultProxy> {
+  const target = new URL(options.target);
+  const faults = defaultFaults();
+  const hooks: Hooks = {};
+  const counts = new Map<string, number>();
+  const idempotency = createIdempotencyMemory();
+  const throttle = createThrottle();
+  const serializedPerVolume = createKeyedSerializer();
+
+  async function answer(incoming: Incoming): Promise<WireResponse> {
+    const call = recognizeCall(incoming.method, incoming.url, incoming.headers, incoming.body);
+    if (!call) return forward(target, incoming);
+    counts.set(call.action, (counts.get(call.action) ?? 0) + 1);
+    if (throttle.refuses(call.action, faults.throttle)) return throttlingError(call);
+    if (Math.random() < faults.errorRate) {
+      if (Math.random() < faults.lostAnswerShare) await perform(call, incoming).catch(() => undefined);
+      return internalError(call);
+    }
+    return perform(call, incoming);
+  }
+
+  async function perform(call: AwsCall, incoming: Incoming): Promise<WireResponse> {
+    const latency = typeof faults.latencyMs === "number" ? faults.latencyMs : faults.latencyMs?.[call.action];
+    if (latency) await sleep(latency);
+    if (!faults.clientTokenIdempotency) return execute(call, incoming);
+    const region = signingScope(incoming.headers)?.region ?? "";
+    return idempotency.run(call, region, () => execute(call, incoming));
+  }
+
+  async function execute(call: AwsCall, incoming: Incoming): Promise<WireResponse> {
+    const response =
+      faults.volumeInUse && call.service === "ec2" && call.action === "AttachVolume"
+        ? await attachUnlessInUse(call.params.get("VolumeId") ?? "", incoming)
+        : await forward(target, incoming);
+    if (response.status >= 300) return response;
+    try {
+      await runHooks(hooks, call, response);
+    } catch (error) {
+      return internalError(call, `fault proxy hook failed after moto answered: ${String(error)}`);
+    }
+    return response;
+  }
+
+  /** Checks and attaches as one step per volume, so that of two racing attaches one sees VolumeInUse. */
+  function attachUnlessInUse(volumeId: string, incoming: Incoming): Promise<WireResponse> {
+    const region = signingScope(incoming.headers)?.region ?? "";
+    return serializedPerVolume(`${region}/${volumeId}`, async () => {
+      const attachedTo = await attachedInstance(target, incoming, volumeId);
+      if (!attachedTo) return forward(target, incoming);
+      const message = `${volumeId} is already attached to an instance (${attachedTo})`;
+      return awsError("ec2", 400, "VolumeInUse", message);
+    });
+  }
+
+  const server = createServer((req, res) => {
+    readIncoming(req)
+      .then(answer)
+      .catch((error: unknown) => ({
+        status: 502,
+        headers: { "content-type": "text/plain" },
+        body: Buffer.from(`fault proxy: ${String(error)}`),
+      }))
+      .then((response) => {
+        res.writeHead(response.status, { ...response.headers, "content-length": response.body.length });
+        res.end(response.body);
+      })
+      .catch(() => res.destroy());
+  });
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const { port } = server.address() as AddressInfo;
+
+  return {
+    url: `http://127.0.0.1:${port}`,
+    faults,
+    hooks,
+    stats: () => Object.fromEntries(counts),
+    resetStats: () => counts.clear(),
+    reset() {
+      Object.assign(faults, defaultFaults());
+      for (const name of Object.keys(hooks) as (keyof Hooks)[]) delete hooks[name];
+      idempotency.clear();
+      throttle.reset();
+      counts.clear();
+    },
+    stop() {
+      server.closeAllConnections();
+      return new Promise((resolve, reject) => server.close((error) => (error ? reject(error) : resolve())));
+    },
+  };
+}
+
+async function runHooks(hooks: Hooks, call: AwsCall, response: WireResponse): Promise<void> {
+  if (call.service !== "ec2") return;
+  const volumeId = call.params.get("VolumeId") ?? "";
+  switch (call.action) {
+    case "AttachVolume":
+      return hooks.onAttach?.(volumeId, call.params.get("InstanceId") ?? "", call.params.get("Device") ?? "");
+    case "DetachVolume": {
+      // InstanceId is optional in DetachVolume; the answer always names the instance.
+      const instanceId =
+        call.params.get("InstanceId") ?? xmlValue(response.body.toString(), "instanceId") ?? "";
+      return hooks.onDetach?.(volumeId, instanceId);
+    }
+    case "ModifyVolume": {
+      const size = call.params.get("Size");
+      return hooks.onModify?.(volumeId, size ? Number(size) : undefined);
+    }
+    case "DeleteVolume":
+      return hooks.onDelete?.(volumeId);
+  }
+}
+
+/** The instance a volume is attached to, asked of moto directly in the caller's region. */
+async function attachedInstance(
+  target: URL,
+  incoming: Incoming,
+  volumeId: string,
+): Promise<string | undefined> {
+  const query = new URLSearchParams({
+    Action: "DescribeVolumes",
+    Version: "2016-11-15",
+    "VolumeId.1": volumeId,
+  });
+  const answer = await forward(target, {
+    method: "POST",
+    url: "/",
+    headers: {
+      "content-type": "application/x-www-form-urlencoded",
+      authorization: incoming.headers.authorization ?? "",
+    },
+    body: Buffer.from(query.toString()),
+  });
+  if (answer.status !== 200) return undefined;
+  const attachments = /<attachmentSet>([\s\S]*?)<\/attachmentSet>/.exec(answer.body.toString())?.[1] ?? "";
+  return xmlValue(attachments, "instanceId");
+}
+
+function xmlValue(xml: string, element: string): string | undefined {
+  return new RegExp(`<${element}>([^<]*)</${element}>`).exec(xml)?.[1];
+}
+
+const hopByHop = new Set(["connection", "keep-alive", "transfer-encoding", "content-length", "host"]);
+
+function forward(target: URL, incoming: Incoming): Promise<WireResponse> {
+  const headers = Object.fromEntries(
+    Object.entries(incoming.headers).filter(([name]) => !hopByHop.has(name)),
+  );
+  return new Promise((resolve, reject) => {
+    const outgoing = request(
+      {
+        host: target.hostname,
+        port: target.port,
+        method: incoming.method,
+        path: incoming.url,
+        headers: { ...headers, "content-length": incoming.body.length },
+      },
+      (response) => {
+        const chunks: Buffer[] = [];
+        response.on("data", (chunk: Buffer) => chunks.push(chunk));
+        response.on("error", reject);
+        response.on("end", () => {
+          const answerHeaders: Record<string, string> = {};
+          for (const [name, value] of Object.entries(response.headers)) {
+            if (value !== undefined && !hopByHop.has(name)) answerHeaders[name] = String(value);
+          }
+          resolve({
+            status: response.statusCode ?? 502,
+            headers: answerHeaders,
+            body: Buffer.concat(chunks),
+          });
+        });
+      },
+    );
+    outgoing.on("error", reject);
+    outgoing.end(incoming.body);
+  });
+}
+
+async function readIncoming(req: IncomingMessage): Promise<Incoming> {
+  const chunks: Buffer[] = [];
+  for await (const chunk of req) chunks.push(chunk as Buffer);
+  return {
+    method: req.method ?? "GET",
+    url: req.url ?? "/",
+    headers: req.headers,
+    body: Buffer.concat(chunks),
+  };
+}
