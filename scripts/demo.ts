@@ -7,6 +7,7 @@
 import { createHash } from "node:crypto";
 import { mkdir, readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
+import type { Reply } from "../test/harness/csi-client.ts";
 import { startEbsEnv } from "../test/harness/ebs-env.ts";
 
 const GiB = 1024 ** 3;
@@ -41,7 +42,7 @@ async function main(): Promise<void> {
     service: "Controller" | "Node" | "Identity",
     method: string,
     request: object,
-    show: (res: Record<string, unknown>) => string,
+    show: (res: Reply) => string,
   ) => {
     const started = performance.now();
     const res = await env.client.call(service, method, request);
@@ -103,7 +104,7 @@ async function main(): Promise<void> {
       console.log(
         `    wrote ${join(target, "hello.txt")}: "${(await readFile(join(target, "hello.txt"), "utf8")).trim()}"`,
       );
-      const stats = (r: Record<string, unknown>) => {
+      const stats = (r: Reply) => {
         const bytes = (r.usage as { unit: string; total: number; used: number }[]).find(
           (u) => u.unit === "BYTES",
         )!;
