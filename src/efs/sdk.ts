@@ -1,0 +1,216 @@
+/** The Efs interface on the AWS SDK's EFSClient, with the retry policy and metrics every client shares. */
+import {
+  type AccessPointDescription,
+  CreateAccessPointCommand,
+  DeleteAccessPointCommand,
+  DescribeAccessPointsCommand,
+  DescribeFileSystemsCommand,
+  EFSClient,
+} from "@aws-sdk/client-efs";
+import {
+  awsClientConfig,
+  awsErrorCode,
+  awsHttpStatus,
+  instrumentClient,
+  isThrottlingError,
+} from "../aws/sdk.ts";
+import type { Logger } from "../log.ts";
+import type { Metrics } from "../metrics.ts";
+import { type AccessPoint, type Efs, EfsError, type EfsErrorKind } from "./cloud.ts";
+
+/** Access points per DescribeAccessPoints page; a file system holds at most 10,000. */
+const PAGE_SIZE = 1000;
+
+export interface SdkEfsOptions {
+  region: string | undefined;
+  endpoint?: string | undefined;
+  metrics: Metrics;
+  log: Logger;
+}
+
+export interface SdkEfs extends Efs {
+  close(): void;
+}
+
+export function createSdkEfs(o: SdkEfsOptions): SdkEfs {
+  const client = new EFSClient(awsClientConfig({ region: o.region, endpoint: o.endpoint }));
+  instrumentClient(client, o.metrics, o.log);
+
+  async function call<T>(what: string, send: () => Promise<T>): Promise<T> {
+    try {
+      return await send();
+    } catch (err) {
+      throw toEfsError(what, err);
+    }
+  }
+
+  return {
+    async describeFileSystem(fileSystemId) {
+      const out = await call(`describe file system ${fileSystemId}`, () =>
+        client.send(new DescribeFileSystemsCommand({ FileSystemId: fileSystemId })),
+      );
+      const fs = out.FileSystems?.find((f) => f.FileSystemId === fileSystemId);
+      if (!fs)
+        throw new EfsError(
+          "FileSystemNotFound",
+          "FileSystemNotFound",
+          `file system ${fileSystemId} not found`,
+        );
+      return {
+        id: fileSystemId,
+        lifeCycleState: fs.LifeCycleState ?? "available",
+        ...(fs.AvailabilityZoneName ? { availabilityZone: fs.AvailabilityZoneName } : {}),
+      };
+    },
+
+    async listAccessPoints(fileSystemId) {
+      const all: AccessPoint[] = [];
+      let nextToken: string | undefined;
+      do {
+        const out = await call(`list access points of ${fileSystemId}`, () =>
+          client.send(
+            new DescribeAccessPointsCommand({
+              FileSystemId: fileSystemId,
+              MaxResults: PAGE_SIZE,
+              NextToken: nextToken,
+            }),
+          ),
+        );
+        for (const ap of out.AccessPoints ?? []) all.push(fromDescription(ap));
+        nextToken = out.NextToken || undefined;
+      } while (nextToken);
+      return all;
+    },
+
+    async describeAccessPoint(accessPointId) {
+      const out = await call(`describe access point ${accessPointId}`, () =>
+        client.send(new DescribeAccessPointsCommand({ AccessPointId: accessPointId })),
+      );
+      const ap = out.AccessPoints?.find((a) => a.AccessPointId === accessPointId);
+      if (!ap) {
+        throw new EfsError(
+          "AccessPointNotFound",
+          "AccessPointNotFound",
+          `access point ${accessPointId} not found`,
+        );
+      }
+      return fromDescription(ap);
+    },
+
+    async createAccessPoint(input) {
+      const { creationInfo } = input.rootDirectory;
+      const out = await call(`create access point on ${input.fileSystemId}`, () =>
+        client.send(
+          new CreateAccessPointCommand({
+            ClientToken: input.clientToken,
+            FileSystemId: input.fileSystemId,
+            PosixUser: { Uid: input.posixUser.uid, Gid: input.posixUser.gid },
+            RootDirectory: {
+              Path: input.rootDirectory.path,
+              ...(creationInfo
+                ? {
+                    CreationInfo: {
+                      OwnerUid: creationInfo.ownerUid,
+                      OwnerGid: creationInfo.ownerGid,
+                      Permissions: creationInfo.permissions,
+                    },
+                  }
+                : {}),
+            },
+            Tags: Object.entries(input.tags).map(([Key, Value]) => ({ Key, Value })),
+          }),
+        ),
+      );
+      if (!out.AccessPointId)
+        throw new EfsError("Other", "NoAccessPointId", "CreateAccessPoint returned no id");
+      return fromDescription(out);
+    },
+
+    async deleteAccessPoint(accessPointId) {
+      await call(`delete access point ${accessPointId}`, () =>
+        client.send(new DeleteAccessPointCommand({ AccessPointId: accessPointId })),
+      );
+    },
+
+    async probe() {
+      await call("probe EFS", () => client.send(new DescribeFileSystemsCommand({ MaxItems: 1 })));
+    },
+
+    close() {
+      client.destroy();
+    },
+  };
+}
+
+function fromDescription(ap: AccessPointDescription): AccessPoint {
+  const info = ap.RootDirectory?.CreationInfo;
+  const tags: Record<string, string> = {};
+  for (const t of ap.Tags ?? []) if (t.Key !== undefined) tags[t.Key] = t.Value ?? "";
+  return {
+    id: ap.AccessPointId ?? "",
+    fileSystemId: ap.FileSystemId ?? "",
+    ...(ap.ClientToken ? { clientToken: ap.ClientToken } : {}),
+    ...(ap.PosixUser?.Uid !== undefined && ap.PosixUser.Gid !== undefined
+      ? { posixUser: { uid: ap.PosixUser.Uid, gid: ap.PosixUser.Gid } }
+      : {}),
+    rootDirectory: {
+      path: ap.RootDirectory?.Path ?? "/",
+      ...(info?.OwnerUid !== undefined && info.OwnerGid !== undefined && info.Permissions !== undefined
+        ? {
+            creationInfo: { ownerUid: info.OwnerUid, ownerGid: info.OwnerGid, permissions: info.Permissions },
+          }
+        : {}),
+    },
+    tags,
+    ...(ap.LifeCycleState ? { lifeCycleState: ap.LifeCycleState } : {}),
+  };
+}
+
+const KIND_BY_CODE: Record<string, EfsErrorKind> = {
+  FileSystemNotFound: "FileSystemNotFound",
+  AccessPointNotFound: "AccessPointNotFound",
+  AccessPointAlreadyExists: "AccessPointAlreadyExists",
+  AccessPointLimitExceeded: "AccessPointLimitExceeded",
+  AccessDeniedException: "AccessDenied",
+  AccessDenied: "AccessDenied",
+  UnauthorizedOperation: "AccessDenied",
+  UnrecognizedClientException: "AccessDenied",
+  InvalidClientTokenId: "AccessDenied",
+  ExpiredTokenException: "AccessDenied",
+  BadRequest: "InvalidParameter",
+  ValidationException: "InvalidParameter",
+  IncorrectFileSystemLifeCycleState: "FileSystemNotReady",
+  InternalServerError: "Unavailable",
+  DependencyTimeout: "Unavailable",
+  TimeoutError: "Unavailable",
+  RequestTimeout: "Unavailable",
+  ECONNRESET: "Unavailable",
+  ECONNREFUSED: "Unavailable",
+  EPIPE: "Unavailable",
+  ETIMEDOUT: "Unavailable",
+  EHOSTUNREACH: "Unavailable",
+  ENETUNREACH: "Unavailable",
+  ENOTFOUND: "Unavailable",
+  EAI_AGAIN: "Unavailable",
+  // No credentials yet (e.g. a web identity token not mounted yet): the next call may find them.
+  CredentialsProviderError: "Unavailable",
+  TooManyRequests: "Throttled",
+};
+
+/** An SDK or network error as an EfsError whose message says what was being done. */
+export function toEfsError(what: string, err: unknown): EfsError {
+  if (err instanceof EfsError) return err;
+  const code = awsErrorCode(err);
+  const status = awsHttpStatus(err);
+  let kind = KIND_BY_CODE[code];
+  if (!kind && isThrottlingError(err)) kind = "Throttled";
+  if (!kind && status !== undefined && status >= 500) kind = "Unavailable";
+  const message = err instanceof Error ? err.message : String(err);
+  const accessPointId =
+    err !== null &&
+    typeof err === "object" &&
+    typeof (err as { AccessPointId?: unknown }).AccessPointId === "string"
+      ? (err as { AccessPointId: string }).AccessPointId
+      : undefined;
+  return new EfsError(kind ?? "Other", code, `${what}: ${code}: ${message}`, accessPointId);
+}
