@@ -45,7 +45,10 @@ export async function createEbsDriver({ options, log, metrics }: DriverDeps): Pr
     controller,
     node,
     accessibilityConstraints: true,
-    probe: () => ec2.probe(),
+    // A node-only plugin must not depend on EC2: node roles often may not call it, and a failed
+    // Probe makes the livenessprobe restart a healthy plugin. Serving calls is its health.
+    probe: controller ? () => ec2.probe() : async () => undefined,
     close: async () => client.destroy(),
   };
 }
+
