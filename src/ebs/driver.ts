@@ -51,4 +51,3 @@ export async function createEbsDriver({ options, log, metrics }: DriverDeps): Pr
     close: async () => client.destroy(),
   };
 }
-
