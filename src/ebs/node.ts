@@ -192,16 +192,21 @@ export class EbsNode {
 
     const existing = (await findMountsAt(targetPath)).at(-1);
     if (existing) {
+      // A block volume is published as a device node, a filesystem as a directory: the same
+      // device in the other form is another capability, so ALREADY_EXISTS as well.
+      const publishedAsBlock = (await stat(targetPath)).isBlockDevice();
       const sourceEntry = cap.block ? undefined : (await findMountsAt(source)).at(-1);
-      const sameSource = cap.block
-        ? await sameDeviceNumber(existing, source)
-        : sourceEntry !== undefined &&
-          existing.major === sourceEntry.major &&
-          existing.minor === sourceEntry.minor;
-      const sameMode = existing.mountOptions.includes("ro") === readOnly;
-      if (sameSource && sameMode) return {};
+      const sameSource =
+        publishedAsBlock === cap.block &&
+        (cap.block
+          ? await sameDeviceNumber(existing, source)
+          : sourceEntry !== undefined &&
+            existing.major === sourceEntry.major &&
+            existing.minor === sourceEntry.minor);
+      const publishedReadOnly = existing.mountOptions.includes("ro");
+      if (sameSource && publishedReadOnly === readOnly) return {};
       throw alreadyExists(
-        `target_path ${targetPath}: already published ${sameSource ? `${existing.mountOptions.includes("ro") ? "read-only" : "read-write"}` : "from another source"}`,
+        `target_path ${targetPath}: already published ${sameSource ? (publishedReadOnly ? "read-only" : "read-write") : `${publishedAsBlock ? "as a block device" : "as a filesystem"} from another source or capability`}`,
       );
     }
     if (cap.mode === "SINGLE_NODE_SINGLE_WRITER")
@@ -312,8 +317,13 @@ export class EbsNode {
     if (!VOLUME_ID.test(volumeId) || !mount)
       throw notFound(`volume_path ${volumePath}: volume ${volumeId} is not mounted there`);
     const device = await this.#findDevice(volumeId, undefined);
-    if (device && !(await sameDeviceNumber(mount, device))) {
-      throw notFound(`volume_path ${volumePath}: another volume is mounted there, not ${volumeId}`);
+    const elsewhere = `volume_path ${volumePath}: another volume is mounted there, not ${volumeId}`;
+    if (device && !(await sameDeviceNumber(mount, device))) throw notFound(elsewhere);
+    // No device for this volume: either its disk is gone (an abnormal condition to report), or
+    // the path holds another volume that is still attached (NOT_FOUND: this one is not there).
+    if (!device) {
+      const owner = await this.#volumeOfMount(mount);
+      if (owner && owner !== volumeId) throw notFound(elsewhere);
     }
     return { mount, device };
   }
@@ -417,14 +427,28 @@ export class EbsNode {
   }
 
   /** The volume whose by-id link points at device, if any. */
-  async #linkedVolume(device: string): Promise<string | undefined> {
+  /** The volume whose by-id link names the device mounted here (a filesystem or a block bind). */
+  async #volumeOfMount(mount: MountEntry): Promise<string | undefined> {
+    for (const [volumeId, device] of await this.#linkedDevices()) {
+      if (await sameDeviceNumber(mount, device)) return volumeId;
+    }
+    return undefined;
+  }
+
+  /** Every EBS volume with a by-id link here, and the device the link resolves to. */
+  async #linkedDevices(): Promise<[string, string][]> {
     const entries = await readdir(this.#o.deviceDir).catch(() => [] as string[]);
+    const linked: [string, string][] = [];
     for (const entry of entries) {
       if (!entry.startsWith(`${NVME_LINK_PREFIX}vol`)) continue;
       const target = await realpath(join(this.#o.deviceDir, entry)).catch(() => undefined);
-      if (target === device) return `vol-${entry.slice(NVME_LINK_PREFIX.length + 3).split("-")[0]}`;
+      if (target) linked.push([`vol-${entry.slice(NVME_LINK_PREFIX.length + 3).split("-")[0]}`, target]);
     }
-    return undefined;
+    return linked;
+  }
+
+  async #linkedVolume(device: string): Promise<string | undefined> {
+    return (await this.#linkedDevices()).find(([, target]) => target === device)?.[0];
   }
 }
 
