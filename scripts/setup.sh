@@ -9,11 +9,15 @@ step() { printf '\n== %s\n' "$*"; }
 
 lock_hash=$(sha256sum package-lock.json | cut -d' ' -f1)
 if [ ! -x node_modules/.bin/node ] || [ "$(cat .cache/npm.stamp 2>/dev/null)" != "$lock_hash" ]; then
-  step "npm install (Node 24 comes from the node@24 package)"
-  # Not `npm ci`: the registry mirror here lacks some of biome's optional platform packages
-  # (android, musl), so npm leaves them out of the lock and `npm ci` then refuses it.
-  npm install --no-fund --no-audit --no-save
+  step "npm ci (Node 24 comes from the node@24 package)"
+  npm ci --no-fund --no-audit
   echo "$lock_hash" > .cache/npm.stamp
+fi
+
+# The linter has its own package: see tools/biome/package.json for why.
+if [ ! -x tools/biome/node_modules/.bin/biome ]; then
+  step "biome (lint and format)"
+  npm install --prefix tools/biome --no-fund --no-audit --no-save
 fi
 
 if [ ! -x .cache/venv/bin/moto_server ]; then
