@@ -120,6 +120,8 @@ export interface EfsEnvOptions {
   mode?: "controller" | "node" | "all";
   /** More driver flags, e.g. ["--delete-access-point-root-dir"]. */
   extraArgs?: string[];
+  /** Install the fake mount.efs (needs root). Default: true. */
+  mountHelper?: boolean;
 }
 
 /** A whole EFS setup on one machine: fake AWS with one file system, fake IMDS, the helper, the driver. */
@@ -129,7 +131,8 @@ export interface EfsEnv {
   instanceId: string;
   zone: string;
   imds: Imds;
-  helper: FakeEfsMountHelper;
+  /** Undefined when started without the mount helper. */
+  helper: FakeEfsMountHelper | undefined;
   /** A temporary directory for this environment: socket, served file systems, target paths. */
   dir: string;
   socketPath: string;
@@ -150,12 +153,17 @@ export async function startEfsEnv(options: EfsEnvOptions = {}): Promise<EfsEnv> 
     const instanceId = await aws.createInstance({ zone });
     const imds = await startImds({ instanceId, instanceType: "m5.large", zone, region: aws.region });
     cleanups.unshift(() => imds.stop());
-    const helper = await installFakeEfsMountHelper({ endpoint: aws.endpoint, region: aws.region, dir });
+    const helper =
+      options.mountHelper === false
+        ? undefined
+        : await installFakeEfsMountHelper({ endpoint: aws.endpoint, region: aws.region, dir });
     // The driver's publishes and the controller's temporary mounts (its TMPDIR is in dir) go first.
-    cleanups.unshift(
-      () => unmountUnder(dir),
-      () => helper.uninstall(),
-    );
+    if (helper) {
+      cleanups.unshift(
+        () => unmountUnder(dir),
+        () => helper.uninstall(),
+      );
+    }
 
     const socketPath = join(dir, "csi.sock");
     const driver = new DriverProcess({

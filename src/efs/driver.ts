@@ -1,0 +1,56 @@
+import type { Driver, DriverDeps } from "../driver.ts";
+import { type InstanceMetadata, resolveInstanceMetadata } from "../metadata.ts";
+import type { ServiceImpl } from "../server/rpc.ts";
+import { createEfsController } from "./controller.ts";
+import { EfsNode } from "./node.ts";
+import { createRootDirectoryDeletion } from "./root-directory.ts";
+import { createSdkEfs, type SdkEfs } from "./sdk.ts";
+
+/** Builds the EFS driver for the configured mode: EFS client and controller service, node service. */
+export async function createEfsDriver({ options, log, metrics }: DriverDeps): Promise<Driver> {
+  const serveController = options.mode !== "node";
+  const serveNode = options.mode !== "controller";
+  // The node must know where it runs; the controller needs only the region, so it asks instance
+  // metadata only when no region was given.
+  let metadata: InstanceMetadata | undefined;
+  if (serveNode || !options.region) {
+    metadata = await resolveInstanceMetadata({
+      kubeNodeName: options.kubeNodeName,
+      nodeId: options.nodeId,
+      zone: options.zone,
+      instanceType: options.instanceType,
+      region: options.region,
+    });
+    log.info({ ...metadata }, "instance metadata");
+  }
+  const region = options.region ?? metadata!.region;
+
+  // The node never calls AWS (the official node does not either): it gets no client and no AWS probe.
+  let efs: SdkEfs | undefined;
+  let controller: ServiceImpl | undefined;
+  if (serveController) {
+    efs = createSdkEfs({ region, endpoint: options.awsEndpoint, metrics, log });
+    const controllerLog = log.child({ service: "controller" });
+    controller = createEfsController({
+      efs,
+      log: controllerLog,
+      extraTags: options.extraTags,
+      deleteAccessPointRootDir: options.deleteAccessPointRootDir,
+      ...(options.deleteAccessPointRootDir
+        ? { deleteRootDirectory: createRootDirectoryDeletion({ region, log: controllerLog }) }
+        : {}),
+    });
+  }
+  let node: ServiceImpl | undefined;
+  if (serveNode && metadata) {
+    node = new EfsNode({ instanceId: metadata.instanceId, zone: metadata.zone, region });
+  }
+
+  return {
+    controller,
+    node,
+    accessibilityConstraints: false,
+    probe: async () => efs?.probe(),
+    close: async () => efs?.close(),
+  };
+}

@@ -1,0 +1,310 @@
+/**
+ * The EFS Node service: mounts a volume (a file system, a directory of it, or an access point) at
+ * each pod's target path, as the official driver does: no staging, one mount per pod. What is
+ * published is read from the mount table, never remembered. Each RPC reads validate -> look at
+ * existing state (idempotency) -> act -> answer.
+ *
+ * An NFS mount whose server stops answering makes every syscall on it block, uninterruptibly for
+ * this process: so nothing here touches a mounted target in-process. statfs runs as a child
+ * process with a timeout, and a target is only created or removed when nothing is mounted on it.
+ */
+import { constants } from "node:fs";
+import { access, mkdir, rm, rmdir } from "node:fs/promises";
+import { alreadyExists, CsiError, internal, invalidArgument, notFound } from "../csi/errors.ts";
+import type {
+  NodeGetCapabilitiesResponse,
+  NodeGetInfoResponse,
+  NodeGetVolumeStatsRequest,
+  NodeGetVolumeStatsResponse,
+  NodePublishVolumeRequest,
+  NodePublishVolumeResponse,
+  NodeUnpublishVolumeRequest,
+  NodeUnpublishVolumeResponse,
+} from "../csi/types.ts";
+import {
+  type AccessMode,
+  type CapabilityRules,
+  checkCapability,
+  checkMap,
+  requireString,
+} from "../csi/validate.ts";
+import { type FsStats, fsStats } from "../host/blockdev.ts";
+import { conditionFromMount, type FilesystemCondition } from "../host/condition.ts";
+import { CommandError, run } from "../host/exec.ts";
+import { findMountsAt, unmountAll } from "../host/mounts.ts";
+import { invalidPathReason } from "../host/paths.ts";
+import type { RpcContext } from "../server/rpc.ts";
+import { parseVolumeHandle, type VolumeHandle } from "./handle.ts";
+import { EFS_MOUNT_HELPER, efsMountCommand, mountMismatch } from "./mount.ts";
+
+/** The topology key of the node's zone (EFS itself is regional; One Zone file systems are not zoned here yet). */
+export const ZONE_KEY = "topology.kubernetes.io/zone";
+
+const CAPABILITY_RULES: CapabilityRules = {
+  modes: [
+    "SINGLE_NODE_WRITER",
+    "SINGLE_NODE_READER_ONLY",
+    "MULTI_NODE_READER_ONLY",
+    "MULTI_NODE_SINGLE_WRITER",
+    "MULTI_NODE_MULTI_WRITER",
+    "SINGLE_NODE_SINGLE_WRITER",
+    "SINGLE_NODE_MULTI_WRITER",
+  ],
+  block: false,
+};
+const READER_ONLY_MODES = new Set<AccessMode>(["SINGLE_NODE_READER_ONLY", "MULTI_NODE_READER_ONLY"]);
+
+export interface EfsNodeOptions {
+  instanceId: string;
+  zone: string;
+  region: string;
+  /** amazon-efs-utils' mount helper: when it exists volumes are mounted with `mount -t efs`, else `-t nfs4`. */
+  efsHelperPath?: string;
+  /** Below kubelet's 2 minutes, so that a hung mount is answered rather than abandoned. */
+  mountTimeoutMs?: number;
+  /** An unmount that takes longer is forced (the server is gone): `umount --force --lazy`. */
+  unmountTimeoutMs?: number;
+  /** A statfs that takes longer marks the volume abnormal (the server does not answer). */
+  statsTimeoutMs?: number;
+}
+
+const DEFAULTS = {
+  efsHelperPath: EFS_MOUNT_HELPER,
+  mountTimeoutMs: 100_000,
+  unmountTimeoutMs: 30_000,
+  statsTimeoutMs: 10_000,
+};
+
+export class EfsNode {
+  readonly #o: Required<EfsNodeOptions>;
+
+  constructor(options: EfsNodeOptions) {
+    this.#o = { ...DEFAULTS, ...options };
+  }
+
+  async NodeGetInfo(): Promise<NodeGetInfoResponse> {
+    // No attachment limit: NFS mounts use no device slots.
+    return {
+      node_id: this.#o.instanceId,
+      max_volumes_per_node: 0,
+      accessible_topology: { segments: { [ZONE_KEY]: this.#o.zone } },
+    };
+  }
+
+  async NodeGetCapabilities(): Promise<NodeGetCapabilitiesResponse> {
+    // No STAGE_UNSTAGE_VOLUME: like the official driver, each pod gets its own mount.
+    const types = ["GET_VOLUME_STATS", "VOLUME_CONDITION"] as const;
+    return { capabilities: types.map((type) => ({ rpc: { type } })) };
+  }
+
+  async NodePublishVolume(
+    req: NodePublishVolumeRequest,
+    ctx: RpcContext,
+  ): Promise<NodePublishVolumeResponse> {
+    const volumeId = requireString(req.volume_id, "volume_id");
+    const targetPath = requirePath(req.target_path, "target_path");
+    const cap = checkCapability(req.volume_capability, "volume_capability", CAPABILITY_RULES);
+    const handle = parseVolumeHandle(volumeId);
+    const context = checkMap(req.volume_context, "volume_context");
+    checkMap(req.secrets, "secrets");
+    const command = efsMountCommand(
+      {
+        handle,
+        readOnly: req.readonly === true || READER_ONLY_MODES.has(cap.mode),
+        mountFlags: cap.mountFlags,
+        volumeContext: context,
+        efsUtils: await isExecutable(this.#o.efsHelperPath),
+        region: this.#o.region,
+      },
+      targetPath,
+    );
+
+    const existing = (await findMountsAt(targetPath)).at(-1);
+    if (existing) {
+      const mismatch = mountMismatch(existing, command, handle.fileSystemId);
+      if (mismatch)
+        throw alreadyExists(
+          `target_path ${targetPath}: volume ${volumeId} is published there, but ${mismatch}`,
+        );
+      return {};
+    }
+
+    await mkdir(targetPath, { recursive: true });
+    try {
+      await run("mount", command.args, { timeoutMs: this.#o.mountTimeoutMs });
+    } catch (err) {
+      // The target is ours (the plugin creates it) and nothing is mounted on it: an empty directory.
+      await rmdir(targetPath).catch(() => undefined);
+      throw mountError(err, volumeId, handle, targetPath);
+    }
+    if (command.dropped.length > 0)
+      ctx.log.warn({ volumeId, dropped: command.dropped }, "mount flags ignored");
+    ctx.log.info(
+      { volumeId, targetPath, fsType: command.fsType, source: command.source, options: command.options },
+      "published",
+    );
+    return {};
+  }
+
+  async NodeUnpublishVolume(
+    req: NodeUnpublishVolumeRequest,
+    ctx: RpcContext,
+  ): Promise<NodeUnpublishVolumeResponse> {
+    const volumeId = requireString(req.volume_id, "volume_id");
+    const targetPath = requirePath(req.target_path, "target_path");
+    const count = await this.#unmount(targetPath, ctx).catch((err: unknown) => {
+      throw hostError(err, `unpublishing volume ${volumeId} from ${targetPath}`);
+    });
+    await removeTarget(targetPath);
+    if (count > 0) ctx.log.info({ volumeId, targetPath }, "unpublished");
+    return {};
+  }
+
+  /**
+   * Usage as statfs reports it for the mount: the file system's own figures (EFS answers 8 EiB in
+   * all: it is elastic). Not the PV's size: the node cannot see it without AWS or the API server,
+   * and EFS's used bytes are the whole file system's, so a PV-sized total would show volumes as
+   * full that can never fill (and fire KubePersistentVolumeFillingUp).
+   */
+  async NodeGetVolumeStats(req: NodeGetVolumeStatsRequest): Promise<NodeGetVolumeStatsResponse> {
+    const volumeId = requireString(req.volume_id, "volume_id");
+    const volumePath = requireString(req.volume_path, "volume_path", 4096);
+    const handle = tryParseHandle(volumeId);
+    if (!handle) throw notFound(`volume ${volumeId} does not exist: it is not an EFS volume handle`);
+    // csi-sanity sends a relative path and expects NOT_FOUND: nothing can be mounted at one.
+    const entry =
+      invalidPathReason(volumePath) === undefined ? (await findMountsAt(volumePath)).at(-1) : undefined;
+    if (!entry) throw notFound(`volume_path ${volumePath}: volume ${volumeId} is not published there`);
+
+    const probed = await statFilesystem(volumePath, this.#o.statsTimeoutMs);
+    if ("abnormal" in probed) return { usage: [], volume_condition: probed };
+    return {
+      usage: [
+        { unit: "BYTES", total: probed.totalBytes, available: probed.availableBytes, used: probed.usedBytes },
+        { unit: "INODES", total: probed.totalInodes, available: probed.freeInodes, used: probed.usedInodes },
+      ],
+      volume_condition: conditionFromMount(entry),
+    };
+  }
+
+  /** Unmounts everything at target; a server that stopped answering gets a forced, lazy unmount. */
+  async #unmount(targetPath: string, ctx: RpcContext): Promise<number> {
+    const timeoutMs = this.#o.unmountTimeoutMs;
+    try {
+      return await unmountAll(targetPath, { timeoutMs });
+    } catch (err) {
+      if (!(err instanceof CommandError && err.timedOut)) throw err;
+      ctx.log.warn({ targetPath, timeoutMs }, "unmount timed out (is the EFS server reachable?): forcing it");
+      await run("umount", ["--force", "--lazy", "--", targetPath], { timeoutMs });
+      return 1 + (await unmountAll(targetPath, { timeoutMs }));
+    }
+  }
+}
+
+/**
+ * statfs of a mounted path in a child process, so that a server that does not answer costs a
+ * killed `stat`, not one of this process's few I/O threads. Without GNU stat it falls back to an
+ * in-process statfs.
+ */
+export async function statFilesystem(
+  path: string,
+  timeoutMs: number,
+): Promise<FsStats | FilesystemCondition> {
+  let stdout: string;
+  try {
+    ({ stdout } = await run("stat", ["--file-system", "--format=%S %b %f %a %c %d", "--", path], {
+      timeoutMs,
+    }));
+  } catch (err) {
+    if (!(err instanceof CommandError)) throw err;
+    if (err.timedOut) {
+      return {
+        abnormal: true,
+        message: `the file system at ${path} did not answer statfs within ${timeoutMs / 1000} s: is the EFS server reachable?`,
+      };
+    }
+    if (err.exitCode === null && err.signal === null) return fsStats(path);
+    return {
+      abnormal: true,
+      message: `the file system at ${path} is not usable: ${err.stderr.trim() || err.message}`,
+    };
+  }
+  const [blockSize = 0, blocks = 0, free = 0, available = 0, files = 0, freeFiles = 0] = stdout
+    .trim()
+    .split(/\s+/)
+    .map(Number);
+  return {
+    totalBytes: blocks * blockSize,
+    availableBytes: available * blockSize,
+    usedBytes: (blocks - free) * blockSize,
+    totalInodes: files,
+    freeInodes: freeFiles,
+    usedInodes: files - freeFiles,
+  };
+}
+
+async function isExecutable(path: string): Promise<boolean> {
+  return access(path, constants.X_OK).then(
+    () => true,
+    () => false,
+  );
+}
+
+/** Removes the target directory the plugin created: never recursively, a leftover file there is not ours to delete. */
+async function removeTarget(targetPath: string): Promise<void> {
+  try {
+    await rmdir(targetPath);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === "ENOENT") return;
+    if (code === "ENOTDIR") return rm(targetPath, { force: true });
+    if (code === "ENOTEMPTY" || code === "EEXIST") {
+      throw internal(
+        `target_path ${targetPath} is not empty after unmounting; refusing to delete what is in it`,
+      );
+    }
+    throw internal(`removing target_path ${targetPath}: ${(err as Error).message}`);
+  }
+}
+
+function requirePath(value: string | undefined, field: string): string {
+  const path = requireString(value, field, 4096);
+  const reason = invalidPathReason(path);
+  if (reason) throw invalidArgument(field, reason);
+  return path;
+}
+
+function tryParseHandle(volumeId: string): VolumeHandle | undefined {
+  try {
+    return parseVolumeHandle(volumeId);
+  } catch (err) {
+    if (err instanceof CsiError) return undefined;
+    throw err;
+  }
+}
+
+/**
+ * A failed mount as the caller sees it: a file system that does not resolve, or a directory the
+ * server does not have, is a volume that does not exist; anything else is the node's problem.
+ */
+function mountError(err: unknown, volumeId: string, handle: VolumeHandle, targetPath: string): CsiError {
+  if (err instanceof CsiError) return err;
+  if (err instanceof CommandError && !err.timedOut) {
+    const output = `${err.stderr}\n${err.stdout}`;
+    if (/Failed to resolve/i.test(output)) {
+      return notFound(`volume ${volumeId}: file system ${handle.fileSystemId} was not found: ${err.message}`);
+    }
+    if (/reason given by server: No such file or directory/i.test(output)) {
+      return notFound(
+        `volume ${volumeId}: directory ${handle.path} does not exist on ${handle.fileSystemId}: ${err.message}`,
+      );
+    }
+  }
+  return hostError(err, `mounting volume ${volumeId} at ${targetPath}`);
+}
+
+/** Host failures keep their command and stderr; they are the node's problem, not the caller's. */
+function hostError(err: unknown, what: string): CsiError {
+  if (err instanceof CsiError) return err;
+  return internal(`${what}: ${err instanceof Error ? err.message : String(err)}`);
+}
