@@ -1,0 +1,62 @@
+# syntax=docker/dockerfile:1
+# One image for both drivers and both roles; the command line chooses:
+#   node /app/dist/main.js --driver ebs|efs --mode controller|node
+# Build: docker build -t public.ecr.aws/aws-storage-csi/aws-storage-csi:v0.1.0 .
+
+ARG NODE_IMAGE=node:24-trixie-slim
+
+# --- build: compile TypeScript to dist/ ---------------------------------------------------
+FROM ${NODE_IMAGE} AS build
+WORKDIR /src
+COPY package.json package-lock.json ./
+# --ignore-scripts: the image already has Node 24; the "node" dev dependency would only download another.
+RUN npm ci --ignore-scripts --no-audit --no-fund
+COPY tsconfig.json tsconfig.build.json ./
+COPY proto/ proto/
+COPY src/ src/
+RUN npm run build
+
+# --- deps: production node_modules only ------------------------------------------------
+FROM ${NODE_IMAGE} AS deps
+WORKDIR /app
+COPY package.json package-lock.json ./
+RUN npm ci --omit=dev --ignore-scripts --no-audit --no-fund
+
+# --- runtime ---------------------------------------------------------------------------
+FROM ${NODE_IMAGE}
+ARG VERSION=dev
+LABEL org.opencontainers.image.title="aws-storage-csi" \
+      org.opencontainers.image.description="CSI driver for Amazon EBS (ebs.csi.aws.com) and EFS (efs.csi.aws.com)" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.version="${VERSION}"
+
+# What the node plugin runs on the host: mount/umount/findmnt and blkid (mount, util-linux),
+# mkfs/fsck/resize for ext4 and xfs (e2fsprogs, xfsprogs), the NVMe serial of an EBS volume
+# (nvme-cli), NFS 4.1 mounts for EFS (nfs-common: mount.nfs4). Debian has no efs-utils package,
+# so EFS is mounted with plain NFS. Versions are not pinned: Debian's security updates replace
+# them in place, and a pinned version would vanish from the archive and break the build.
+# npm and corepack are removed: the runtime needs neither, and a privileged container should
+# carry as little as it can.
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends \
+      e2fsprogs \
+      mount \
+      nfs-common \
+      nvme-cli \
+      util-linux \
+      xfsprogs \
+ && rm -rf /var/lib/apt/lists/* \
+ && rm -rf /usr/local/lib/node_modules /usr/local/bin/npm /usr/local/bin/npx /usr/local/bin/corepack
+
+WORKDIR /app
+ENV NODE_ENV=production
+COPY --from=deps /app/node_modules/ node_modules/
+COPY --from=build /src/dist/ dist/
+COPY proto/ proto/
+COPY package.json ./
+
+# Non-root by default (the controller); the node DaemonSet runs its plugin as root, privileged.
+# Numeric, so Kubernetes can check runAsNonRoot without a passwd lookup.
+USER 1000:1000
+ENTRYPOINT ["node", "/app/dist/main.js"]

@@ -1,0 +1,617 @@
+// Checks everything under deploy/ and the Dockerfile with the real tools: kustomize and Helm
+// render, the kube-apiserver's own validation code judges every object (test/deploy/validate),
+// hadolint lints the Dockerfile. scripts/install-deploy-tools.sh puts the tools in .cache/bin.
+// A missing tool skips its tests with the reason printed, never passes them.
+import { spawnSync } from "node:child_process";
+import {
+  cpSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  symlinkSync,
+  writeFileSync,
+} from "node:fs";
+import { tmpdir } from "node:os";
+import { delimiter, dirname, join, posix, relative } from "node:path";
+import { fileURLToPath } from "node:url";
+import { afterAll, describe, expect, it, type TestContext } from "vitest";
+import { parseCreateParameters, parseModifyParameters } from "../../src/ebs/params.ts";
+import { parseVolumeHandle } from "../../src/efs/handle.ts";
+import { parseProvisioningParams } from "../../src/efs/params.ts";
+
+const ROOT = fileURLToPath(new URL("../..", import.meta.url));
+const CHART = join(ROOT, "deploy/helm/aws-storage-csi");
+const OVERLAYS = ["ebs", "efs", "both"] as const;
+const OUR_IMAGE = "public.ecr.aws/aws-storage-csi/aws-storage-csi";
+const NAMESPACE = "kube-system";
+const INSTALL_HINT = "run scripts/install-deploy-tools.sh";
+
+// biome-ignore lint/suspicious/noExplicitAny: rendered Kubernetes objects are free-form JSON
+type K8sObject = Record<string, any>;
+
+interface Run {
+  status: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+function run(cmd: string, args: string[], options: { cwd?: string; timeoutMs?: number } = {}): Run {
+  const r = spawnSync(cmd, args, {
+    cwd: options.cwd ?? ROOT,
+    encoding: "utf8",
+    maxBuffer: 64 * 1024 * 1024,
+    timeout: options.timeoutMs ?? 120_000,
+  });
+  if (r.error) return { status: null, stdout: "", stderr: String(r.error) };
+  return { status: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+
+const output = (r: Run) => `${r.stdout}\n${r.stderr}`.trim();
+
+/** A tool from .cache/bin (or DEPLOY_TOOLS_BIN), else from PATH; undefined when neither has it. */
+function findTool(name: string): string | undefined {
+  const dirs = [
+    process.env.DEPLOY_TOOLS_BIN ?? join(ROOT, ".cache/bin"),
+    ...(process.env.PATH ?? "").split(delimiter),
+  ];
+  return dirs.map((d) => join(d, name)).find((p) => existsSync(p));
+}
+
+/** kustomize itself, else kubectl's built-in copy. */
+function findKustomize(): string[] | undefined {
+  const kustomize = findTool("kustomize");
+  if (kustomize) return [kustomize, "build"];
+  const kubectl = findTool("kubectl");
+  return kubectl ? [kubectl, "kustomize"] : undefined;
+}
+
+const tools = {
+  kustomize: findKustomize(),
+  helm: findTool("helm"),
+  validate: findTool("k8s-validate"),
+  hadolint: findTool("hadolint"),
+};
+const missing = Object.entries(tools)
+  .filter(([, path]) => !path)
+  .map(([name]) => name);
+if (missing.length > 0) {
+  console.warn(`deploy tests: missing ${missing.join(", ")}; their tests are skipped (${INSTALL_HINT})`);
+}
+
+/** Skips the running test, with the reason in the report, unless every named tool is installed. */
+function need(ctx: TestContext, ...names: (keyof typeof tools)[]): void {
+  const absent = names.filter((n) => !tools[n]);
+  if (absent.length > 0) ctx.skip(`${absent.join(", ")} not installed: ${INSTALL_HINT}`);
+}
+
+const work = mkdtempSync(join(tmpdir(), "deploy-test-"));
+afterAll(() => rmSync(work, { recursive: true, force: true }));
+
+const rendered = new Map<string, string>();
+
+/** Renders once and returns the path of the YAML file. */
+function renderOnce(key: string, render: () => Run): string {
+  const cached = rendered.get(key);
+  if (cached) return cached;
+  const r = render();
+  if (r.status !== 0) throw new Error(`rendering ${key} failed:\n${output(r)}`);
+  const file = join(work, `${key.replace(/[^a-z0-9]+/gi, "-")}.yaml`);
+  writeFileSync(file, r.stdout);
+  rendered.set(key, file);
+  return file;
+}
+
+function renderOverlay(overlay: string): string {
+  const [cmd, ...args] = tools.kustomize!;
+  return renderOnce(`kustomize-${overlay}`, () =>
+    run(cmd!, [...args, join(ROOT, "deploy/kubernetes/overlays", overlay)]),
+  );
+}
+
+const valuesFiles = readdirSync(join(CHART, "ci"))
+  .filter((f) => f.endsWith(".yaml"))
+  .sort();
+
+function renderChart(valuesFile?: string): string {
+  const values = valuesFile ? ["--values", join(CHART, "ci", valuesFile)] : [];
+  return renderOnce(`helm-${valuesFile ?? "default"}`, () =>
+    run(tools.helm!, ["template", "aws-storage-csi", CHART, "--namespace", NAMESPACE, ...values]),
+  );
+}
+
+function readObjects(file: string): K8sObject[] {
+  const r = run(tools.validate!, ["--to-json", file]);
+  if (r.status !== 0) throw new Error(`cannot read ${file}:\n${output(r)}`);
+  return JSON.parse(r.stdout) as K8sObject[];
+}
+
+function expectValid(file: string): void {
+  const r = run(tools.validate!, [file]);
+  const problems = r.stdout.split("\n").filter((l) => l.startsWith("INVALID") || l.startsWith("WARNING"));
+  expect(problems, output(r)).toEqual([]);
+  expect(r.status, output(r)).toBe(0);
+  expect(r.stdout).toMatch(/^OK /m);
+}
+
+const podSpecOf = (o: K8sObject): K8sObject | undefined => o.spec?.template?.spec;
+
+/** Every container (init ones too) of every workload, with the object it belongs to. */
+function containersOf(objects: K8sObject[]): { owner: string; container: K8sObject }[] {
+  return objects.flatMap((o) => {
+    const spec = podSpecOf(o);
+    if (!spec) return [];
+    const all = [...(spec.initContainers ?? []), ...(spec.containers ?? [])];
+    return all.map((container: K8sObject) => ({ owner: `${o.kind}/${o.metadata.name}`, container }));
+  });
+}
+
+const isOurs = (container: K8sObject) => String(container.image).startsWith(`${OUR_IMAGE}:`);
+
+describe("kustomize", () => {
+  for (const overlay of OVERLAYS) {
+    it(`overlays/${overlay} renders objects that kube-apiserver accepts`, (ctx) => {
+      need(ctx, "kustomize", "validate");
+      expectValid(renderOverlay(overlay));
+    });
+  }
+
+  it("every overlay runs the image tag of the chart's appVersion, v + package.json version", (ctx) => {
+    need(ctx, "kustomize", "validate");
+    const version = JSON.parse(readFileSync(join(ROOT, "package.json"), "utf8")).version;
+    const appVersion = /^appVersion:\s*"?([^"\s]+)"?/m.exec(
+      readFileSync(join(CHART, "Chart.yaml"), "utf8"),
+    )?.[1];
+    expect(appVersion).toBe(`v${version}`);
+    for (const overlay of OVERLAYS) {
+      const images = containersOf(readObjects(renderOverlay(overlay)))
+        .filter(({ container }) => isOurs(container))
+        .map(({ container }) => container.image);
+      expect(images.length).toBeGreaterThan(0);
+      expect(new Set(images)).toEqual(new Set([`${OUR_IMAGE}:${appVersion}`]));
+    }
+  });
+});
+
+describe("helm chart", () => {
+  it("passes helm lint --strict with the default values and every ci values file", (ctx) => {
+    need(ctx, "helm");
+    for (const values of [undefined, ...valuesFiles]) {
+      const args = ["lint", "--strict", CHART, ...(values ? ["--values", join(CHART, "ci", values)] : [])];
+      const r = run(tools.helm!, args);
+      expect(r.status, `helm ${args.join(" ")}\n${output(r)}`).toBe(0);
+    }
+  });
+
+  for (const values of [undefined, ...valuesFiles]) {
+    it(`renders objects that kube-apiserver accepts (${values ?? "default values"})`, (ctx) => {
+      need(ctx, "helm", "validate");
+      expectValid(renderChart(values));
+    });
+  }
+
+  /** Labels and annotations are where the two may differ (Helm adds its own); nothing else. */
+  function comparable(objects: K8sObject[]): Map<string, K8sObject> {
+    const byKey = new Map<string, K8sObject>();
+    for (const o of objects) {
+      const copy = structuredClone(o);
+      delete copy.metadata.labels;
+      delete copy.metadata.annotations;
+      if (copy.spec?.template?.metadata) {
+        delete copy.spec.template.metadata.labels;
+        delete copy.spec.template.metadata.annotations;
+      }
+      for (const rule of copy.rules ?? []) {
+        // Order of verbs and resources carries no meaning.
+        for (const field of ["verbs", "resources", "apiGroups"]) rule[field]?.sort();
+      }
+      byKey.set(`${o.kind}/${o.metadata.namespace ?? ""}/${o.metadata.name}`, copy);
+    }
+    return byKey;
+  }
+
+  const pairs: [string | undefined, (typeof OVERLAYS)[number]][] = [
+    [undefined, "ebs"],
+    ["efs.yaml", "efs"],
+    ["both.yaml", "both"],
+  ];
+  for (const [values, overlay] of pairs) {
+    it(`${values ?? "default values"} render the same objects as overlays/${overlay}, labels aside`, (ctx) => {
+      need(ctx, "helm", "kustomize", "validate");
+      const fromHelm = comparable(readObjects(renderChart(values)));
+      const fromKustomize = comparable(readObjects(renderOverlay(overlay)));
+      expect([...fromHelm.keys()].sort()).toEqual([...fromKustomize.keys()].sort());
+      for (const [key, object] of fromKustomize) expect(fromHelm.get(key), key).toEqual(object);
+    });
+  }
+});
+
+describe("our containers' command lines", () => {
+  const help = run(process.execPath, [join(ROOT, "src/main.ts"), "--help"]);
+  const flags = new Map<string, "value" | "boolean">();
+  for (const m of help.stdout.matchAll(/^\s+--([a-z0-9-]+)( VALUE)?/gm))
+    flags.set(m[1]!, m[2] ? "value" : "boolean");
+  const envNames = new Set([...help.stdout.matchAll(/env ([A-Z0-9_]+)/g)].map((m) => m[1]!));
+
+  function everyRendering(): string[] {
+    return [
+      ...OVERLAYS.map((o) => renderOverlay(o)),
+      renderChart(),
+      ...valuesFiles.map((v) => renderChart(v)),
+    ];
+  }
+
+  it("node src/main.ts --help lists the flags", () => {
+    expect(help.status, output(help)).toBe(0);
+    expect(flags.get("driver")).toBe("value");
+  });
+
+  it("every --flag given to our image is a flag of the binary, in the form it takes", (ctx) => {
+    need(ctx, "kustomize", "helm", "validate");
+    let checked = 0;
+    for (const file of everyRendering()) {
+      for (const { owner, container } of containersOf(readObjects(file))) {
+        if (!isOurs(container)) continue;
+        for (const arg of container.args ?? []) {
+          const where = `${relative(work, file)} ${owner} ${container.name}: ${arg}`;
+          const m = /^--([a-z0-9-]+)(=.*)?$/.exec(arg);
+          expect(m, `${where}: not a --flag[=value] argument`).not.toBeNull();
+          const kind = flags.get(m![1]!);
+          expect(kind, `${where}: the binary has no such flag`).toBeDefined();
+          if (kind === "value") expect(m![2], `${where}: the flag takes a value`).toBeDefined();
+          else expect(m![2], `${where}: a boolean flag takes no value`).toBeUndefined();
+          checked++;
+        }
+      }
+    }
+    expect(checked).toBeGreaterThan(20);
+  });
+
+  it("every environment variable set on our image is one the binary reads", (ctx) => {
+    need(ctx, "kustomize", "helm", "validate");
+    for (const file of everyRendering()) {
+      for (const { owner, container } of containersOf(readObjects(file))) {
+        if (!isOurs(container)) continue;
+        for (const { name } of container.env ?? []) {
+          expect(
+            envNames.has(name),
+            `${owner} ${container.name}: env ${name} is not read by the binary`,
+          ).toBe(true);
+        }
+      }
+    }
+  });
+
+  it("no manifest overrides the image's ENTRYPOINT", (ctx) => {
+    need(ctx, "kustomize", "helm", "validate");
+    for (const file of everyRendering()) {
+      for (const { owner, container } of containersOf(readObjects(file))) {
+        if (isOurs(container)) expect(container.command, `${owner} ${container.name}`).toBeUndefined();
+      }
+    }
+  });
+});
+
+describe("examples", () => {
+  const dir = join(ROOT, "deploy/examples");
+  const files = readdirSync(dir)
+    .filter((f) => f.endsWith(".yaml"))
+    .sort();
+
+  it("pass kube-apiserver validation", (ctx) => {
+    need(ctx, "validate");
+    expect(files.length).toBeGreaterThan(0);
+    for (const f of files) expectValid(join(dir, f));
+  });
+
+  const objects = () => files.flatMap((f) => readObjects(join(dir, f)));
+  const provisionerMetadata = {
+    "csi.storage.k8s.io/pvc/name": "data",
+    "csi.storage.k8s.io/pvc/namespace": "default",
+    "csi.storage.k8s.io/pv/name": "pvc-0b4c0c1e",
+  };
+
+  it("EBS StorageClasses and VolumeAttributesClasses pass the driver's own parameter rules", (ctx) => {
+    need(ctx, "validate");
+    const all = objects();
+    const classes = all.filter((o) => o.kind === "StorageClass" && o.provisioner === "ebs.csi.aws.com");
+    expect(classes.length).toBeGreaterThanOrEqual(4);
+    for (const sc of classes) {
+      const request = { name: "pvc-0b4c0c1e", requiredBytes: 20 * 2 ** 30, limitBytes: 0, extraTags: {} };
+      expect(
+        () => parseCreateParameters({ ...sc.parameters, ...provisionerMetadata }, request),
+        sc.metadata.name,
+      ).not.toThrow();
+    }
+    const vacs = all.filter((o) => o.kind === "VolumeAttributesClass");
+    expect(vacs.map((v) => v.driverName)).toEqual(["ebs.csi.aws.com"]);
+    for (const vac of vacs) {
+      expect(
+        () => parseModifyParameters(vac.parameters, { sizeGiB: 20, type: "gp3" }),
+        vac.metadata.name,
+      ).not.toThrow();
+    }
+  });
+
+  it("EFS StorageClasses and static volume handles pass the driver's own rules", (ctx) => {
+    need(ctx, "validate");
+    const all = objects();
+    const classes = all.filter((o) => o.kind === "StorageClass" && o.provisioner === "efs.csi.aws.com");
+    expect(classes.length).toBeGreaterThan(0);
+    for (const sc of classes) {
+      expect(
+        () => parseProvisioningParams({ ...sc.parameters, ...provisionerMetadata }),
+        sc.metadata.name,
+      ).not.toThrow();
+    }
+    const volumes = all.filter((o) => o.kind === "PersistentVolume");
+    expect(volumes.length).toBeGreaterThan(0);
+    for (const pv of volumes) {
+      expect(pv.spec.csi.driver).toBe("efs.csi.aws.com");
+      expect(() => parseVolumeHandle(pv.spec.csi.volumeHandle), pv.metadata.name).not.toThrow();
+    }
+  });
+});
+
+describe("Dockerfile", () => {
+  const dockerfile = readFileSync(join(ROOT, "Dockerfile"), "utf8");
+  // Continuation lines joined, comments dropped: one instruction per entry.
+  const instructions = dockerfile
+    .replace(/\\\n/g, " ")
+    .split("\n")
+    .map((l) => l.trim())
+    .filter((l) => l !== "" && !l.startsWith("#"));
+  const stages: { name: string | undefined; lines: string[] }[] = [];
+  for (const line of instructions) {
+    const from = /^FROM\s+\S+(?:\s+AS\s+(\S+))?/i.exec(line);
+    if (from) stages.push({ name: from[1], lines: [] });
+    else stages.at(-1)?.lines.push(line);
+  }
+  const runtime = stages.at(-1)!;
+  const entrypoint = runtime.lines.filter((l) => /^ENTRYPOINT\s/i.test(l)).at(-1);
+
+  interface Copy {
+    from: string | undefined;
+    sources: string[];
+    dest: string;
+  }
+  const copiesOf = (lines: string[]): Copy[] =>
+    lines
+      .filter((l) => /^COPY\s/i.test(l))
+      .map((l) => {
+        const words = l.split(/\s+/).slice(1);
+        const from = words.find((w) => w.startsWith("--from="))?.slice("--from=".length);
+        const paths = words.filter((w) => !w.startsWith("--"));
+        return { from, sources: paths.slice(0, -1), dest: paths.at(-1)! };
+      });
+
+  it("passes hadolint", (ctx) => {
+    need(ctx, "hadolint");
+    const r = run(tools.hadolint!, [join(ROOT, "Dockerfile")]);
+    expect(r.status, output(r)).toBe(0);
+  });
+
+  /** .dockerignore semantics for the patterns this project uses: globs, "!" exceptions, last match wins. */
+  function inBuildContext(path: string): boolean {
+    const file = join(ROOT, ".dockerignore");
+    const patterns = existsSync(file)
+      ? readFileSync(file, "utf8")
+          .split("\n")
+          .map((l) => l.trim())
+          .filter((l) => l !== "" && !l.startsWith("#"))
+      : [];
+    const escapeRegExp = (text: string) => text.replace(/[.+^${}()|[\]\\]/g, "\\$&");
+    const toRegExp = (glob: string) => {
+      const body = glob
+        .replace(/\/+$/, "")
+        .split("**")
+        .map((part) =>
+          part
+            .split("*")
+            .map((segment) => segment.split("?").map(escapeRegExp).join("[^/]"))
+            .join("[^/]*"),
+        )
+        .join(".*");
+      return new RegExp(`^${body}(/.*)?$`);
+    };
+    let included = true;
+    for (const pattern of patterns) {
+      const negated = pattern.startsWith("!");
+      if (toRegExp(posix.normalize(negated ? pattern.slice(1) : pattern)).test(path)) included = negated;
+    }
+    return included;
+  }
+
+  it("copies only sources that exist and that .dockerignore lets into the build context", () => {
+    const local = stages.flatMap((s) => copiesOf(s.lines)).filter((c) => c.from === undefined);
+    expect(local.length).toBeGreaterThan(0);
+    for (const { sources } of local) {
+      for (const source of sources) {
+        const path = posix.normalize(source).replace(/\/$/, "");
+        expect(existsSync(join(ROOT, path)), `COPY ${source}: no such file`).toBe(true);
+        expect(inBuildContext(path), `COPY ${source}: excluded by .dockerignore`).toBe(true);
+      }
+    }
+    expect(inBuildContext("src/main.ts")).toBe(true);
+    expect(inBuildContext("node_modules/typescript/package.json")).toBe(false);
+    expect(inBuildContext(".git/HEAD")).toBe(false);
+  });
+
+  it("npm ci accepts package.json and package-lock.json, as the build and deps stages run it", () => {
+    const dir = join(work, "npm-ci");
+    mkdirSync(dir, { recursive: true });
+    for (const f of ["package.json", "package-lock.json"]) cpSync(join(ROOT, f), join(dir, f));
+    for (const omit of [[], ["--omit=dev"]]) {
+      const r = run("npm", ["ci", "--dry-run", "--ignore-scripts", "--no-audit", "--no-fund", ...omit], {
+        cwd: dir,
+      });
+      expect(r.status, `npm ci ${omit.join(" ")}\n${output(r)}`).toBe(0);
+    }
+  });
+
+  it("its ENTRYPOINT is node /app/dist/main.js, the file npm run build makes from src/main.ts", () => {
+    expect(entrypoint && JSON.parse(entrypoint.replace(/^ENTRYPOINT\s+/i, ""))).toEqual([
+      "node",
+      "/app/dist/main.js",
+    ]);
+    const build = JSON.parse(readFileSync(join(ROOT, "tsconfig.build.json"), "utf8")).compilerOptions;
+    expect([build.rootDir, build.outDir]).toEqual(["src", "dist"]);
+    expect(existsSync(join(ROOT, "src/main.ts"))).toBe(true);
+    expect(JSON.parse(readFileSync(join(ROOT, "package.json"), "utf8")).bin["aws-storage-csi"]).toBe(
+      "dist/main.js",
+    );
+  });
+
+  it("the runtime stage's files, laid out as its COPY lines say, answer --version", () => {
+    // Compile as the build stage does, into a scratch /app; then follow the runtime stage's COPYs.
+    const app = join(work, "image/app");
+    mkdirSync(app, { recursive: true });
+    if (!existsSync(join(ROOT, "src/csi/gen"))) {
+      const gen = run("npm", ["run", "gen"]);
+      expect(gen.status, output(gen)).toBe(0);
+    }
+    const tsc = run(process.execPath, [
+      join(ROOT, "node_modules/typescript/bin/tsc"),
+      "-p",
+      join(ROOT, "tsconfig.build.json"),
+      "--outDir",
+      join(work, "image/dist"),
+      // Type errors are npm run typecheck's to report; this test is about where files land.
+      "--noCheck",
+    ]);
+    expect(tsc.status, output(tsc)).toBe(0);
+    const stageOutputs: Record<string, string> = {
+      "build:/src/dist/": join(work, "image/dist"),
+      "deps:/app/node_modules/": join(ROOT, "node_modules"),
+    };
+    const workdir = runtime.lines
+      .filter((l) => /^WORKDIR\s/i.test(l))
+      .at(-1)
+      ?.split(/\s+/)[1];
+    expect(workdir).toBe("/app");
+    for (const { from, sources, dest } of copiesOf(runtime.lines)) {
+      for (const source of sources) {
+        // Docker: a directory's contents go to dest; a file goes into dest/ or becomes dest.
+        const target = source.endsWith("/")
+          ? join(app, dest)
+          : join(app, dest, dest.endsWith("/") ? posix.basename(source) : "");
+        mkdirSync(dirname(target.replace(/\/$/, "")), { recursive: true });
+        if (from) {
+          const origin = stageOutputs[`${from}:${source}`];
+          expect(
+            origin,
+            `COPY --from=${from} ${source}: unknown to this test, add it to stageOutputs`,
+          ).toBeDefined();
+          if (source.includes("node_modules")) symlinkSync(origin!, target.replace(/\/$/, ""));
+          else cpSync(origin!, target, { recursive: true });
+        } else {
+          cpSync(join(ROOT, source), target, { recursive: true });
+        }
+      }
+    }
+    const [command, script] = JSON.parse(entrypoint!.replace(/^ENTRYPOINT\s+/i, "")) as string[];
+    expect(command).toBe("node");
+    const version = JSON.parse(readFileSync(join(ROOT, "package.json"), "utf8")).version;
+    const r = run(process.execPath, [join(app, posix.relative("/app", script!)), "--version"]);
+    expect(r.status, output(r)).toBe(0);
+    expect(r.stdout.trim()).toBe(`aws-storage-csi ${version}`);
+  });
+});
+
+describe("IAM policies", () => {
+  interface Statement {
+    Sid?: string;
+    Effect: string;
+    Action: string | string[];
+    Resource: string | string[];
+    Condition?: Record<string, Record<string, string | string[]>>;
+  }
+  const policy = (name: string) =>
+    JSON.parse(readFileSync(join(ROOT, "deploy/iam", name), "utf8")) as {
+      Version: string;
+      Statement: Statement[];
+    };
+  const actionsOf = (statements: Statement[]) => new Set(statements.flatMap((s) => [s.Action].flat()));
+
+  /** IAM actions of the AWS SDK commands each driver's source sends, by the directory it lives in. */
+  function actionsCalled(dir: string): Set<string> {
+    const actions = new Set<string>();
+    const walk = (d: string): string[] =>
+      readdirSync(d, { withFileTypes: true }).flatMap((e) =>
+        e.isDirectory() ? walk(join(d, e.name)) : [join(d, e.name)],
+      );
+    for (const file of walk(join(ROOT, dir)).filter((f) => f.endsWith(".ts"))) {
+      const source = readFileSync(file, "utf8");
+      for (const m of source.matchAll(/import\s*\{([^}]*)\}\s*from\s*"@aws-sdk\/client-(ec2|efs)"/g)) {
+        const service = m[2] === "ec2" ? "ec2" : "elasticfilesystem";
+        for (const name of m[1]!.split(",").map((s) => s.trim().replace(/^type\s+/, ""))) {
+          const command = /^(\w+)Command$/.exec(name)?.[1] ?? /^paginate(\w+)$/.exec(name)?.[1];
+          if (command) actions.add(`${service}:${command}`);
+        }
+      }
+    }
+    return actions;
+  }
+
+  // Granted now for code that lands with the EFS node service (mount target lookup by zone).
+  const PLANNED = new Set(["elasticfilesystem:DescribeMountTargets", "ec2:DescribeAvailabilityZones"]);
+  // Authorized by AWS as part of another call: CreateAccessPoint with Tags is also checked as TagResource.
+  const IMPLIED = new Set(["elasticfilesystem:TagResource"]);
+
+  for (const [driver, file] of [
+    ["ebs", "ebs-policy.json"],
+    ["efs", "efs-policy.json"],
+  ] as const) {
+    it(`${file} allows every AWS call src/${driver} makes, and nothing it does not`, () => {
+      const doc = policy(file);
+      expect(doc.Version).toBe("2012-10-17");
+      for (const s of doc.Statement) {
+        expect(s.Effect, s.Sid).toBe("Allow");
+        expect(s.Resource, s.Sid).toBeDefined();
+      }
+      const granted = actionsOf(doc.Statement);
+      const called = actionsCalled(`src/${driver}`);
+      expect(called.size).toBeGreaterThan(3);
+      for (const action of called) expect(granted.has(action), `${file} lacks ${action}`).toBe(true);
+      for (const action of granted) {
+        expect(
+          called.has(action) || PLANNED.has(action) || IMPLIED.has(action),
+          `${file} grants ${action}, which src/${driver} never calls`,
+        ).toBe(true);
+      }
+    });
+  }
+
+  it("create and delete only resources tagged for the driver, and tag only while creating or own resources", () => {
+    const conditionsFor = (doc: { Statement: Statement[] }, action: string) =>
+      doc.Statement.filter((s) => [s.Action].flat().includes(action)).map((s) =>
+        JSON.stringify(s.Condition ?? null),
+      );
+    const ebs = policy("ebs-policy.json");
+    expect(
+      conditionsFor(ebs, "ec2:CreateVolume").every((c) =>
+        c.includes("aws:RequestTag/ebs.csi.aws.com/cluster"),
+      ),
+    ).toBe(true);
+    expect(conditionsFor(ebs, "ec2:DeleteVolume").every((c) => c.includes("ec2:ResourceTag/"))).toBe(true);
+    expect(
+      conditionsFor(ebs, "ec2:CreateTags").every(
+        (c) =>
+          c.includes('"ec2:CreateAction":"CreateVolume"') ||
+          c.includes("ec2:ResourceTag/ebs.csi.aws.com/cluster"),
+      ),
+    ).toBe(true);
+    const efs = policy("efs-policy.json");
+    expect(conditionsFor(efs, "elasticfilesystem:CreateAccessPoint")).toEqual([
+      expect.stringContaining("aws:RequestTag/efs.csi.aws.com/cluster"),
+    ]);
+    expect(conditionsFor(efs, "elasticfilesystem:DeleteAccessPoint")).toEqual([
+      expect.stringContaining("aws:ResourceTag/efs.csi.aws.com/cluster"),
+    ]);
+    expect(conditionsFor(efs, "elasticfilesystem:TagResource")).toEqual([
+      expect.stringContaining('"elasticfilesystem:CreateAction":"CreateAccessPoint"'),
+    ]);
+  });
+});
