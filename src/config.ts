@@ -28,6 +28,8 @@ export interface Options {
   deviceDir: string;
   shutdownTimeoutMs: number;
   deleteAccessPointRootDir: boolean;
+  efsUsageRefreshMs: number;
+  efsCapacityCacheMs: number;
 }
 
 interface FlagSpec {
@@ -83,6 +85,16 @@ export const FLAGS: Record<string, FlagSpec> = {
   "delete-access-point-root-dir": {
     type: "boolean",
     help: "EFS: delete an access point's root directory with the volume",
+  },
+  "efs-usage-refresh-seconds": {
+    type: "string",
+    default: "300",
+    help: "EFS: how often the node walks a volume to measure its used bytes and inodes",
+  },
+  "efs-capacity-cache-seconds": {
+    type: "string",
+    default: "300",
+    help: "EFS: how long the node keeps an access point's capacity (the stats total)",
   },
   version: { type: "boolean", help: "print the version and exit" },
   help: { type: "boolean", help: "print this help and exit" },
@@ -176,12 +188,17 @@ export function parseCommandLine(argv: string[], env: NodeJS.ProcessEnv): Parsed
       deviceDir: str("device-dir")!,
       shutdownTimeoutMs: parseInteger("--shutdown-timeout", str("shutdown-timeout")!, 0, 3600) * 1000,
       deleteAccessPointRootDir: values["delete-access-point-root-dir"] === true,
+      efsUsageRefreshMs:
+        parseInteger("--efs-usage-refresh-seconds", str("efs-usage-refresh-seconds")!, 1, 86_400) * 1000,
+      efsCapacityCacheMs:
+        parseInteger("--efs-capacity-cache-seconds", str("efs-capacity-cache-seconds")!, 0, 86_400) * 1000,
     },
   };
 }
 
 export function parseEndpoint(endpoint: string): string {
-  const match = /^unix:\/\/(\/.+)$/.exec(endpoint) ?? /^unix:(\/.+)$/.exec(endpoint);
+  // unix:///abs/path or unix:/abs/path; unix://name/... would make "name" a host, which a socket has not.
+  const match = /^unix:\/\/(\/[^/].*)$/.exec(endpoint) ?? /^unix:(\/[^/].*)$/.exec(endpoint);
   if (!match) throw new ConfigError(`--endpoint must be unix:///absolute/path.sock, not "${endpoint}"`);
   return match[1]!;
 }

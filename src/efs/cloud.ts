@@ -97,6 +97,8 @@ export interface Efs {
   createAccessPoint(input: CreateAccessPointInput): Promise<AccessPoint>;
   /** Throws EfsError AccessPointNotFound for an unknown id. */
   deleteAccessPoint(accessPointId: string): Promise<void>;
+  /** Adds the tags to an access point, replacing the values of keys it has. Idempotent. */
+  tagResource(resourceId: string, tags: Record<string, string>): Promise<void>;
   /** A cheap authenticated call, to tell whether EFS answers. */
   probe(): Promise<void>;
 }

@@ -45,13 +45,7 @@ import {
   type RootDirectoryPlan,
   rootDirectoryPath,
 } from "./params.ts";
-
-/** The official driver's tag on every access point it creates. */
-export const TAG_CLUSTER = "efs.csi.aws.com/cluster";
-/** The capacity the volume was created with: EFS has none, but CSI wants a retry with another size refused. */
-export const TAG_CAPACITY = "efs.csi.aws.com/capacity-bytes";
-/** The StorageClass basePath: DeleteVolume never deletes that directory itself. */
-export const TAG_BASE_PATH = "efs.csi.aws.com/base-path";
+import { recordedCapacity, TAG_BASE_PATH, TAG_CAPACITY, TAG_CLUSTER } from "./tags.ts";
 
 // What AWS accepts as a tag value.
 const TAG_VALUE = /^[\p{L}\p{Z}\p{N}_.:/=+\-@]{0,256}$/u;
@@ -320,17 +314,63 @@ export function createEfsController(deps: EfsControllerDeps) {
     };
   }
 
+  /**
+   * EFS is elastic: nothing grows. The new size is recorded in the access point's capacity tag, so
+   * that the node reports it as the volume's total and a retried CreateVolume compares with it.
+   */
   async function controllerExpandVolume(
     req: ControllerExpandVolumeRequest,
+    ctx: RpcContext,
   ): Promise<ControllerExpandVolumeResponse> {
     if (!req.volume_id) throw invalidArgument("volume_id", "required");
     if (!req.capacity_range) throw invalidArgument("capacity_range", "required");
     const capacity = requestedCapacity(req.capacity_range);
     if (capacity === 0) throw invalidArgument("capacity_range", "set required_bytes or limit_bytes");
     if (req.volume_capability) checkCapabilities([req.volume_capability]);
-    await checkVolumeExists(req.volume_id);
-    // EFS is elastic: nothing to grow. The new size is what Kubernetes shows for the volume.
-    return { capacity_bytes: capacity, node_expansion_required: false };
+    const handle = tryParseHandle(req.volume_id);
+    const grown = { capacity_bytes: capacity, node_expansion_required: false };
+    if (!handle?.accessPointId) {
+      await checkVolumeExists(req.volume_id);
+      // A static volume has no access point, so nowhere to record the size: only the PV keeps it.
+      return grown;
+    }
+    const ap = await describeAccessPoint(handle);
+    if (!ap) {
+      throw notFound(
+        `volume ${req.volume_id} does not exist: no access point ${handle.accessPointId} on ${handle.fileSystemId}`,
+      );
+    }
+    const recorded = recordedCapacity(ap);
+    // Not tagged by this driver (a static PV on someone's access point, or enableTagging=false): leave it so.
+    if (recorded === undefined) return grown;
+    const limit = req.capacity_range.limit_bytes;
+    if (recorded >= capacity) {
+      // Already that large (a retry, or a smaller ask): sizes only grow, as CSI expansion does.
+      if (limit > 0 && recorded > limit) {
+        throw outOfRange(`volume ${req.volume_id} already has ${recorded} bytes, above limit_bytes ${limit}`);
+      }
+      return { capacity_bytes: recorded, node_expansion_required: false };
+    }
+    try {
+      await efs.tagResource(ap.id, { [TAG_CAPACITY]: String(capacity) });
+    } catch (err) {
+      if (isEfsError(err, "AccessPointNotFound")) {
+        throw notFound(`volume ${req.volume_id} does not exist: access point ${ap.id} is gone`);
+      }
+      // AWS's managed policy allows TagResource only within CreateAccessPoint: say what to add.
+      if (isEfsError(err, "AccessDenied")) {
+        throw permissionDenied(
+          `recording the new size of volume ${req.volume_id} needs elasticfilesystem:TagResource on ` +
+            `access points tagged ${TAG_CLUSTER}=true (key ${TAG_CAPACITY}): ${err.message}`,
+        );
+      }
+      throw toCsiError(err);
+    }
+    ctx.log.info(
+      { volumeId: req.volume_id, accessPointId: ap.id, from: recorded, to: capacity },
+      "recorded the expanded capacity",
+    );
+    return grown;
   }
 
   /** NOT_FOUND unless the handle's access point, or for a static volume its file system, exists. */
@@ -383,10 +423,11 @@ function answerExisting(ap: AccessPoint, e: Expected): CreatedVolume {
     alreadyExists(`volume ${e.name} already exists as access point ${ap.id} with ${what}`);
   if (ap.fileSystemId !== p.fileSystemId)
     throw mismatch(`file system ${ap.fileSystemId}, not ${p.fileSystemId}`);
-  const stored = ap.tags[TAG_CAPACITY];
   // reuseAccessPoint shares one access point among PVCs of one name (other namespaces, clusters): sizes differ.
-  const capacity =
-    stored !== undefined && /^\d+$/.test(stored) && !p.reuseAccessPoint ? Number(stored) : e.capacity;
+  // After an expansion the tag holds the larger size: a retry with the original range still fits
+  // unless its limit_bytes is below it (CSI compares with the existing volume's capacity).
+  const recorded = p.reuseAccessPoint ? undefined : recordedCapacity(ap);
+  const capacity = recorded ?? e.capacity;
   if (
     e.range &&
     (capacity < e.range.required_bytes || (e.range.limit_bytes > 0 && capacity > e.range.limit_bytes))

@@ -25,7 +25,6 @@ export async function createEfsDriver({ options, log, metrics }: DriverDeps): Pr
   }
   const region = options.region ?? metadata!.region;
 
-  // The node never calls AWS (the official node does not either): it gets no client and no AWS probe.
   let efs: SdkEfs | undefined;
   let controller: ServiceImpl | undefined;
   if (serveController) {
@@ -41,9 +40,22 @@ export async function createEfsDriver({ options, log, metrics }: DriverDeps): Pr
         : {}),
     });
   }
-  let node: ServiceImpl | undefined;
+  let node: EfsNode | undefined;
+  let nodeEfs: SdkEfs | undefined;
   if (serveNode && metadata) {
-    node = new EfsNode({ instanceId: metadata.instanceId, zone: metadata.zone, region });
+    // The node reads access points' capacity tags for volume stats (DescribeAccessPoints only). It
+    // works without: stats then report statfs's total. So it has no AWS probe: AWS being
+    // unreachable must not make a node plugin unready.
+    nodeEfs = efs ?? createSdkEfs({ region, endpoint: options.awsEndpoint, metrics, log });
+    node = new EfsNode({
+      instanceId: metadata.instanceId,
+      zone: metadata.zone,
+      region,
+      log: log.child({ service: "node" }),
+      efs: nodeEfs,
+      capacityTtlMs: options.efsCapacityCacheMs,
+      usageRefreshMs: options.efsUsageRefreshMs,
+    });
   }
 
   return {
@@ -51,6 +63,10 @@ export async function createEfsDriver({ options, log, metrics }: DriverDeps): Pr
     node,
     accessibilityConstraints: false,
     probe: async () => efs?.probe(),
-    close: async () => efs?.close(),
+    close: async () => {
+      await node?.close();
+      efs?.close();
+      if (nodeEfs !== efs) nodeEfs?.close();
+    },
   };
 }

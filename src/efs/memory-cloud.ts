@@ -122,6 +122,18 @@ export class MemoryEfs implements Efs {
     }
   }
 
+  async tagResource(resourceId: string, tags: Record<string, string>): Promise<void> {
+    await this.#enter("tagResource", { resourceId, tags });
+    const ap = this.accessPoints.get(resourceId);
+    if (!ap)
+      throw new EfsError(
+        "AccessPointNotFound",
+        "AccessPointNotFound",
+        `access point ${resourceId} not found`,
+      );
+    Object.assign(ap.tags, tags);
+  }
+
   async probe(): Promise<void> {
     await this.#enter("probe", undefined);
   }

@@ -5,8 +5,9 @@
  * existing state (idempotency) -> act -> answer.
  *
  * An NFS mount whose server stops answering makes every syscall on it block, uninterruptibly for
- * this process: so nothing here touches a mounted target in-process. statfs runs as a child
- * process with a timeout, and a target is only created or removed when nothing is mounted on it.
+ * this process: so nothing here touches a mounted target in-process. statfs and the usage walks
+ * run as child processes with time limits, and a target is only created or removed when nothing
+ * is mounted on it.
  */
 import { constants } from "node:fs";
 import { access, mkdir, rm, rmdir } from "node:fs/promises";
@@ -33,9 +34,15 @@ import { conditionFromMount, type FilesystemCondition } from "../host/condition.
 import { CommandError, run } from "../host/exec.ts";
 import { findMountsAt, unmountAll } from "../host/mounts.ts";
 import { invalidPathReason } from "../host/paths.ts";
+import type { Logger } from "../log.ts";
 import type { RpcContext } from "../server/rpc.ts";
+import { CapacityCache } from "./capacity.ts";
+import type { Efs } from "./cloud.ts";
 import { parseVolumeHandle, type VolumeHandle } from "./handle.ts";
 import { EFS_MOUNT_HELPER, efsMountCommand, mountMismatch } from "./mount.ts";
+import { recordedCapacity } from "./tags.ts";
+import { measureUsage } from "./usage-walk.ts";
+import { VolumeUsageTracker } from "./volume-usage.ts";
 
 /** The topology key of the node's zone (EFS itself is regional; One Zone file systems are not zoned here yet). */
 export const ZONE_KEY = "topology.kubernetes.io/zone";
@@ -58,6 +65,10 @@ export interface EfsNodeOptions {
   instanceId: string;
   zone: string;
   region: string;
+  /** For what the node does in the background (usage walks, capacity lookups), outside any RPC. */
+  log: Logger;
+  /** Reads access points' capacity tags (DescribeAccessPoints); without it the total is statfs's. */
+  efs?: Pick<Efs, "describeAccessPoint"> | undefined;
   /** amazon-efs-utils' mount helper: when it exists volumes are mounted with `mount -t efs`, else `-t nfs4`. */
   efsHelperPath?: string;
   /** Below kubelet's 2 minutes, so that a hung mount is answered rather than abandoned. */
@@ -66,6 +77,16 @@ export interface EfsNodeOptions {
   unmountTimeoutMs?: number;
   /** A statfs that takes longer marks the volume abnormal (the server does not answer). */
   statsTimeoutMs?: number;
+  /** How long an access point's capacity is reused before it is read again: an expansion shows up within it. */
+  capacityTtlMs?: number;
+  /** How often each published volume's tree is walked again for its usage. */
+  usageRefreshMs?: number;
+  /** Usage walks running at once on this node. */
+  usageConcurrentWalks?: number;
+  /** Entries a usage walk counts before it stops with partial figures. */
+  usageWalkMaxEntries?: number;
+  /** Milliseconds a usage walk runs before it stops with partial figures. */
+  usageWalkMaxMs?: number;
 }
 
 const DEFAULTS = {
@@ -73,13 +94,42 @@ const DEFAULTS = {
   mountTimeoutMs: 100_000,
   unmountTimeoutMs: 30_000,
   statsTimeoutMs: 10_000,
+  capacityTtlMs: 5 * 60_000,
+  usageRefreshMs: 5 * 60_000,
+  usageConcurrentWalks: 1,
+  usageWalkMaxEntries: 1_000_000,
+  usageWalkMaxMs: 15 * 60_000,
 };
 
 export class EfsNode {
-  readonly #o: Required<EfsNodeOptions>;
+  readonly #o: EfsNodeOptions & typeof DEFAULTS;
+  readonly #capacity: CapacityCache | undefined;
+  readonly #usage: VolumeUsageTracker;
 
   constructor(options: EfsNodeOptions) {
-    this.#o = { ...DEFAULTS, ...options };
+    const o = { ...DEFAULTS, ...options };
+    this.#o = o;
+    const efs = o.efs;
+    this.#capacity =
+      efs &&
+      new CapacityCache({
+        lookup: async (accessPointId) => recordedCapacity(await efs.describeAccessPoint(accessPointId)),
+        ttlMs: o.capacityTtlMs,
+        log: o.log,
+      });
+    const limits = { maxEntries: o.usageWalkMaxEntries, maxMs: o.usageWalkMaxMs };
+    this.#usage = new VolumeUsageTracker({
+      log: o.log,
+      refreshMs: o.usageRefreshMs,
+      maxConcurrentWalks: o.usageConcurrentWalks,
+      measure: (target, signal) => measureUsage(target, { ...limits, signal }),
+      isMounted: async (target) => (await findMountsAt(target)).length > 0,
+    });
+  }
+
+  /** Stops the usage walks (plugin shutdown). */
+  async close(): Promise<void> {
+    await this.#usage.close();
   }
 
   async NodeGetInfo(): Promise<NodeGetInfoResponse> {
@@ -126,6 +176,7 @@ export class EfsNode {
         throw alreadyExists(
           `target_path ${targetPath}: volume ${volumeId} is published there, but ${mismatch}`,
         );
+      this.#startStats(volumeId, handle, targetPath);
       return {};
     }
 
@@ -143,7 +194,14 @@ export class EfsNode {
       { volumeId, targetPath, fsType: command.fsType, source: command.source, options: command.options },
       "published",
     );
+    this.#startStats(volumeId, handle, targetPath);
     return {};
+  }
+
+  /** Starts measuring the volume's usage and reading its capacity, so that stats calls find both ready. */
+  #startStats(volumeId: string, handle: VolumeHandle, targetPath: string): void {
+    this.#usage.track(volumeId, targetPath);
+    if (handle.accessPointId) this.#capacity?.prefetch(handle.accessPointId);
   }
 
   async NodeUnpublishVolume(
@@ -152,6 +210,8 @@ export class EfsNode {
   ): Promise<NodeUnpublishVolumeResponse> {
     const volumeId = requireString(req.volume_id, "volume_id");
     const targetPath = requirePath(req.target_path, "target_path");
+    // A walk of this target holds directories open in it: it would make the unmount fail as busy.
+    await this.#usage.untrack(volumeId, targetPath);
     const count = await this.#unmount(targetPath, ctx).catch((err: unknown) => {
       throw hostError(err, `unpublishing volume ${volumeId} from ${targetPath}`);
     });
@@ -161,10 +221,14 @@ export class EfsNode {
   }
 
   /**
-   * Usage as statfs reports it for the mount: the file system's own figures (EFS answers 8 EiB in
-   * all: it is elastic). Not the PV's size: the node cannot see it without AWS or the API server,
-   * and EFS's used bytes are the whole file system's, so a PV-sized total would show volumes as
-   * full that can never fill (and fire KubePersistentVolumeFillingUp).
+   * The PV's figures, from memory and one statfs; no tree is walked here.
+   * - bytes: total is the PV's capacity (the access point's capacity tag; statfs's ~8 EiB for a
+   *   static volume or when the tag cannot be read); used is the volume's own usage from the last
+   *   background walk of its tree, since EFS's statfs counts the whole file system.
+   * - inodes: total is statfs's (EFS reports a huge number), used is the walk's entry count.
+   * Until the first walk has finished, used is 0 and available the whole total. An empty usage
+   * list would be worse: kubelet before 1.32 drops the volume's stats (and its condition) for an
+   * empty list, and from 1.32 (kubernetes#127021) reports every figure as 0, the capacity too.
    */
   async NodeGetVolumeStats(req: NodeGetVolumeStatsRequest): Promise<NodeGetVolumeStatsResponse> {
     const volumeId = requireString(req.volume_id, "volume_id");
@@ -178,10 +242,25 @@ export class EfsNode {
 
     const probed = await statFilesystem(volumePath, this.#o.statsTimeoutMs);
     if ("abnormal" in probed) return { usage: [], volume_condition: probed };
+    // After a plugin restart nothing is tracked: the first stats call starts the walks.
+    this.#usage.track(volumeId, volumePath);
+    const capacity = handle.accessPointId ? await this.#capacity?.get(handle.accessPointId) : undefined;
+    const totalBytes = capacity ?? probed.totalBytes;
+    const used = this.#usage.usage(volumeId) ?? { bytes: 0, inodes: 0 };
     return {
       usage: [
-        { unit: "BYTES", total: probed.totalBytes, available: probed.availableBytes, used: probed.usedBytes },
-        { unit: "INODES", total: probed.totalInodes, available: probed.freeInodes, used: probed.usedInodes },
+        {
+          unit: "BYTES",
+          total: totalBytes,
+          available: Math.max(0, totalBytes - used.bytes),
+          used: used.bytes,
+        },
+        {
+          unit: "INODES",
+          total: probed.totalInodes,
+          available: Math.max(0, probed.totalInodes - used.inodes),
+          used: used.inodes,
+        },
       ],
       volume_condition: conditionFromMount(entry),
     };

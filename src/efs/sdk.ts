@@ -6,6 +6,7 @@ import {
   DescribeAccessPointsCommand,
   DescribeFileSystemsCommand,
   EFSClient,
+  TagResourceCommand,
 } from "@aws-sdk/client-efs";
 import {
   awsClientConfig,
@@ -129,6 +130,17 @@ export function createSdkEfs(o: SdkEfsOptions): SdkEfs {
     async deleteAccessPoint(accessPointId) {
       await call(`delete access point ${accessPointId}`, () =>
         client.send(new DeleteAccessPointCommand({ AccessPointId: accessPointId })),
+      );
+    },
+
+    async tagResource(resourceId, tags) {
+      await call(`tag ${resourceId}`, () =>
+        client.send(
+          new TagResourceCommand({
+            ResourceId: resourceId,
+            Tags: Object.entries(tags).map(([Key, Value]) => ({ Key, Value })),
+          }),
+        ),
       );
     },
 

@@ -555,10 +555,6 @@ describe("IAM policies", () => {
     return actions;
   }
 
-  // Granted now for code that lands with the EFS node service (mount target lookup by zone).
-  const PLANNED = new Set(["elasticfilesystem:DescribeMountTargets", "ec2:DescribeAvailabilityZones"]);
-  // Authorized by AWS as part of another call: CreateAccessPoint with Tags is also checked as TagResource.
-  const IMPLIED = new Set(["elasticfilesystem:TagResource"]);
 
   for (const [driver, file] of [
     ["ebs", "ebs-policy.json"],
@@ -577,7 +573,7 @@ describe("IAM policies", () => {
       for (const action of called) expect(granted.has(action), `${file} lacks ${action}`).toBe(true);
       for (const action of granted) {
         expect(
-          called.has(action) || PLANNED.has(action) || IMPLIED.has(action),
+          called.has(action),
           `${file} grants ${action}, which src/${driver} never calls`,
         ).toBe(true);
       }
@@ -610,8 +606,12 @@ describe("IAM policies", () => {
     expect(conditionsFor(efs, "elasticfilesystem:DeleteAccessPoint")).toEqual([
       expect.stringContaining("aws:ResourceTag/efs.csi.aws.com/cluster"),
     ]);
+    // Tags at creation, and later only the capacity tag of the driver's own access points (expansion).
     expect(conditionsFor(efs, "elasticfilesystem:TagResource")).toEqual([
       expect.stringContaining('"elasticfilesystem:CreateAction":"CreateAccessPoint"'),
+      expect.stringMatching(/aws:ResourceTag\/efs\.csi\.aws\.com\/cluster.*"aws:TagKeys":\["efs\.csi\.aws\.com\/capacity-bytes"\]/),
     ]);
+    // The EFS node reads an access point's capacity for volume stats, and nothing else.
+    expect(actionsOf(policy("efs-node-policy.json").Statement)).toEqual(new Set(["elasticfilesystem:DescribeAccessPoints"]));
   });
 });

@@ -3,7 +3,7 @@
 // machine around it: fake AWS, a file system, fake IMDS, the mount helper and the driver process.
 // The driver itself runs its production `mount -t efs` command; only the helper is simulated.
 import { existsSync } from "node:fs";
-import { chmod, mkdir, mkdtemp, readFile, rename, rm, writeFile } from "node:fs/promises";
+import { chmod, mkdir, mkdtemp, readFile, realpath, rename, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -143,7 +143,8 @@ export interface EfsEnv {
 }
 
 export async function startEfsEnv(options: EfsEnvOptions = {}): Promise<EfsEnv> {
-  const dir = await mkdtemp(join(tmpdir(), "efs-env-"));
+  // Resolved: the mount table names mounts by real paths, and cleanup finds them below dir by prefix.
+  const dir = await realpath(await mkdtemp(join(tmpdir(), "efs-env-")));
   const cleanups: (() => Promise<unknown>)[] = [() => removeUnmounted(dir)];
   try {
     const aws = await startFakeAws();

@@ -1,13 +1,19 @@
 // The EFS node service as kubelet drives it, through the driver process: real `mount -t efs`
 // commands, served by the test-only mount helper (fake-mount-efs.ts) from local directories, since
 // this machine has no NFS client. Needs root (mounts, /sbin/mount.efs).
+import { randomBytes } from "node:crypto";
 import { existsSync } from "node:fs";
-import { mkdir, readdir, readFile, stat, statfs, writeFile } from "node:fs/promises";
+import { mkdir, open, readdir, readFile, stat, statfs, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { CreateAccessPointCommand, DescribeAccessPointsCommand } from "@aws-sdk/client-efs";
 import { status } from "@grpc/grpc-js";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import type { AccessPoint } from "../../src/efs/cloud.ts";
+import { parseVolumeHandle } from "../../src/efs/handle.ts";
+import { EfsNode } from "../../src/efs/node.ts";
+import { TAG_CAPACITY } from "../../src/efs/tags.ts";
 import { findMountsAt } from "../../src/host/mounts.ts";
+import { createLogger } from "../../src/log.ts";
 import type { Reply } from "../harness/csi-client.ts";
 import { type EfsEnv, MOUNT_EFS_PATH, startEfsEnv } from "../harness/efs-mount-helper.ts";
 
@@ -16,6 +22,7 @@ const helperBefore = existsSync(MOUNT_EFS_PATH);
 if (!isRoot) console.log("efs-node integration tests skipped: they mount file systems and need root");
 
 const GiB = 1024 ** 3;
+const MiB = 1024 ** 2;
 const capability = (mode = "MULTI_NODE_MULTI_WRITER", mountFlags: string[] = []) => ({
   mount: { fs_type: "", mount_flags: mountFlags },
   access_mode: { mode },
@@ -173,7 +180,7 @@ describe.skipIf(!isRoot)("EFS node (driver process, fake mount.efs)", () => {
     expect(existsSync(target)).toBe(false);
   });
 
-  it("reports the file system's statfs figures and its condition; NOT_FOUND where nothing is published", async () => {
+  it("reports a static volume's total from statfs, and its condition; NOT_FOUND where nothing is published", async () => {
     const target = newTarget();
     await publish(env.fileSystemId, target);
     const reply = await env.client.call("Node", "NodeGetVolumeStats", {
@@ -181,13 +188,12 @@ describe.skipIf(!isRoot)("EFS node (driver process, fake mount.efs)", () => {
       volume_path: target,
     });
     const local = await statfs(fsDir);
-    const bytes = reply.usage.find((u: { unit: string }) => u.unit === "BYTES");
-    const inodes = reply.usage.find((u: { unit: string }) => u.unit === "INODES");
-    // The capacity is the file system's own (EFS answers 8 EiB; the fake, the local disk's size).
-    expect(Number(bytes.total)).toBe(local.blocks * local.bsize);
-    expect(Number(bytes.used)).toBeGreaterThan(0);
-    expect(Number(bytes.available)).toBeLessThanOrEqual(Number(bytes.total));
-    expect(Number(inodes.total)).toBe(local.files);
+    const { bytes, inodes } = usageOf(reply);
+    // No access point, no recorded size: the total is the file system's (EFS answers 8 EiB; the
+    // fake, the local disk's size).
+    expect(bytes.total).toBe(local.blocks * local.bsize);
+    expect(bytes.available).toBe(bytes.total - bytes.used);
+    expect(inodes.total).toBe(local.files);
     expect(reply.volume_condition).toEqual({ abnormal: false, message: "" });
 
     const stats = (volumeId: string, path: string) =>
@@ -198,6 +204,163 @@ describe.skipIf(!isRoot)("EFS node (driver process, fake mount.efs)", () => {
     await unpublish(env.fileSystemId, target);
     expect(await stats(env.fileSystemId, target)).toBe("NOT_FOUND");
   });
+
+  const statsParams = () => ({
+    provisioningMode: "efs-ap",
+    fileSystemId: env.fileSystemId,
+    directoryPerms: "700",
+    basePath: "/stats",
+  });
+  const createVolume = async (name: string, bytes: number): Promise<string> => {
+    const reply = await env.client.call("Controller", "CreateVolume", {
+      name,
+      capacity_range: { required_bytes: bytes },
+      volume_capabilities: [capability()],
+      parameters: statsParams(),
+    });
+    return reply.volume.volume_id;
+  };
+  const stats = async (volumeId: string, target: string, node?: EfsNode) => {
+    const request = { volume_id: volumeId, volume_path: target, staging_target_path: "" };
+    return usageOf(
+      node
+        ? await node.NodeGetVolumeStats(request)
+        : await env.client.call("Node", "NodeGetVolumeStats", request),
+    );
+  };
+  /** Asks for stats until they satisfy done: the walk and the capacity lookup run in the background. */
+  async function statsUntil(
+    ask: () => ReturnType<typeof stats>,
+    done: (s: Awaited<ReturnType<typeof stats>>) => boolean,
+  ) {
+    let last: Awaited<ReturnType<typeof stats>> | undefined;
+    for (let attempt = 0; attempt < 200; attempt++) {
+      last = await ask();
+      if (done(last)) return last;
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+    throw new Error(`stats never got there; last: ${JSON.stringify(last)}`);
+  }
+  async function writeData(path: string, bytes: number): Promise<void> {
+    const file = await open(path, "w");
+    try {
+      for (let written = 0; written < bytes; written += MiB) await file.write(randomBytes(MiB));
+      await file.sync();
+    } finally {
+      await file.close();
+    }
+  }
+
+  it("reports the PV's capacity as the total and the volume's own usage, walked in the background", async () => {
+    const [volumeId, neighbourId] = await Promise.all([
+      createVolume("pvc-usage", 5 * GiB),
+      createVolume("pvc-neighbour", 5 * GiB),
+    ]);
+    const [target, neighbour] = [newTarget(), newTarget()];
+    await publish(volumeId, target);
+    await publish(neighbourId, neighbour);
+    try {
+      expect((await stats(volumeId, target)).bytes.total).toBe(5 * GiB);
+      await writeData(join(target, "data.bin"), 20 * MiB);
+      // Another volume of the same file system: statfs counts it, this volume's usage must not.
+      await writeData(join(neighbour, "other.bin"), 50 * MiB);
+
+      // A restarted plugin remembers nothing: its first stats call starts the walk, and reads the
+      // capacity from the access point again.
+      await env.driver.stop("SIGTERM");
+      await env.driver.start();
+      const first = await stats(volumeId, target);
+      expect(first.bytes.total).toBe(5 * GiB);
+      const { bytes, inodes } = await statsUntil(
+        () => stats(volumeId, target),
+        (s) => s.bytes.used >= 20 * MiB,
+      );
+      expect(bytes.total).toBe(5 * GiB);
+      expect(bytes.used).toBeLessThan(21 * MiB);
+      expect(bytes.available).toBe(5 * GiB - bytes.used);
+      // The root directory and data.bin.
+      expect(inodes.used).toBe(2);
+      const local = await statfs(fsDir);
+      expect(inodes.total).toBe(local.files);
+      expect(inodes.available).toBe(inodes.total - 2);
+      // statfs, what the node reported as used before, counts the neighbour's 50 MiB too.
+      expect((local.blocks - local.bfree) * local.bsize).toBeGreaterThan(bytes.used + 50 * MiB);
+    } finally {
+      await unpublish(volumeId, target);
+      await unpublish(neighbourId, neighbour);
+    }
+    await env.client.call("Controller", "DeleteVolume", { volume_id: volumeId });
+    await env.client.call("Controller", "DeleteVolume", { volume_id: neighbourId });
+  });
+
+  it("reports an expansion once the capacity TTL ran out (TTL 0), and keeps re-walking the volume", async () => {
+    const volumeId = await createVolume("pvc-expand", 5 * GiB);
+    const accessPointId = parseVolumeHandle(volumeId).accessPointId!;
+    const target = newTarget();
+    await publish(volumeId, target);
+    // A node service in this process, with the options the driver process has no flags for yet.
+    const node = new EfsNode({
+      instanceId: env.instanceId,
+      zone: env.zone,
+      region: env.aws.region,
+      log: createLogger("silent"),
+      efs: { describeAccessPoint: describeAccessPointDirectly },
+      capacityTtlMs: 0,
+      usageRefreshMs: 100,
+    });
+    try {
+      expect((await stats(volumeId, target, node)).bytes.total).toBe(5 * GiB);
+
+      const expanded = await env.client.call("Controller", "ControllerExpandVolume", {
+        volume_id: volumeId,
+        capacity_range: { required_bytes: 8 * GiB },
+      });
+      expect(Number(expanded.capacity_bytes)).toBe(8 * GiB);
+      expect((await describeAccessPointDirectly(accessPointId)).tags[TAG_CAPACITY]).toBe(String(8 * GiB));
+      // The expired value answers once more while the lookup runs; the next call has the new one.
+      await statsUntil(
+        () => stats(volumeId, target, node),
+        (s) => s.bytes.total === 8 * GiB,
+      );
+      // A retried CreateVolume with the original size still finds its volume, now 8 GiB.
+      const again = await env.client.call("Controller", "CreateVolume", {
+        name: "pvc-expand",
+        capacity_range: { required_bytes: 5 * GiB },
+        volume_capabilities: [capability()],
+        parameters: statsParams(),
+      });
+      expect(again.volume.volume_id).toBe(volumeId);
+      expect(Number(again.volume.capacity_bytes)).toBe(8 * GiB);
+
+      // Data written after the first walk shows up at a later one.
+      await statsUntil(
+        () => stats(volumeId, target, node),
+        (s) => s.inodes.used === 1,
+      );
+      await writeData(join(target, "later.bin"), 20 * MiB);
+      const { bytes } = await statsUntil(
+        () => stats(volumeId, target, node),
+        (s) => s.bytes.used >= 20 * MiB,
+      );
+      expect(bytes).toEqual({ total: 8 * GiB, used: bytes.used, available: 8 * GiB - bytes.used });
+    } finally {
+      // Stops its walks first: one could keep the mount busy.
+      await node.close();
+      await unpublish(volumeId, target);
+    }
+    await env.client.call("Controller", "DeleteVolume", { volume_id: volumeId });
+  });
+
+  async function describeAccessPointDirectly(accessPointId: string): Promise<AccessPoint> {
+    const out = await env.aws.efs.send(new DescribeAccessPointsCommand({ AccessPointId: accessPointId }));
+    const ap = out.AccessPoints![0]!;
+    return {
+      id: ap.AccessPointId!,
+      fileSystemId: ap.FileSystemId!,
+      rootDirectory: { path: ap.RootDirectory?.Path ?? "/" },
+      tags: Object.fromEntries((ap.Tags ?? []).map((t) => [t.Key!, t.Value ?? ""])),
+    };
+  }
 
   it("deletes exactly the access point's root directory with the volume", async () => {
     const params = {
@@ -246,3 +409,22 @@ describe.skipIf(!isRoot)("EFS node (driver process, fake mount.efs)", () => {
     await env.client.call("Controller", "DeleteVolume", { volume_id: ids[0] });
   });
 });
+
+interface Usage {
+  total: number;
+  used: number;
+  available: number;
+}
+
+/** The BYTES and INODES entries of a NodeGetVolumeStats reply, as numbers. */
+function usageOf(reply: { usage: { unit: string; total: unknown; used: unknown; available: unknown }[] }): {
+  bytes: Usage;
+  inodes: Usage;
+} {
+  const entry = (unit: string): Usage => {
+    const u = reply.usage.find((x) => x.unit === unit);
+    if (!u) throw new Error(`no ${unit} in ${JSON.stringify(reply)}`);
+    return { total: Number(u.total), used: Number(u.used), available: Number(u.available) };
+  };
+  return { bytes: entry("BYTES"), inodes: entry("INODES") };
+}

@@ -9,10 +9,11 @@ import type {
   VolumeCapability,
 } from "../../src/csi/types.ts";
 import { EfsError } from "../../src/efs/cloud.ts";
-import { createEfsController, TAG_BASE_PATH, TAG_CAPACITY, TAG_CLUSTER } from "../../src/efs/controller.ts";
+import { createEfsController } from "../../src/efs/controller.ts";
 import { parseVolumeHandle } from "../../src/efs/handle.ts";
 import { MemoryEfs } from "../../src/efs/memory-cloud.ts";
 import { PVC_NAME } from "../../src/efs/params.ts";
+import { TAG_BASE_PATH, TAG_CAPACITY, TAG_CLUSTER } from "../../src/efs/tags.ts";
 import { createLogger } from "../../src/log.ts";
 import type { RpcContext } from "../../src/server/rpc.ts";
 
@@ -557,32 +558,105 @@ describe("ValidateVolumeCapabilities", () => {
 });
 
 describe("ControllerExpandVolume", () => {
-  const expand = (volume_id: string, required_bytes: number) => ({
+  const expand = (volume_id: string, required_bytes: number, limit_bytes = 0) => ({
     volume_id,
-    capacity_range: { required_bytes, limit_bytes: 0 },
+    capacity_range: { required_bytes, limit_bytes },
     secrets: {},
     volume_capability: null,
   });
 
-  it("accepts any size without doing anything: EFS is elastic", async () => {
+  it("records the new size in the access point's capacity tag", async () => {
     const c = controller();
     const { volume } = await c.CreateVolume(createRequest("pvc-1"), ctx);
-    const calls = efs.callCount();
-    expect(await c.ControllerExpandVolume(expand(volume.volume_id, 11 * GiB))).toEqual({
+    let tagged: unknown;
+    efs.beforeCall = (method, arg) => {
+      if (method === "tagResource") tagged = arg;
+    };
+    expect(await c.ControllerExpandVolume(expand(volume.volume_id, 15 * GiB), ctx)).toEqual({
+      capacity_bytes: 15 * GiB,
+      node_expansion_required: false,
+    });
+    const ap = accessPointOf(volume.volume_id);
+    expect(ap.tags[TAG_CAPACITY]).toBe(String(15 * GiB));
+    expect(tagged).toEqual({ resourceId: ap.id, tags: { [TAG_CAPACITY]: String(15 * GiB) } });
+    expect(ap.tags[TAG_CLUSTER]).toBe("true");
+  });
+
+  it("is idempotent and never shrinks: a size at or below the recorded one changes nothing", async () => {
+    const c = controller();
+    const { volume } = await c.CreateVolume(createRequest("pvc-1"), ctx);
+    await c.ControllerExpandVolume(expand(volume.volume_id, 15 * GiB), ctx);
+    const tags = efs.calls["tagResource"];
+    for (const size of [15 * GiB, 12 * GiB]) {
+      expect(await c.ControllerExpandVolume(expand(volume.volume_id, size), ctx)).toEqual({
+        capacity_bytes: 15 * GiB,
+        node_expansion_required: false,
+      });
+    }
+    expect(efs.calls["tagResource"]).toBe(tags);
+    expect(accessPointOf(volume.volume_id).tags[TAG_CAPACITY]).toBe(String(15 * GiB));
+    const res = await codeOf(c.ControllerExpandVolume(expand(volume.volume_id, 12 * GiB, 12 * GiB), ctx));
+    expect(res.code).toBe(status.OUT_OF_RANGE);
+  });
+
+  it("keeps a retried CreateVolume working after an expansion: the larger size fits the original range", async () => {
+    const c = controller();
+    const first = await c.CreateVolume(createRequest("pvc-1"), ctx);
+    await c.ControllerExpandVolume(expand(first.volume.volume_id, 15 * GiB), ctx);
+    // The original request (10 GiB, no limit): OK, answered with the volume's capacity now.
+    const again = await c.CreateVolume(createRequest("pvc-1"), ctx);
+    expect(again.volume).toEqual({ ...first.volume, capacity_bytes: 15 * GiB });
+    // A limit below the expanded size: the existing volume is no longer compatible.
+    const limited = createRequest(
+      "pvc-1",
+      {},
+      { capacity_range: { required_bytes: 10 * GiB, limit_bytes: 10 * GiB } },
+    );
+    const res = await codeOf(c.CreateVolume(limited, ctx));
+    expect(res.code).toBe(status.ALREADY_EXISTS);
+    expect(res.message).toContain(`capacity ${15 * GiB} bytes`);
+    expect(efs.accessPoints.size).toBe(1);
+  });
+
+  it("answers a static volume, or an access point without a capacity tag, with the new size and tags nothing", async () => {
+    const c = controller();
+    expect(await c.ControllerExpandVolume(expand(fsId, 11 * GiB), ctx)).toEqual({
       capacity_bytes: 11 * GiB,
       node_expansion_required: false,
     });
-    expect(efs.callCount() - calls).toBe(1);
+    const untagged = await c.CreateVolume(createRequest("pvc-1", { enableTagging: "false" }), ctx);
+    expect(await c.ControllerExpandVolume(expand(untagged.volume.volume_id, 11 * GiB), ctx)).toEqual({
+      capacity_bytes: 11 * GiB,
+      node_expansion_required: false,
+    });
+    expect(efs.calls["tagResource"]).toBeUndefined();
+    expect(accessPointOf(untagged.volume.volume_id).tags).toEqual({});
+  });
+
+  it("answers PERMISSION_DENIED naming the permission when AWS refuses TagResource", async () => {
+    const c = controller();
+    const { volume } = await c.CreateVolume(createRequest("pvc-1"), ctx);
+    efs.beforeCall = (method) => {
+      if (method === "tagResource")
+        throw new EfsError("AccessDenied", "AccessDeniedException", "no TagResource");
+    };
+    const res = await codeOf(c.ControllerExpandVolume(expand(volume.volume_id, 15 * GiB), ctx));
+    expect(res.code).toBe(status.PERMISSION_DENIED);
+    expect(res.message).toContain("elasticfilesystem:TagResource");
+    expect(accessPointOf(volume.volume_id).tags[TAG_CAPACITY]).toBe(String(10 * GiB));
   });
 
   it("answers NOT_FOUND for a volume that does not exist, INVALID_ARGUMENT without id or size", async () => {
     const c = controller();
     expect(
-      (await codeOf(c.ControllerExpandVolume(expand(`${fsId}::fsap-00000000000000099`, GiB)))).code,
+      (await codeOf(c.ControllerExpandVolume(expand(`${fsId}::fsap-00000000000000099`, GiB), ctx))).code,
     ).toBe(status.NOT_FOUND);
-    expect((await codeOf(c.ControllerExpandVolume(expand("", GiB)))).code).toBe(status.INVALID_ARGUMENT);
+    expect((await codeOf(c.ControllerExpandVolume(expand("fs-0000000000000000f", GiB), ctx))).code).toBe(
+      status.NOT_FOUND,
+    );
+    expect((await codeOf(c.ControllerExpandVolume(expand("", GiB), ctx))).code).toBe(status.INVALID_ARGUMENT);
     expect(
-      (await codeOf(c.ControllerExpandVolume({ ...expand(fsId, GiB), capacity_range: null }))).code,
+      (await codeOf(c.ControllerExpandVolume({ ...expand(fsId, GiB), capacity_range: null }, ctx))).code,
     ).toBe(status.INVALID_ARGUMENT);
   });
 });

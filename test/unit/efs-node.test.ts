@@ -21,6 +21,7 @@ const node = new EfsNode({
   instanceId: "i-0123456789abcdef0",
   zone: "us-east-1a",
   region: "us-east-1",
+  log: ctx.log,
   efsHelperPath: "/nonexistent/mount.efs",
 });
 
