@@ -1,5 +1,7 @@
 import { readFile } from "node:fs/promises";
 import { request } from "node:https";
+import type { Options } from "./config.ts";
+import type { Logger } from "./log.ts";
 
 /** What the node (and, for the region, the controller) needs to know about the instance it runs on. */
 export interface InstanceMetadata {
@@ -165,4 +167,26 @@ async function fromKubernetes(nodeName: string, env: NodeJS.ProcessEnv): Promise
     instanceType: labels["node.kubernetes.io/instance-type"] ?? "",
     source: "kubernetes",
   };
+}
+
+/**
+ * Where the plugin runs. A node must know its instance; a controller needs only the region, so
+ * it asks instance metadata only when no region was given.
+ */
+export async function locatePlugin(
+  options: Options,
+  log: Logger,
+): Promise<{ metadata: InstanceMetadata | undefined; region: string }> {
+  let metadata: InstanceMetadata | undefined;
+  if (options.mode !== "controller" || !options.region) {
+    metadata = await resolveInstanceMetadata({
+      kubeNodeName: options.kubeNodeName,
+      nodeId: options.nodeId,
+      zone: options.zone,
+      instanceType: options.instanceType,
+      region: options.region,
+    });
+    log.info({ ...metadata }, "instance metadata");
+  }
+  return { metadata, region: options.region ?? metadata!.region };
 }

@@ -34,3 +34,9 @@ export const unimplemented = (what: string): CsiError =>
   new CsiError(status.UNIMPLEMENTED, `${what} is not implemented by this driver`);
 
 export const statusName = (code: status): string => status[code] ?? String(code);
+
+/** A failure of the machine or a command, for the caller: INTERNAL with what was being done. */
+export function asInternal(err: unknown, what: string): CsiError {
+  if (err instanceof CsiError) return err;
+  return internal(`${what}: ${err instanceof Error ? err.message : String(err)}`);
+}

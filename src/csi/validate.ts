@@ -1,3 +1,4 @@
+import { invalidPathReason } from "../host/paths.ts";
 import { invalidArgument } from "./errors.ts";
 import type { VolumeCapability } from "./types.ts";
 
@@ -25,6 +26,14 @@ export function checkString(value: string, field: string, maxBytes = MAX_STRING_
   const bytes = Buffer.byteLength(value);
   if (bytes > maxBytes) throw invalidArgument(field, `${bytes} bytes long, the limit is ${maxBytes}`);
   if (value.includes("\0")) throw invalidArgument(field, "contains a NUL character");
+}
+
+/** A kubelet path (target_path, staging_target_path): absolute and normalized, or INVALID_ARGUMENT. */
+export function requirePath(value: string | undefined, field: string): string {
+  const path = requireString(value, field, 4096);
+  const reason = invalidPathReason(path);
+  if (reason) throw invalidArgument(field, reason);
+  return path;
 }
 
 /** A map field (parameters, secrets, volume_context...): at most 4 KiB of keys and values. */

@@ -1,7 +1,7 @@
 import { EC2Client } from "@aws-sdk/client-ec2";
 import { awsClientConfig, instrumentClient } from "../aws/sdk.ts";
 import type { Driver, DriverDeps } from "../driver.ts";
-import { type InstanceMetadata, resolveInstanceMetadata } from "../metadata.ts";
+import { locatePlugin } from "../metadata.ts";
 import type { ServiceImpl } from "../server/rpc.ts";
 import { EbsController } from "./controller.ts";
 import { SdkEc2 } from "./ec2.ts";
@@ -9,20 +9,7 @@ import { SdkEc2 } from "./ec2.ts";
 /** Builds the EBS driver for the configured mode: EC2 client, controller and/or node service. */
 export async function createEbsDriver({ options, log, metrics }: DriverDeps): Promise<Driver> {
   const serveNode = options.mode !== "controller";
-  // The node must know where it runs; the controller only needs the region, so it looks up
-  // metadata only when no region was given.
-  let metadata: InstanceMetadata | undefined;
-  if (serveNode || !options.region) {
-    metadata = await resolveInstanceMetadata({
-      kubeNodeName: options.kubeNodeName,
-      nodeId: options.nodeId,
-      zone: options.zone,
-      instanceType: options.instanceType,
-      region: options.region,
-    });
-    log.info({ ...metadata }, "instance metadata");
-  }
-  const region = options.region ?? metadata!.region;
+  const { metadata, region } = await locatePlugin(options, log);
 
   const client = new EC2Client(awsClientConfig({ region, endpoint: options.awsEndpoint }));
   instrumentClient(client, metrics, log);

@@ -1,13 +1,13 @@
-import { lstat, mkdir, readdir, readFile, realpath, rmdir, stat, unlink, writeFile } from "node:fs/promises";
+import { mkdir, readdir, readFile, realpath, stat, writeFile } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
 import { status } from "@grpc/grpc-js";
 import { waitUntil } from "../backoff.ts";
 import type { Options } from "../config.ts";
 import {
   alreadyExists,
+  asInternal,
   CsiError,
   failedPrecondition,
-  internal,
   invalidArgument,
   notFound,
 } from "../csi/errors.ts";
@@ -27,7 +27,13 @@ import type {
   NodeUnstageVolumeRequest,
   NodeUnstageVolumeResponse,
 } from "../csi/types.ts";
-import { type CapabilityRules, checkCapability, checkMap, requireString } from "../csi/validate.ts";
+import {
+  type CapabilityRules,
+  checkCapability,
+  checkMap,
+  requirePath,
+  requireString,
+} from "../csi/validate.ts";
 import {
   deviceSizeBytes,
   FormatRefusedError,
@@ -40,12 +46,12 @@ import {
   safeFormatAndMount,
 } from "../host/blockdev.ts";
 import { checkFilesystemCondition } from "../host/condition.ts";
-import { CommandError } from "../host/exec.ts";
 import {
   bindMount,
   findMountsAt,
   listMounts,
   type MountEntry,
+  removeMountTarget,
   splitDevNumber,
   unmountAll,
 } from "../host/mounts.ts";
@@ -148,7 +154,7 @@ export class EbsNode {
     } catch (err) {
       if (err instanceof FormatRefusedError)
         throw failedPrecondition(`volume_id ${volumeId}: ${err.message}`);
-      throw hostError(err, `staging volume ${volumeId}`);
+      throw asInternal(err, `staging volume ${volumeId}`);
     }
     // A volume expanded while it was detached comes back bigger than its filesystem.
     await this.#growIfNeeded(device, stagingPath, fsType, ctx);
@@ -162,7 +168,7 @@ export class EbsNode {
     const volumeId = requireString(req.volume_id, "volume_id");
     const stagingPath = requirePath(req.staging_target_path, "staging_target_path");
     const count = await unmountAll(stagingPath).catch((err) => {
-      throw hostError(err, `unstaging volume ${volumeId}`);
+      throw asInternal(err, `unstaging volume ${volumeId}`);
     });
     if (count > 0) ctx.log.info({ volumeId, stagingPath }, "unstaged");
     return {};
@@ -221,7 +227,7 @@ export class EbsNode {
       }
       await bindMount(source, targetPath, { readOnly, options: cap.block ? [] : cap.mountFlags });
     } catch (err) {
-      throw hostError(err, `publishing volume ${volumeId} at ${targetPath}`);
+      throw asInternal(err, `publishing volume ${volumeId} at ${targetPath}`);
     }
     ctx.log.info({ volumeId, targetPath, readOnly, block: cap.block }, "published");
     return {};
@@ -235,10 +241,10 @@ export class EbsNode {
     const targetPath = requirePath(req.target_path, "target_path");
     try {
       const count = await unmountAll(targetPath);
-      await removeTarget(targetPath);
+      await removeMountTarget(targetPath);
       if (count > 0) ctx.log.info({ volumeId, targetPath }, "unpublished");
     } catch (err) {
-      throw hostError(err, `unpublishing volume ${volumeId} from ${targetPath}`);
+      throw asInternal(err, `unpublishing volume ${volumeId} from ${targetPath}`);
     }
     return {};
   }
@@ -338,7 +344,7 @@ export class EbsNode {
       ctx.log.info({ device, mountPath, fsType, fsBytes, deviceBytes }, "growing filesystem");
       await resizeFilesystem(device, mountPath, fsType);
     } catch (err) {
-      throw hostError(err, `growing the filesystem on ${device}`);
+      throw asInternal(err, `growing the filesystem on ${device}`);
     }
   }
 
@@ -452,18 +458,6 @@ export class EbsNode {
   }
 }
 
-/**
- * Removes the target_path the plugin created: a file (block) or an empty directory. Never a
- * recursive delete: should an unmount have left the volume there, rmdir fails instead of
- * deleting its data.
- */
-async function removeTarget(targetPath: string): Promise<void> {
-  const info = await lstat(targetPath).catch(() => undefined);
-  if (!info) return;
-  if (info.isDirectory()) await rmdir(targetPath);
-  else await unlink(targetPath);
-}
-
 const linkName = (volumeId: string) => `${NVME_LINK_PREFIX}${volumeId.replace("-", "")}`;
 
 /** EC2 device names: /dev/xvdaa may show up as /dev/sdaa and the other way round. */
@@ -489,25 +483,11 @@ async function sameDeviceNumber(mount: MountEntry, device: string): Promise<bool
   return published?.isBlockDevice() === true && published.rdev === info.rdev;
 }
 
-function requirePath(value: string | undefined, field: string): string {
-  const path = requireString(value, field, 4096);
-  const reason = invalidPathReason(path);
-  if (reason) throw invalidArgument(field, reason);
-  return path;
-}
-
 function resolveFsType(capabilityFsType: string, context: Record<string, string>): FsType {
   const wanted = (capabilityFsType || context[FS_TYPE_CONTEXT_KEY] || DEFAULT_FS_TYPE).toLowerCase();
   if (!isSupportedFsType(wanted))
     throw invalidArgument("volume_capability.mount.fs_type", `"${wanted}" is not supported`);
   return wanted;
-}
-
-/** Host failures keep their command and stderr; they are the node's problem, not the caller's. */
-function hostError(err: unknown, what: string): CsiError {
-  if (err instanceof CsiError) return err;
-  if (err instanceof CommandError || err instanceof Error) return internal(`${what}: ${err.message}`);
-  return internal(`${what}: ${String(err)}`);
 }
 
 export interface EbsNodeDeps {

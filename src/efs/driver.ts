@@ -1,5 +1,5 @@
 import type { Driver, DriverDeps } from "../driver.ts";
-import { type InstanceMetadata, resolveInstanceMetadata } from "../metadata.ts";
+import { locatePlugin } from "../metadata.ts";
 import type { ServiceImpl } from "../server/rpc.ts";
 import { createEfsController } from "./controller.ts";
 import { EfsNode } from "./node.ts";
@@ -10,20 +10,7 @@ import { createSdkEfs, type SdkEfs } from "./sdk.ts";
 export async function createEfsDriver({ options, log, metrics }: DriverDeps): Promise<Driver> {
   const serveController = options.mode !== "node";
   const serveNode = options.mode !== "controller";
-  // The node must know where it runs; the controller needs only the region, so it asks instance
-  // metadata only when no region was given.
-  let metadata: InstanceMetadata | undefined;
-  if (serveNode || !options.region) {
-    metadata = await resolveInstanceMetadata({
-      kubeNodeName: options.kubeNodeName,
-      nodeId: options.nodeId,
-      zone: options.zone,
-      instanceType: options.instanceType,
-      region: options.region,
-    });
-    log.info({ ...metadata }, "instance metadata");
-  }
-  const region = options.region ?? metadata!.region;
+  const { metadata, region } = await locatePlugin(options, log);
 
   let efs: SdkEfs | undefined;
   let controller: ServiceImpl | undefined;

@@ -10,8 +10,8 @@
  * is mounted on it.
  */
 import { constants } from "node:fs";
-import { access, mkdir, rm, rmdir } from "node:fs/promises";
-import { alreadyExists, CsiError, internal, invalidArgument, notFound } from "../csi/errors.ts";
+import { access, mkdir, rmdir } from "node:fs/promises";
+import { alreadyExists, asInternal, CsiError, notFound } from "../csi/errors.ts";
 import type {
   NodeGetCapabilitiesResponse,
   NodeGetInfoResponse,
@@ -27,12 +27,13 @@ import {
   type CapabilityRules,
   checkCapability,
   checkMap,
+  requirePath,
   requireString,
 } from "../csi/validate.ts";
 import { type FsStats, fsStats } from "../host/blockdev.ts";
 import { conditionFromMount, type FilesystemCondition } from "../host/condition.ts";
 import { CommandError, run } from "../host/exec.ts";
-import { findMountsAt, unmountAll } from "../host/mounts.ts";
+import { findMountsAt, removeMountTarget, unmountAll } from "../host/mounts.ts";
 import { invalidPathReason } from "../host/paths.ts";
 import type { Logger } from "../log.ts";
 import type { RpcContext } from "../server/rpc.ts";
@@ -213,9 +214,11 @@ export class EfsNode {
     // A walk of this target holds directories open in it: it would make the unmount fail as busy.
     await this.#usage.untrack(volumeId, targetPath);
     const count = await this.#unmount(targetPath, ctx).catch((err: unknown) => {
-      throw hostError(err, `unpublishing volume ${volumeId} from ${targetPath}`);
+      throw asInternal(err, `unpublishing volume ${volumeId} from ${targetPath}`);
     });
-    await removeTarget(targetPath);
+    await removeMountTarget(targetPath).catch((err: unknown) => {
+      throw asInternal(err, `removing target_path ${targetPath}`);
+    });
     if (count > 0) ctx.log.info({ volumeId, targetPath }, "unpublished");
     return {};
   }
@@ -329,30 +332,6 @@ async function isExecutable(path: string): Promise<boolean> {
   );
 }
 
-/** Removes the target directory the plugin created: never recursively, a leftover file there is not ours to delete. */
-async function removeTarget(targetPath: string): Promise<void> {
-  try {
-    await rmdir(targetPath);
-  } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code;
-    if (code === "ENOENT") return;
-    if (code === "ENOTDIR") return rm(targetPath, { force: true });
-    if (code === "ENOTEMPTY" || code === "EEXIST") {
-      throw internal(
-        `target_path ${targetPath} is not empty after unmounting; refusing to delete what is in it`,
-      );
-    }
-    throw internal(`removing target_path ${targetPath}: ${(err as Error).message}`);
-  }
-}
-
-function requirePath(value: string | undefined, field: string): string {
-  const path = requireString(value, field, 4096);
-  const reason = invalidPathReason(path);
-  if (reason) throw invalidArgument(field, reason);
-  return path;
-}
-
 function tryParseHandle(volumeId: string): VolumeHandle | undefined {
   try {
     return parseVolumeHandle(volumeId);
@@ -379,11 +358,5 @@ function mountError(err: unknown, volumeId: string, handle: VolumeHandle, target
       );
     }
   }
-  return hostError(err, `mounting volume ${volumeId} at ${targetPath}`);
-}
-
-/** Host failures keep their command and stderr; they are the node's problem, not the caller's. */
-function hostError(err: unknown, what: string): CsiError {
-  if (err instanceof CsiError) return err;
-  return internal(`${what}: ${err instanceof Error ? err.message : String(err)}`);
+  return asInternal(err, `mounting volume ${volumeId} at ${targetPath}`);
 }

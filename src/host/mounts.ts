@@ -1,4 +1,4 @@
-import { readFile, realpath, stat } from "node:fs/promises";
+import { readFile, realpath, rmdir, stat, unlink } from "node:fs/promises";
 import path from "node:path";
 import { CommandError, run } from "./exec.ts";
 
@@ -213,4 +213,23 @@ export async function unmountAll(target: string, opts: MountCallOptions = {}): P
     count++;
   }
   return count;
+}
+
+/**
+ * Removes a target path a plugin created: a file (block volumes) or an empty directory. Never a
+ * recursive delete: should an unmount have left a volume there, this fails instead of deleting
+ * the volume's data. A missing path is fine.
+ */
+export async function removeMountTarget(targetPath: string): Promise<void> {
+  try {
+    await rmdir(targetPath);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === "ENOENT") return;
+    if (code === "ENOTDIR") return unlink(targetPath);
+    if (code === "ENOTEMPTY" || code === "EEXIST") {
+      throw new Error(`${targetPath} is not empty after unmounting: refusing to delete what is in it`);
+    }
+    throw err;
+  }
 }
