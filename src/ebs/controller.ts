@@ -43,6 +43,7 @@ import {
   checkCapability,
   checkCapacityRange,
   checkMap,
+  checkString,
   GiB,
   requireString,
 } from "../csi/validate.ts";
@@ -254,7 +255,9 @@ export class EbsController {
     ctx: RpcContext,
   ): Promise<ControllerUnpublishVolumeResponse> {
     const volumeId = requireString(req.volume_id, "volume_id");
+    // node_id may be empty: then the volume is unpublished from every node.
     const nodeId = req.node_id ?? "";
+    checkString(nodeId, "node_id");
     checkMap(req.secrets, "secrets");
     if (!VOLUME_ID.test(volumeId) || (nodeId !== "" && !INSTANCE_ID.test(nodeId))) return {};
     const disk = await this.#getDisk(volumeId);
