@@ -163,3 +163,31 @@ export function instrumentClient(client: { middlewareStack: AnyStack }, metrics:
     { step: "deserialize", priority: "high", name: "csiAttemptMetrics", override: true },
   );
 }
+
+/**
+ * One SDK client per API action, made on first use. Each has its own adaptive rate limiter, as
+ * the official driver keeps one retryer per API: throttled DescribeVolumes calls must not slow
+ * down AttachVolume.
+ */
+export class ClientPerAction<C extends { destroy(): void }> {
+  readonly #make: () => C;
+  readonly #clients = new Map<string, C>();
+
+  constructor(make: () => C) {
+    this.#make = make;
+  }
+
+  for(action: string): C {
+    let client = this.#clients.get(action);
+    if (!client) {
+      client = this.#make();
+      this.#clients.set(action, client);
+    }
+    return client;
+  }
+
+  destroy(): void {
+    for (const client of this.#clients.values()) client.destroy();
+    this.#clients.clear();
+  }
+}

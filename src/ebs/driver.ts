@@ -1,5 +1,5 @@
 import { EC2Client } from "@aws-sdk/client-ec2";
-import { awsClientConfig, instrumentClient } from "../aws/sdk.ts";
+import { awsClientConfig, ClientPerAction, instrumentClient } from "../aws/sdk.ts";
 import type { Driver, DriverDeps } from "../driver.ts";
 import { locatePlugin } from "../metadata.ts";
 import type { ServiceImpl } from "../server/rpc.ts";
@@ -11,9 +11,17 @@ export async function createEbsDriver({ options, log, metrics }: DriverDeps): Pr
   const serveNode = options.mode !== "controller";
   const { metadata, region } = await locatePlugin(options, log);
 
-  const client = new EC2Client(awsClientConfig({ region, endpoint: options.awsEndpoint }));
-  instrumentClient(client, metrics, log);
-  const ec2 = new SdkEc2({ client, batching: options.batching, batchWindowMs: options.batchWindowMs, log });
+  const clients = new ClientPerAction(() => {
+    const client = new EC2Client(awsClientConfig({ region, endpoint: options.awsEndpoint }));
+    instrumentClient(client, metrics, log);
+    return client;
+  });
+  const ec2 = new SdkEc2({
+    client: (action) => clients.for(action),
+    batching: options.batching,
+    batchWindowMs: options.batchWindowMs,
+    log,
+  });
 
   let controller: ServiceImpl | undefined;
   if (options.mode !== "node") {
@@ -35,6 +43,6 @@ export async function createEbsDriver({ options, log, metrics }: DriverDeps): Pr
     // A node-only plugin must not depend on EC2: node roles often may not call it, and a failed
     // Probe makes the livenessprobe restart a healthy plugin. Serving calls is its health.
     probe: controller ? () => ec2.probe() : async () => undefined,
-    close: async () => client.destroy(),
+    close: async () => clients.destroy(),
   };
 }

@@ -26,6 +26,7 @@ import {
 } from "@aws-sdk/client-ec2";
 import DataLoader from "dataloader";
 import { awsErrorCode, awsHttpStatus, isThrottlingError } from "../aws/sdk.ts";
+import { currentCallSignal } from "../call-scope.ts";
 import type { Logger } from "../log.ts";
 import {
   type AttachmentState,
@@ -44,7 +45,8 @@ import {
 } from "./cloud.ts";
 
 export interface SdkEc2Options {
-  client: EC2Client;
+  /** One client, or one per API action (each with its own adaptive rate limiter). */
+  client: EC2Client | ((action: string) => EC2Client);
   /** Merge concurrent getVolumes/getInstances calls into one Describe* request. */
   batching: boolean;
   /** How long a batch collects ids before it is sent. */
@@ -57,7 +59,8 @@ const MAX_BATCH = 500;
 const MIN_PAGE = 5;
 
 export class SdkEc2 implements Ec2 {
-  readonly #client: EC2Client;
+  /** The client for an API action: one per action in production (see ClientPerAction). */
+  readonly #for: (action: string) => EC2Client;
   readonly #log: Logger;
   readonly #volumeLoader: DataLoader<string, Disk | undefined> | undefined;
   readonly #instanceLoader: DataLoader<string, Instance | undefined> | undefined;
@@ -70,7 +73,8 @@ export class SdkEc2 implements Ec2 {
   #zones: { fetchedAt: number; zones: Promise<string[]> } | undefined;
 
   constructor(o: SdkEc2Options) {
-    this.#client = o.client;
+    const { client } = o;
+    this.#for = typeof client === "function" ? client : () => client;
     this.#log = o.log;
     if (o.batching) {
       this.#batchWindowMs = o.batchWindowMs;
@@ -82,7 +86,7 @@ export class SdkEc2 implements Ec2 {
   async createVolume(input: CreateDiskInput): Promise<Disk> {
     const tags = Object.entries(input.tags).map(([Key, Value]) => ({ Key, Value }));
     const created = await mapErrors(() =>
-      this.#client.send(
+      this.#for("CreateVolume").send(
         new CreateVolumeCommand({
           ClientToken: input.clientToken,
           AvailabilityZone: input.zone,
@@ -98,6 +102,7 @@ export class SdkEc2 implements Ec2 {
           OutpostArn: input.outpostArn,
           TagSpecifications: tags.length > 0 ? [{ ResourceType: "volume", Tags: tags }] : undefined,
         }),
+        callOptions(),
       ),
     );
     // EC2 and moto echo the tags; should an answer leave them out, they are still the ones just set.
@@ -105,7 +110,9 @@ export class SdkEc2 implements Ec2 {
   }
 
   async deleteVolume(volumeId: string): Promise<void> {
-    await mapErrors(() => this.#client.send(new DeleteVolumeCommand({ VolumeId: volumeId })));
+    await mapErrors(() =>
+      this.#for("DeleteVolume").send(new DeleteVolumeCommand({ VolumeId: volumeId }), callOptions()),
+    );
   }
 
   async getVolumes(ids: string[]): Promise<Map<string, Disk>> {
@@ -147,7 +154,7 @@ export class SdkEc2 implements Ec2 {
     for (;;) {
       const { t, o } = cursor;
       const page = await mapErrors(() =>
-        this.#client.send(
+        this.#for("DescribeVolumes").send(
           new DescribeVolumesCommand({
             Filters: [{ Name: "tag-key", Values: [key] }],
             MaxResults: Math.min(MAX_BATCH, Math.max(MIN_PAGE, wanted)),
@@ -168,21 +175,25 @@ export class SdkEc2 implements Ec2 {
 
   async attachVolume(volumeId: string, instanceId: string, device: string): Promise<void> {
     await mapErrors(() =>
-      this.#client.send(
+      this.#for("AttachVolume").send(
         new AttachVolumeCommand({ VolumeId: volumeId, InstanceId: instanceId, Device: device }),
+        callOptions(),
       ),
     );
   }
 
   async detachVolume(volumeId: string, instanceId: string): Promise<void> {
     await mapErrors(() =>
-      this.#client.send(new DetachVolumeCommand({ VolumeId: volumeId, InstanceId: instanceId })),
+      this.#for("DetachVolume").send(
+        new DetachVolumeCommand({ VolumeId: volumeId, InstanceId: instanceId }),
+        callOptions(),
+      ),
     );
   }
 
   async modifyVolume(volumeId: string, input: ModifyDiskInput): Promise<void> {
     await mapErrors(() =>
-      this.#client.send(
+      this.#for("ModifyVolume").send(
         new ModifyVolumeCommand({
           VolumeId: volumeId,
           Size: input.sizeGiB,
@@ -190,6 +201,7 @@ export class SdkEc2 implements Ec2 {
           Iops: input.iops,
           Throughput: input.throughput,
         }),
+        callOptions(),
       ),
     );
   }
@@ -197,13 +209,17 @@ export class SdkEc2 implements Ec2 {
   async tagVolume(volumeId: string, tags: Record<string, string>): Promise<void> {
     const Tags = Object.entries(tags).map(([Key, Value]) => ({ Key, Value }));
     if (Tags.length === 0) return;
-    await mapErrors(() => this.#client.send(new CreateTagsCommand({ Resources: [volumeId], Tags })));
+    await mapErrors(() =>
+      this.#for("CreateTags").send(new CreateTagsCommand({ Resources: [volumeId], Tags }), callOptions()),
+    );
   }
 
   async getModification(volumeId: string): Promise<DiskModification | undefined> {
     try {
       const out = await mapErrors(() =>
-        this.#client.send(new DescribeVolumesModificationsCommand({ VolumeIds: [volumeId] })),
+        this.#for("DescribeVolumesModifications").send(
+          new DescribeVolumesModificationsCommand({ VolumeIds: [volumeId] }),
+        ),
       );
       return toModification(latest(out.VolumesModifications ?? []));
     } catch (err) {
@@ -236,7 +252,9 @@ export class SdkEc2 implements Ec2 {
   }
 
   async #describeZones(): Promise<string[]> {
-    const out = await mapErrors(() => this.#client.send(new DescribeAvailabilityZonesCommand({})));
+    const out = await mapErrors(() =>
+      this.#for("DescribeAvailabilityZones").send(new DescribeAvailabilityZonesCommand({})),
+    );
     return (out.AvailabilityZones ?? [])
       .filter((z) => z.State === "available" && (z.ZoneType ?? "availability-zone") === "availability-zone")
       .map((z) => z.ZoneName ?? "")
@@ -245,13 +263,15 @@ export class SdkEc2 implements Ec2 {
   }
 
   async probe(): Promise<void> {
-    await mapErrors(() => this.#client.send(new DescribeAvailabilityZonesCommand({})));
+    await mapErrors(() =>
+      this.#for("DescribeAvailabilityZones").send(new DescribeAvailabilityZonesCommand({})),
+    );
   }
 
   async #describeInstanceType(instanceType: string): Promise<InstanceTypeEbsInfo | undefined> {
     try {
       const out = await mapErrors(() =>
-        this.#client.send(
+        this.#for("DescribeInstanceTypes").send(
           new DescribeInstanceTypesCommand({ InstanceTypes: [instanceType as _InstanceType] }),
         ),
       );
@@ -275,7 +295,7 @@ export class SdkEc2 implements Ec2 {
     return mapErrors(async () => {
       const disks: Disk[] = [];
       const pages = paginateDescribeVolumes(
-        { client: this.#client, pageSize: MAX_BATCH },
+        { client: this.#for("DescribeVolumes"), pageSize: MAX_BATCH },
         { Filters: filters },
       );
       for await (const page of pages) disks.push(...(page.Volumes ?? []).map(toDisk));
@@ -288,7 +308,7 @@ export class SdkEc2 implements Ec2 {
     return mapErrors(async () => {
       const found = new Map<string, Instance>();
       const pages = paginateDescribeInstances(
-        { client: this.#client, pageSize: MAX_BATCH },
+        { client: this.#for("DescribeInstances"), pageSize: MAX_BATCH },
         { Filters: [{ Name: "instance-id", Values: ids }] },
       );
       for await (const page of pages) {
@@ -311,6 +331,12 @@ async function mapErrors<T>(call: () => Promise<T>): Promise<T> {
 
 /** A DataLoader that sends the ids collected during `windowMs` in one lookup. */
 const ZONES_TTL_MS = 60 * 60 * 1000;
+
+/**
+ * A mutation made for one CSI call stops when that call's caller gives up; all of them are safe to
+ * repeat (ClientToken, idempotent deletes and detaches), so the caller's retry finishes the job.
+ */
+const callOptions = () => ({ abortSignal: currentCallSignal() });
 
 function idLoader<T>(
   windowMs: number,

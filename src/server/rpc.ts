@@ -1,5 +1,6 @@
 import { randomUUID } from "node:crypto";
 import { type ServerUnaryCall, type ServiceDefinition, type sendUnaryData, status } from "@grpc/grpc-js";
+import { runInCallScope } from "../call-scope.ts";
 import { CsiError, statusName } from "../csi/errors.ts";
 import { type Logger, redactSecrets } from "../log.ts";
 import type { Metrics } from "../metrics.ts";
@@ -112,7 +113,9 @@ async function handleCall(
         );
       }
     }
-    const response = await fn(req, { requestId, log, signal: abort.signal });
+    const response = await runInCallScope(abort.signal, () =>
+      fn(req, { requestId, log, signal: abort.signal }),
+    );
     callback(null, response);
   } catch (err) {
     const { code: errCode, message, expected } = shortMessage(err);

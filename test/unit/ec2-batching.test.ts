@@ -1,5 +1,7 @@
 import { EC2Client, type Filter, type Volume } from "@aws-sdk/client-ec2";
 import { describe, expect, it } from "vitest";
+import { ClientPerAction } from "../../src/aws/sdk.ts";
+import { runInCallScope } from "../../src/call-scope.ts";
 import { CloudError, isCloudError } from "../../src/ebs/cloud.ts";
 import { SdkEc2, toCloudError } from "../../src/ebs/ec2.ts";
 import { createLogger } from "../../src/log.ts";
@@ -9,6 +11,7 @@ const log = createLogger("silent");
 interface SentCommand {
   name: string;
   input: Record<string, unknown>;
+  options?: { abortSignal?: AbortSignal };
 }
 
 type Handler = (command: SentCommand) => unknown;
@@ -17,8 +20,8 @@ type Handler = (command: SentCommand) => unknown;
 function stubEc2(handler: Handler, batching = true, batchWindowMs = 5) {
   const sent: SentCommand[] = [];
   const client = new EC2Client({ region: "us-east-1" });
-  client.send = (async (command: { input: Record<string, unknown> }) => {
-    const call = { name: command.constructor.name.replace(/Command$/, ""), input: command.input };
+  client.send = (async (command: { input: Record<string, unknown> }, options?: SentCommand["options"]) => {
+    const call = { name: command.constructor.name.replace(/Command$/, ""), input: command.input, options };
     sent.push(call);
     await new Promise((resolve) => setTimeout(resolve, 1));
     return handler(call);
@@ -401,5 +404,48 @@ describe("getZones", () => {
     const answers = await Promise.all(Array.from({ length: 20 }, () => ec2.getZones()));
     for (const zones of answers) expect(zones).toEqual(["us-east-1a", "us-east-1b"]);
     expect(sent.filter((c) => c.name === "DescribeAvailabilityZones")).toHaveLength(2);
+  });
+});
+
+describe("cancellation and rate limiters", () => {
+  it("gives mutations the abort signal of the CSI call, and batched lookups none", async () => {
+    const { ec2, sent } = stubEc2((call) =>
+      call.name === "CreateVolume"
+        ? { VolumeId: "vol-9", Size: 1, VolumeType: "gp3", State: "creating" }
+        : describeKnown(call),
+    );
+    const caller = new AbortController();
+    await runInCallScope(caller.signal, async () => {
+      await ec2.createVolume({
+        clientToken: "t",
+        zone: "us-east-1a",
+        sizeGiB: 1,
+        type: "gp3",
+        encrypted: false,
+        tags: {},
+      });
+      await ec2.getVolumes(["vol-1"]);
+    });
+    expect(sent.find((c) => c.name === "CreateVolume")?.options?.abortSignal).toBe(caller.signal);
+    // A batch serves many callers: one caller giving up must not fail the others.
+    expect(sent.find((c) => c.name === "DescribeVolumes")?.options?.abortSignal).toBeUndefined();
+  });
+
+  it("keeps one client, and so one adaptive rate limiter, per API action", () => {
+    const made: { destroyed: boolean }[] = [];
+    const pool = new ClientPerAction(() => {
+      const client = {
+        destroyed: false,
+        destroy() {
+          client.destroyed = true;
+        },
+      };
+      made.push(client);
+      return client;
+    });
+    expect(pool.for("DescribeVolumes")).toBe(pool.for("DescribeVolumes"));
+    expect(pool.for("AttachVolume")).not.toBe(pool.for("DescribeVolumes"));
+    pool.destroy();
+    expect(made.map((c) => c.destroyed)).toEqual([true, true]);
   });
 });
