@@ -5,8 +5,15 @@
  *
  *   BENCH_VOLUMES=100 BENCH_LATENCY_MS=25 BENCH_ROUNDS=3 npm run bench
  */
+import { readFile } from "node:fs/promises";
+import { join } from "node:path";
+import { REPO_ROOT } from "../test/harness/driver-process.ts";
 import { startEbsEnv } from "../test/harness/ebs-env.ts";
 import { benchGidAllocation } from "./gid.ts";
+
+// Measure the driver as the image runs it: compiled, with the image's V8 flags.
+process.env.DRIVER_MAIN ??= join(REPO_ROOT, "dist/main.js");
+process.env.NODE_OPTIONS ??= "--max-semi-space-size=4";
 
 const VOLUMES = Number(process.env.BENCH_VOLUMES ?? 100);
 // An m5.large takes 27 attachments, less its network interface and root volume.
@@ -16,6 +23,8 @@ const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3);
 const GiB = 1024 ** 3;
 
 interface Figures {
+  /** Peak resident memory of the driver process over the round (VmHWM), MiB. */
+  peakRssMiB: number;
   createMs: number;
   attachMs: number;
   detachMs: number;
@@ -65,10 +74,18 @@ async function round(batching: boolean): Promise<Figures> {
     const [, deleteMs] = await timed(() =>
       Promise.all(ids.map((volume_id) => env.client.call("Controller", "DeleteVolume", { volume_id }))),
     );
-    return { createMs, attachMs, detachMs, deleteMs, calls: env.aws.proxy.stats() };
+    const peakRssMiB = await peakRss(env.driver.child?.pid);
+    return { peakRssMiB, createMs, attachMs, detachMs, deleteMs, calls: env.aws.proxy.stats() };
   } finally {
     await env.stop();
   }
+}
+
+/** The process's peak resident set size, from the kernel (what a memory limit is measured against). */
+async function peakRss(pid: number | undefined): Promise<number> {
+  const status = pid ? await readFile(`/proc/${pid}/status`, "utf8").catch(() => "") : "";
+  const kib = Number(/^VmHWM:\s+(\d+) kB/m.exec(status)?.[1] ?? Number.NaN);
+  return kib / 1024;
 }
 
 const median = (values: number[]) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)]!;
@@ -77,6 +94,7 @@ async function measure(batching: boolean): Promise<Figures> {
   const rounds: Figures[] = [];
   for (let i = 0; i < ROUNDS; i++) rounds.push(await round(batching));
   return {
+    peakRssMiB: Math.max(...rounds.map((r) => r.peakRssMiB)),
     createMs: median(rounds.map((r) => r.createMs)),
     attachMs: median(rounds.map((r) => r.attachMs)),
     detachMs: median(rounds.map((r) => r.detachMs)),
@@ -116,6 +134,10 @@ async function main(): Promise<void> {
     rows.push([label, baseline[key].toFixed(0), ours[key].toFixed(0), ratio(ours[key], baseline[key])]);
   }
   printTable(rows);
+  console.log(
+    `\nController peak memory (VmHWM) under this load: ${ours.peakRssMiB.toFixed(0)} MiB batched, ` +
+      `${baseline.peakRssMiB.toFixed(0)} MiB baseline (the deploy manifests' requests and limits follow from it).`,
+  );
 
   console.log("\nAWS calls for the whole round (exact, counted by the fault proxy):");
   const actions = [...new Set([...Object.keys(baseline.calls), ...Object.keys(ours.calls)])].sort();

@@ -33,7 +33,9 @@ export class DriverProcess {
   async start(timeoutMs = 30_000): Promise<void> {
     const { args, env, socketPath } = this.options;
     this.stderr = "";
-    const child = spawn(process.execPath, [MAIN, ...args, "--endpoint", `unix://${socketPath}`], {
+    // DRIVER_MAIN=dist/main.js runs the compiled driver, as the image does (benchmarks use it).
+    const main = process.env.DRIVER_MAIN ?? MAIN;
+    const child = spawn(process.execPath, [main, ...args, "--endpoint", `unix://${socketPath}`], {
       env: { ...process.env, ...env },
       stdio: ["ignore", "inherit", "pipe"],
     });
