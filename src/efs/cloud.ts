@@ -1,6 +1,6 @@
 /**
  * EFS as the EFS driver sees it: a narrow interface in cloud terms (no CSI types), implemented by
- * the AWS SDK (sdk.ts) in production and by an in-memory EFS (memory-cloud.ts) in unit tests.
+ * the AWS SDK (sdk.ts) in production and by an in-memory EFS (test/unit/fake-efs.ts) in unit tests.
  */
 
 export interface FileSystem {

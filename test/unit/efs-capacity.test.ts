@@ -2,9 +2,9 @@
 import { describe, expect, it } from "vitest";
 import { CapacityCache } from "../../src/efs/capacity.ts";
 import { EfsError } from "../../src/efs/cloud.ts";
-import { MemoryEfs } from "../../src/efs/memory-cloud.ts";
 import { recordedCapacity, TAG_CAPACITY } from "../../src/efs/tags.ts";
 import { createLogger, type Logger } from "../../src/log.ts";
+import { MemoryEfs } from "./fake-efs.ts";
 
 const GiB = 1024 ** 3;
 const TTL = 60_000;

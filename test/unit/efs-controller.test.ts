@@ -11,11 +11,11 @@ import type {
 import { EfsError } from "../../src/efs/cloud.ts";
 import { createEfsController } from "../../src/efs/controller.ts";
 import { parseVolumeHandle } from "../../src/efs/handle.ts";
-import { MemoryEfs } from "../../src/efs/memory-cloud.ts";
 import { PVC_NAME } from "../../src/efs/params.ts";
 import { TAG_BASE_PATH, TAG_CAPACITY, TAG_CLUSTER } from "../../src/efs/tags.ts";
 import { createLogger } from "../../src/log.ts";
 import type { RpcContext } from "../../src/server/rpc.ts";
+import { MemoryEfs } from "./fake-efs.ts";
 
 const GiB = 1024 ** 3;
 const log = createLogger("silent");

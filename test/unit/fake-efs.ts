@@ -10,7 +10,7 @@ import {
   type Efs,
   EfsError,
   type FileSystem,
-} from "./cloud.ts";
+} from "../../src/efs/cloud.ts";
 
 export type EfsMethod = keyof Efs;
 
