@@ -97,7 +97,7 @@ async function handleCall(
   const log = rt.log.child({ rid: requestId, method });
   const abort = new AbortController();
   call.on("cancelled", () => abort.abort(new CsiError(status.CANCELLED, "the caller cancelled the call")));
-  log.debug({ request: redactSecrets(req) }, "call");
+  if (log.isLevelEnabled("debug")) log.debug({ request: redactSecrets(req) }, "call");
 
   let code: status = status.OK;
   let release: (() => void) | undefined;
@@ -127,9 +127,8 @@ async function handleCall(
     release?.();
     const seconds = Number(process.hrtime.bigint() - started) / 1e9;
     rt.metrics.rpcDuration.observe({ method, code: statusName(code) }, seconds);
-    log.info(
-      { code: statusName(code), ms: Math.round(seconds * 1000), volume: req.volume_id || req.name },
-      "done",
-    );
+    // Cut: a malformed request may carry a name of any length.
+    const volume = String(req.volume_id || req.name || "").slice(0, 128);
+    log.info({ code: statusName(code), ms: Math.round(seconds * 1000), volume }, "done");
   }
 }
