@@ -184,9 +184,10 @@ export class EbsController {
       if (mismatch) throw alreadyExists(`name "${name}": volume ${existing.id} exists with ${mismatch}`);
       disk = existing;
     } else {
-      ctx.log.info({ name, zone: zones[0], sizeGiB: spec.sizeGiB, type: spec.type }, "creating volume");
+      const zone = zones[0]!;
+      ctx.log.info({ name, zone, sizeGiB: spec.sizeGiB, type: spec.type }, "creating volume");
       disk = await this.#ec2
-        .createVolume({ ...spec, clientToken: clientTokenFor(name), zone: zones[0]! })
+        .createVolume({ ...spec, clientToken: clientTokenFor(name), zone })
         .catch((err) => mapCloudError(err, `creating volume ${name}`));
     }
     disk = await this.#waitAvailable(disk, ctx);
@@ -199,6 +200,7 @@ export class EbsController {
     if (!VOLUME_ID.test(volumeId)) return {};
     try {
       await this.#ec2.deleteVolume(volumeId);
+      this.#devices.releaseEverywhere(volumeId);
       ctx.log.info({ volumeId }, "deleted volume");
     } catch (err) {
       if (isCloudError(err, "NotFound")) return {};
@@ -245,7 +247,10 @@ export class EbsController {
       );
     }
 
-    const device = mine?.device ?? (await this.#attach(disk, instance, ctx));
+    // A detach from this node still under way finishes first; then the volume attaches afresh.
+    if (mine?.state === "detaching") await this.#waitAttachment(volumeId, nodeId, "detached", ctx);
+    const attaching = mine && mine.state !== "detaching" ? mine : undefined;
+    const device = attaching?.device ?? (await this.#attach(disk, instance, ctx));
     await this.#waitAttachment(volumeId, nodeId, "attached", ctx);
     return { publish_context: { devicePath: device } };
   }
@@ -261,8 +266,7 @@ export class EbsController {
     checkMap(req.secrets, "secrets");
     if (!VOLUME_ID.test(volumeId) || (nodeId !== "" && !INSTANCE_ID.test(nodeId))) return {};
     const disk = await this.#getDisk(volumeId);
-    if (!disk) return {};
-    const targets = disk.attachments.filter(
+    const targets = (disk?.attachments ?? []).filter(
       (a) => (nodeId === "" || a.instanceId === nodeId) && a.state !== "detached",
     );
     for (const attachment of targets) {
@@ -274,8 +278,10 @@ export class EbsController {
         });
       }
       await this.#waitAttachment(volumeId, attachment.instanceId, "detached", ctx);
-      this.#devices.release(attachment.instanceId, volumeId);
     }
+    // Also when an earlier call did the detach and this retry found nothing left to do.
+    if (nodeId === "") this.#devices.releaseEverywhere(volumeId);
+    else this.#devices.release(nodeId, volumeId);
     return {};
   }
 
@@ -450,6 +456,8 @@ export class EbsController {
       throw resourceExhausted("accessibility_requirements: no zone satisfies both lists");
     const zones = await this.#ec2.getZones().catch((err) => mapCloudError(err, "listing availability zones"));
     if (zones.length === 0) throw resourceExhausted("no availability zone is available in this region");
+    // Only a caller without topology gets here (external-provisioner always sends it): the first
+    // zone, so that such callers find their volumes where a node of that zone can attach them.
     return zones;
   }
 
@@ -588,7 +596,8 @@ function describeMismatch(
   if (spec.throughput !== undefined && disk.throughput !== spec.throughput) {
     return `throughput ${disk.throughput} MiB/s, not ${spec.throughput}`;
   }
-  if (disk.encrypted !== spec.encrypted) return disk.encrypted ? "encryption on" : "encryption off";
+  // Unencrypted is not asked for explicitly: an account that encrypts by default encrypts anyway.
+  if (spec.encrypted && !disk.encrypted) return "encryption off";
   if (spec.kmsKeyId && disk.kmsKeyId && disk.kmsKeyId !== spec.kmsKeyId) return `KMS key ${disk.kmsKeyId}`;
   if (!zones.includes(disk.zone))
     return `zone ${disk.zone}, outside the requested topology (${zones.join(", ")})`;

@@ -48,6 +48,11 @@ export class DeviceNames {
     this.#foreign.set(instanceId, foreign);
   }
 
+  /** Forgets the volume's name on every instance (the volume was deleted, or detached from all). */
+  releaseEverywhere(volumeId: string): void {
+    for (const instanceId of [...this.#assigned.keys()]) this.release(instanceId, volumeId);
+  }
+
   release(instanceId: string, volumeId: string): void {
     const mine = this.#assigned.get(instanceId);
     if (!mine) return;

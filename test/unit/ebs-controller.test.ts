@@ -99,6 +99,14 @@ describe("EBS controller", () => {
       );
     });
 
+    it("returns the same volume on retry where the account encrypts every volume by default", async () => {
+      ec2.encryptByDefault = true;
+      const a = await controller.CreateVolume(createReq(), ctx());
+      const b = await controller.CreateVolume(createReq(), ctx());
+      expect(b.volume!.volume_id).toBe(a.volume!.volume_id);
+      expect(ec2.disks.get(a.volume!.volume_id!)!.encrypted).toBe(true);
+    });
+
     it("gives ALREADY_EXISTS when EC2 reports a ClientToken mismatch", async () => {
       // A volume made with the same token but without the name tag, e.g. by an earlier version.
       const other = { zone: "us-east-1a", sizeGiB: 1, type: "gp2" as const, encrypted: false, tags: {} };
@@ -307,6 +315,23 @@ describe("EBS controller", () => {
         /limit 3/,
       );
       expect(ec2.disks.get(vols[2]!)!.attachments).toEqual([]);
+    });
+
+    it("frees a device name even when an earlier call did the detach", async () => {
+      const node = ec2.addInstance();
+      const first = (await controller.CreateVolume(createReq({ name: "a" }), ctx())).volume!.volume_id!;
+      const second = (await controller.CreateVolume(createReq({ name: "b" }), ctx())).volume!.volume_id!;
+      expect(
+        (await controller.ControllerPublishVolume(publishReq(first, node), ctx())).publish_context!
+          .devicePath,
+      ).toBe("/dev/xvdaa");
+      // The first ControllerUnpublish timed out after EC2 detached: its retry finds nothing attached.
+      await ec2.detachVolume(first, node);
+      await controller.ControllerUnpublishVolume({ volume_id: first, node_id: node, secrets: {} }, ctx());
+      expect(
+        (await controller.ControllerPublishVolume(publishReq(second, node), ctx())).publish_context!
+          .devicePath,
+      ).toBe("/dev/xvdaa");
     });
 
     it("picks another device name when EC2 says one is in use", async () => {

@@ -22,6 +22,8 @@ export class FakeEc2 implements Ec2 {
   readonly tokens = new Map<string, { input: string; id: string }>();
   zones = ["us-east-1a", "us-east-1b"];
   ebsLimit: number | undefined = 28;
+  /** The account setting that encrypts every new volume, whatever the request says. */
+  encryptByDefault = false;
   /** Set to make the next call of that method throw. */
   failNext: Partial<Record<keyof Ec2, CloudError>> = {};
   #next = 1;
@@ -69,7 +71,7 @@ export class FakeEc2 implements Ec2 {
       type: input.type,
       iops: input.iops,
       throughput: input.throughput,
-      encrypted: input.encrypted,
+      encrypted: input.encrypted || this.encryptByDefault,
       kmsKeyId: input.kmsKeyId,
       zone: input.zone,
       state: "available",
