@@ -49,7 +49,7 @@ import {
 } from "../csi/validate.ts";
 import type { Logger } from "../log.ts";
 import type { RpcContext } from "../server/rpc.ts";
-import { type Disk, type Ec2, type Instance, isCloudError } from "./cloud.ts";
+import { type Disk, type Ec2, type Instance, isCloudError, type VolumeType } from "./cloud.ts";
 import { DeviceNames } from "./devices.ts";
 import { VOLUME_LIMITS } from "./limits.ts";
 import { FS_TYPES, parseCreateParameters, parseModifyParameters, VOLUME_NAME_TAG } from "./params.ts";
@@ -171,8 +171,9 @@ export class EbsController {
       block: capabilities.every((c) => c.block),
       mutableParameters: mutable,
     });
-    const spec = parsed.disk;
-    checkMultiAttach(capabilities, spec.type, spec.multiAttach === true);
+    // As the official driver does: a multi-node capability is what turns multi-attach on.
+    const multiAttach = checkMultiAttach(capabilities, parsed.disk.type, undefined);
+    const spec = multiAttach ? { ...parsed.disk, multiAttach } : parsed.disk;
     const zones = await this.#candidateZones(req.accessibility_requirements);
 
     const existing = await this.#findByName(name).catch((err) =>
@@ -559,22 +560,28 @@ export class EbsController {
   }
 }
 
-function checkMultiAttach(caps: CheckedCapability[], type: string, multiAttach: boolean): void {
+/**
+ * Whether the capabilities need EBS multi-attach: only raw block (no filesystem survives two
+ * writers) on a type that allows it. For an existing volume, `enabled` says whether it has it.
+ */
+function checkMultiAttach(
+  caps: CheckedCapability[],
+  type: VolumeType,
+  enabled: boolean | undefined,
+): boolean {
+  let needed = false;
   caps.forEach((cap, i) => {
     if (!MULTI_NODE_MODES.includes(cap.mode)) return;
-    if (!cap.block) {
-      throw invalidArgument(
-        `volume_capabilities[${i}]`,
-        `${cap.mode} is only supported for raw block volumes`,
-      );
+    const field = `volume_capabilities[${i}]`;
+    if (!cap.block) throw invalidArgument(field, `${cap.mode} is only supported for raw block volumes`);
+    if (!VOLUME_LIMITS[type].multiAttach) {
+      throw invalidArgument(field, `${cap.mode} needs a type with multi-attach (io1 or io2), not ${type}`);
     }
-    if (!multiAttach || (type !== "io1" && type !== "io2")) {
-      throw invalidArgument(
-        `volume_capabilities[${i}]`,
-        `${cap.mode} needs an io1 or io2 volume with multi-attach enabled (parameter multiAttach=true)`,
-      );
-    }
+    if (enabled === false)
+      throw invalidArgument(field, `${cap.mode}: this volume was created without multi-attach`);
+    needed = true;
   });
+  return needed;
 }
 
 /** Why an existing volume of the same name does not match the request, or undefined when it does. */
@@ -587,6 +594,7 @@ function describeMismatch(
     throughput?: number;
     encrypted: boolean;
     kmsKeyId?: string;
+    multiAttach?: boolean;
   },
   zones: string[],
 ): string | undefined {
@@ -596,6 +604,7 @@ function describeMismatch(
   if (spec.throughput !== undefined && disk.throughput !== spec.throughput) {
     return `throughput ${disk.throughput} MiB/s, not ${spec.throughput}`;
   }
+  if (spec.multiAttach && !disk.multiAttach) return "multi-attach off";
   // Unencrypted is not asked for explicitly: an account that encrypts by default encrypts anyway.
   if (spec.encrypted && !disk.encrypted) return "encryption off";
   if (spec.kmsKeyId && disk.kmsKeyId && disk.kmsKeyId !== spec.kmsKeyId) return `KMS key ${disk.kmsKeyId}`;

@@ -241,7 +241,16 @@ export function createEfsController(deps: EfsControllerDeps) {
     }
     const ap = await describeAccessPoint(handle);
     if (!ap) return {};
-    if (deps.deleteAccessPointRootDir) await deleteRootDirectoryOf(ap, ctx.log);
+    // Only directories of access points made by a provisioner (the official driver's or ours):
+    // an access point a user made by hand for a static volume points at data that is theirs.
+    if (deps.deleteAccessPointRootDir && ap.tags[TAG_CLUSTER] === "true") {
+      await deleteRootDirectoryOf(ap, ctx.log);
+    } else if (deps.deleteAccessPointRootDir) {
+      ctx.log.info(
+        { accessPointId: ap.id },
+        `root directory kept: the access point has no ${TAG_CLUSTER} tag`,
+      );
+    }
     try {
       await efs.deleteAccessPoint(ap.id);
     } catch (err) {

@@ -170,6 +170,23 @@ describe("EBS controller", () => {
       },
     );
 
+    it("turns multi-attach on for a multi-node raw block io2 volume, and refuses it for gp3", async () => {
+      const multi = { access_mode: { mode: "MULTI_NODE_MULTI_WRITER" }, block: {} };
+      const res = await controller.CreateVolume(
+        createReq({ volume_capabilities: [multi as never], parameters: { type: "io2", iops: "1000" } }),
+        ctx(),
+      );
+      expect(ec2.disks.get(res.volume!.volume_id!)!.multiAttach).toBe(true);
+      await expectCode(
+        controller.CreateVolume(
+          createReq({ name: "gp3-multi", volume_capabilities: [multi as never] }),
+          ctx(),
+        ),
+        status.INVALID_ARGUMENT,
+        /volume_capabilities\[0\]: .*io1 or io2.*not gp3/,
+      );
+    });
+
     it("gives OUT_OF_RANGE when no size fits the type", async () => {
       await expectCode(
         controller.CreateVolume(

@@ -464,10 +464,19 @@ describe("DeleteVolume", () => {
       return `${fsId}::${ap.id}`;
     }
 
+    it("keeps the directory of an access point no provisioner made (a static volume's), and deletes the access point", async () => {
+      const c = controller({ deleteAccessPointRootDir: true });
+      const volumeId = await staticAccessPoint("/shared-by-hand");
+      expect(await c.DeleteVolume(deleteRequest(volumeId), ctx)).toEqual({});
+      expect(deletedDirs).toEqual([]);
+      expect(efs.accessPoints.size).toBe(0);
+    });
+
+    const provisioned = { [TAG_CLUSTER]: "true" };
     it.each([
-      ["/", {}, "root of the file system"],
-      ["/dyn", { [TAG_BASE_PATH]: "/dyn" }, "basePath itself"],
-      ["/other/x", { [TAG_BASE_PATH]: "/dyn" }, "outside basePath /dyn"],
+      ["/", provisioned, "root of the file system"],
+      ["/dyn", { ...provisioned, [TAG_BASE_PATH]: "/dyn" }, "basePath itself"],
+      ["/other/x", { ...provisioned, [TAG_BASE_PATH]: "/dyn" }, "outside basePath /dyn"],
     ])("refuses to delete %s with FAILED_PRECONDITION and deletes nothing", async (path, tags, message) => {
       const c = controller({ deleteAccessPointRootDir: true });
       const volumeId = await staticAccessPoint(path, tags);
@@ -483,7 +492,7 @@ describe("DeleteVolume", () => {
       const params = { subPathPattern: "shared", ensureUniqueDirectory: "false" };
       const a = await c.CreateVolume(createRequest("pvc-a", params), ctx);
       await c.CreateVolume(createRequest("pvc-b", params), ctx);
-      const parent = await staticAccessPoint("/team");
+      const parent = await staticAccessPoint("/team", provisioned);
       await staticAccessPoint("/team/inner");
       await c.DeleteVolume(deleteRequest(a.volume.volume_id), ctx);
       await c.DeleteVolume(deleteRequest(parent), ctx);
