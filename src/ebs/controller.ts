@@ -49,7 +49,14 @@ import {
 } from "../csi/validate.ts";
 import type { Logger } from "../log.ts";
 import type { RpcContext } from "../server/rpc.ts";
-import { type Disk, type Ec2, type Instance, isCloudError, type VolumeType } from "./cloud.ts";
+import {
+  type Disk,
+  type Ec2,
+  type Instance,
+  isCloudError,
+  type ModifyDiskInput,
+  type VolumeType,
+} from "./cloud.ts";
 import { DeviceNames } from "./devices.ts";
 import { VOLUME_LIMITS } from "./limits.ts";
 import { FS_TYPES, parseCreateParameters, parseModifyParameters, VOLUME_NAME_TAG } from "./params.ts";
@@ -369,10 +376,7 @@ export class EbsController {
       );
     }
     if (sizeGiB > disk.sizeGiB) {
-      ctx.log.info({ volumeId, fromGiB: disk.sizeGiB, toGiB: sizeGiB }, "expanding volume");
-      await this.#ec2
-        .modifyVolume(volumeId, { sizeGiB })
-        .catch((err) => mapCloudError(err, `expanding volume ${volumeId}`));
+      await this.#modify(volumeId, { sizeGiB }, ctx);
       await this.#waitModified(volumeId, (d) => d.sizeGiB >= sizeGiB, ctx);
     }
     return { capacity_bytes: Math.max(sizeGiB, disk.sizeGiB) * GiB, node_expansion_required: !block };
@@ -388,23 +392,49 @@ export class EbsController {
     const disk = VOLUME_ID.test(volumeId) ? await this.#getDisk(volumeId) : undefined;
     if (!disk) throw notFound(`volume_id ${volumeId}: no such volume`);
     const { modify, tags } = parseModifyParameters(mutable, { sizeGiB: disk.sizeGiB, type: disk.type });
+    // What the volume already has is not asked again: a retry finds its change made or under way.
+    const wanted: ModifyDiskInput = {
+      ...(modify.type !== undefined && modify.type !== disk.type && { type: modify.type }),
+      ...(modify.iops !== undefined && modify.iops !== disk.iops && { iops: modify.iops }),
+      ...(modify.throughput !== undefined &&
+        modify.throughput !== disk.throughput && { throughput: modify.throughput }),
+    };
+    if (Object.keys(wanted).length > 0) {
+      await this.#modify(volumeId, wanted, ctx);
+      await this.#waitModified(volumeId, () => true, ctx);
+    }
+    // Tags last: when EC2 refuses the change, nothing of it is applied.
     if (Object.keys(tags).length > 0) {
       await this.#ec2
         .tagVolume(volumeId, tags)
         .catch((err) => mapCloudError(err, `tagging volume ${volumeId}`));
     }
-    const changes = Object.entries(modify).filter(([, v]) => v !== undefined);
-    if (changes.length > 0) {
-      ctx.log.info({ volumeId, changes: Object.fromEntries(changes) }, "modifying volume");
-      await this.#ec2
-        .modifyVolume(volumeId, modify)
-        .catch((err) => mapCloudError(err, `modifying volume ${volumeId}`));
-      await this.#waitModified(volumeId, () => true, ctx);
-    }
     return {};
   }
 
   // --- helpers: each does one thing the RPCs above share ---
+
+  /**
+   * Starts a modification unless one with these targets is already under way (EC2 refuses a
+   * second modification while one runs, and a retried call must find its own).
+   */
+  async #modify(volumeId: string, wanted: ModifyDiskInput, ctx: RpcContext): Promise<void> {
+    const current = await this.#ec2
+      .getModification(volumeId)
+      .catch((err) => mapCloudError(err, `describing modifications of ${volumeId}`));
+    const running = current?.state === "modifying" || current?.state === "optimizing";
+    const same =
+      running &&
+      (wanted.sizeGiB === undefined || (current.targetSizeGiB ?? 0) >= wanted.sizeGiB) &&
+      (wanted.type === undefined || current.targetType === wanted.type) &&
+      (wanted.iops === undefined || current.targetIops === wanted.iops) &&
+      (wanted.throughput === undefined || current.targetThroughput === wanted.throughput);
+    if (same) return;
+    ctx.log.info({ volumeId, changes: wanted }, "modifying volume");
+    await this.#ec2
+      .modifyVolume(volumeId, wanted)
+      .catch((err) => mapCloudError(err, `modifying volume ${volumeId}`));
+  }
 
   async #getDisk(volumeId: string): Promise<Disk | undefined> {
     const found = await this.#ec2

@@ -449,6 +449,37 @@ describe("EBS controller", () => {
       );
     });
 
+    it("does not ask EC2 again for what a volume has or what a running modification will give it", async () => {
+      const { volume } = await controller.CreateVolume(createReq({ parameters: { iops: "4000" } }), ctx());
+      const id = volume!.volume_id!;
+      // Already has 4000 IOPS: nothing to modify.
+      await controller.ControllerModifyVolume(
+        { volume_id: id, mutable_parameters: { iops: "4000" }, secrets: {} },
+        ctx(),
+      );
+      expect(ec2.calls.modifyVolume ?? 0).toBe(0);
+      // A retry while the first call's modification still runs: EC2 would refuse a second one.
+      ec2.modifications.set(id, { state: "optimizing", targetIops: 4500 });
+      await controller.ControllerModifyVolume(
+        { volume_id: id, mutable_parameters: { iops: "6000" }, secrets: {} },
+        ctx(),
+      );
+      expect(ec2.calls.modifyVolume ?? 0).toBe(0);
+      ec2.modifications.set(id, { state: "optimizing", targetSizeGiB: 30 });
+      await controller
+        .ControllerExpandVolume(
+          {
+            volume_id: id,
+            capacity_range: { required_bytes: 30 * GiB, limit_bytes: 0 },
+            secrets: {},
+            volume_capability: null,
+          },
+          ctx(),
+        )
+        .catch(() => undefined);
+      expect(ec2.calls.modifyVolume ?? 0).toBe(0);
+    });
+
     it("lists volumes page by page with their nodes, and refuses a bad token with ABORTED", async () => {
       const node = ec2.addInstance();
       const ids = [];

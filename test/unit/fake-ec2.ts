@@ -171,9 +171,12 @@ export class FakeEc2 implements Ec2 {
     Object.assign(disk.tags, tags);
   }
 
-  async getModification(): Promise<DiskModification | undefined> {
+  /** The latest modification per volume, as a test sets it (EC2 keeps it while it runs). */
+  readonly modifications = new Map<string, DiskModification>();
+
+  async getModification(volumeId: string): Promise<DiskModification | undefined> {
     this.#count("getModification");
-    return undefined;
+    return this.modifications.get(volumeId);
   }
 
   async getInstances(ids: string[]): Promise<Map<string, Instance>> {
