@@ -461,7 +461,7 @@ describe("EBS controller", () => {
       // A retry while the first call's modification still runs: EC2 would refuse a second one.
       ec2.modifications.set(id, { state: "optimizing", targetIops: 4500 });
       await controller.ControllerModifyVolume(
-        { volume_id: id, mutable_parameters: { iops: "6000" }, secrets: {} },
+        { volume_id: id, mutable_parameters: { iops: "4500" }, secrets: {} },
         ctx(),
       );
       expect(ec2.calls.modifyVolume ?? 0).toBe(0);
