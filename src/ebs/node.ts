@@ -262,8 +262,10 @@ export class EbsNode {
         },
       };
     }
-    const info = await stat(volumePath);
-    if (info.isBlockDevice()) {
+    // On a filesystem the kernel shut down, stat and even statfs may fail (EIO): that is what
+    // VOLUME_CONDITION must report, not an error of this call.
+    const info = await stat(volumePath).catch(() => undefined);
+    if (info?.isBlockDevice()) {
       const total = await deviceSizeBytes(volumePath);
       return {
         usage: [{ unit: "BYTES", total, available: 0, used: 0 }],
@@ -271,9 +273,13 @@ export class EbsNode {
       };
     }
     const [stats, condition] = await Promise.all([
-      fsStats(volumePath),
+      fsStats(volumePath).catch(() => undefined),
       checkFilesystemCondition(volumePath, { readOnlyRequested: mount.mountOptions.includes("ro") }),
     ]);
+    if (!stats) {
+      const message = condition.abnormal ? condition.message : `statfs of ${volumePath} failed`;
+      return { usage: [], volume_condition: { abnormal: true, message } };
+    }
     return {
       usage: [
         { unit: "BYTES", total: stats.totalBytes, available: stats.availableBytes, used: stats.usedBytes },
@@ -390,7 +396,11 @@ export class EbsNode {
       factor: 2,
       maxDelayMs: 1000,
       timeoutMs: this.#o.deviceWaitMs,
-    }).catch(() => undefined);
+    }).catch((err: unknown) => {
+      // A device claimed by another volume is refused as such, not reported as missing.
+      if (err instanceof CsiError) throw err;
+      return undefined;
+    });
     if (!found) {
       const looked = [join(this.#o.deviceDir, linkName(volumeId)), devicePath].filter(Boolean).join(" and ");
       throw notFound(

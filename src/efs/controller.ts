@@ -149,12 +149,11 @@ export function createEfsController(deps: EfsControllerDeps) {
     const earlier = findByToken(listing, p.fileSystemId, token);
     if (earlier) return answerExisting(earlier, expected);
 
-    const reservation =
-      p.uid !== undefined && p.gid !== undefined
-        ? undefined
-        : gids.reserve(p.fileSystemId, p.gidRange, listing);
-    const uid = p.uid ?? reservation!.gid;
+    // A GID comes from the range only when none is given; the uid defaults to the GID, as in the
+    // official driver (a given gid must not take a GID of the range as its uid).
+    const reservation = p.gid !== undefined ? undefined : gids.reserve(p.fileSystemId, p.gidRange, listing);
     const gid = p.gid ?? reservation!.gid;
+    const uid = p.uid ?? gid;
     const path = rootDirectoryPath(plan, newUuid());
     let created: AccessPoint;
     try {

@@ -444,6 +444,12 @@ describe("DeleteVolume", () => {
     expect(efs.calls["deleteAccessPoint"]).toBeUndefined();
   });
 
+  it("uses a given gid as the uid too and takes nothing from the GID range", async () => {
+    const c = controller();
+    const { volume } = await c.CreateVolume(createRequest("pvc-gid", { gid: "1000" }), ctx);
+    expect(accessPointOf(volume.volume_id).posixUser).toEqual({ uid: 1000, gid: 1000 });
+  });
+
   describe("with --delete-access-point-root-dir", () => {
     it("deletes the root directory, then the access point", async () => {
       const c = controller({ deleteAccessPointRootDir: true });
