@@ -66,15 +66,43 @@ export interface CheckedCapability {
   volumeMountGroup: string;
 }
 
-/** Checks one capability against what the driver supports; throws INVALID_ARGUMENT naming the field. */
-export function checkCapability(
-  cap: VolumeCapability | null,
-  field: string,
-  rules: CapabilityRules,
-): CheckedCapability {
+const ACCESS_MODES: readonly string[] = [
+  "SINGLE_NODE_WRITER",
+  "SINGLE_NODE_READER_ONLY",
+  "MULTI_NODE_READER_ONLY",
+  "MULTI_NODE_SINGLE_WRITER",
+  "MULTI_NODE_MULTI_WRITER",
+  "SINGLE_NODE_SINGLE_WRITER",
+  "SINGLE_NODE_MULTI_WRITER",
+];
+
+/**
+ * Whether a capability is well formed at all (an access mode the spec knows, an access type),
+ * apart from whether this driver supports it: ValidateVolumeCapabilities answers the first with
+ * INVALID_ARGUMENT and the second with an unconfirmed answer.
+ */
+export function checkCapabilityShape(cap: VolumeCapability | null, field: string): VolumeCapability {
   if (!cap) throw invalidArgument(field, "required");
   const mode = cap.access_mode?.mode as unknown;
   if (!cap.access_mode || mode === "UNKNOWN") throw invalidArgument(`${field}.access_mode.mode`, "required");
+  if (!ACCESS_MODES.includes(mode as string)) {
+    throw invalidArgument(
+      `${field}.access_mode.mode`,
+      `${String(mode)} is not an access mode of the CSI spec`,
+    );
+  }
+  if (!cap.block && !cap.mount) throw invalidArgument(field, "access_type is required: mount or block");
+  return cap;
+}
+
+/** Checks one capability against what the driver supports; throws INVALID_ARGUMENT naming the field. */
+export function checkCapability(
+  capability: VolumeCapability | null,
+  field: string,
+  rules: CapabilityRules,
+): CheckedCapability {
+  const cap = checkCapabilityShape(capability, field);
+  const mode = cap.access_mode?.mode as unknown;
   if (!rules.modes.includes(mode as AccessMode)) {
     throw invalidArgument(
       `${field}.access_mode.mode`,

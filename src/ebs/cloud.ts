@@ -96,6 +96,8 @@ export type CloudErrorKind =
   | "Unauthorized"
   | "Throttled"
   | "Unavailable"
+  /** The CSI call it was made for was cancelled by its caller. */
+  | "Cancelled"
   | "Other";
 
 export class CloudError extends Error {

@@ -41,6 +41,7 @@ import {
   type CheckedCapability,
   checkCapabilities,
   checkCapability,
+  checkCapabilityShape,
   checkCapacityRange,
   checkMap,
   checkString,
@@ -122,6 +123,8 @@ function mapCloudError(err: unknown, what: string): never {
     case "Throttled":
     case "Unavailable":
       throw new CsiError(status.UNAVAILABLE, message);
+    case "Cancelled":
+      throw new CsiError(status.CANCELLED, message);
     default:
       throw internal(message);
   }
@@ -304,6 +307,9 @@ export class EbsController {
     checkMap(req.parameters, "parameters");
     checkMap(req.mutable_parameters, "mutable_parameters");
     checkMap(req.secrets, "secrets");
+    req.volume_capabilities.forEach((cap, i) => {
+      checkCapabilityShape(cap, `volume_capabilities[${i}]`);
+    });
     const disk = VOLUME_ID.test(volumeId) ? await this.#getDisk(volumeId) : undefined;
     if (!disk) throw notFound(`volume_id ${volumeId}: no such volume`);
     try {

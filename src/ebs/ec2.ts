@@ -524,6 +524,7 @@ export function toCloudError(err: unknown): CloudError {
 }
 
 function errorKind(err: unknown, code: string, message: string): CloudErrorKind {
+  if (err instanceof Error && err.name === "AbortError") return "Cancelled";
   if (code === "InvalidParameterValue" && MALFORMED_ID.test(message)) return "NotFound";
   const known = ERROR_KINDS[code];
   if (known) return known;

@@ -532,6 +532,12 @@ describe("EBS controller", () => {
       const refused = await controller.ValidateVolumeCapabilities(req([mountCap("MULTI_NODE_MULTI_WRITER")]));
       expect(refused.confirmed).toBeUndefined();
       expect(refused.message).toMatch(/raw block/);
+      // A capability the spec does not know is the caller's mistake, not an unsupported one.
+      await expectCode(
+        controller.ValidateVolumeCapabilities(req([{ access_mode: { mode: 99 }, mount: {} }])),
+        status.INVALID_ARGUMENT,
+        /volume_capabilities\[0\]\.access_mode\.mode/,
+      );
     });
   });
 });

@@ -431,6 +431,11 @@ describe("cancellation and rate limiters", () => {
     expect(sent.find((c) => c.name === "DescribeVolumes")?.options?.abortSignal).toBeUndefined();
   });
 
+  it("reports a call its caller cancelled as Cancelled, not as an AWS failure", () => {
+    const aborted = Object.assign(new Error("Request aborted"), { name: "AbortError" });
+    expect(toCloudError(aborted).kind).toBe("Cancelled");
+  });
+
   it("keeps one client, and so one adaptive rate limiter, per API action", () => {
     const made: { destroyed: boolean }[] = [];
     const pool = new ClientPerAction(() => {
