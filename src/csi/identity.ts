@@ -9,8 +9,14 @@ export interface IdentityInfo {
   probe(): Promise<void>;
 }
 
+/** A backend that answered this recently is taken as still answering. */
+const PROBE_CACHE_MS = 30_000;
+/** livenessprobe gives Probe 1 s by default: the backend gets less, so the answer is ours. */
+const PROBE_TIMEOUT_MS = 800;
+
 /** The Identity service: who the plugin is, what it offers, and whether its backend answers. */
 export function identityService(info: IdentityInfo) {
+  let answeredAt = Number.NEGATIVE_INFINITY;
   return {
     async GetPluginInfo(): Promise<GetPluginInfoResponse> {
       return { name: info.name, vendor_version: info.version, manifest: {} };
@@ -24,10 +30,21 @@ export function identityService(info: IdentityInfo) {
     },
 
     async Probe(): Promise<ProbeResponse> {
+      if (Date.now() - answeredAt < PROBE_CACHE_MS) return { ready: { value: true } };
+      let timer: NodeJS.Timeout | undefined;
+      const timeout = new Promise<never>((_, reject) => {
+        timer = setTimeout(
+          () => reject(new Error(`no answer within ${PROBE_TIMEOUT_MS} ms`)),
+          PROBE_TIMEOUT_MS,
+        );
+      });
       try {
-        await info.probe();
+        await Promise.race([info.probe(), timeout]);
+        answeredAt = Date.now();
       } catch (err) {
         throw failedPrecondition(`not ready: ${(err as Error).message}`);
+      } finally {
+        clearTimeout(timer);
       }
       return { ready: { value: true } };
     },
