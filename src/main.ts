@@ -50,8 +50,13 @@ async function serve(options: Options): Promise<void> {
     log.info("stopped");
     process.exit(0);
   };
-  process.on("SIGTERM", () => void stop("SIGTERM"));
-  process.on("SIGINT", () => void stop("SIGINT"));
+  const onSignal = (signal: string) =>
+    stop(signal).catch((err: unknown) => {
+      log.error({ err }, "shutdown failed");
+      process.exit(1);
+    });
+  process.on("SIGTERM", () => void onSignal("SIGTERM"));
+  process.on("SIGINT", () => void onSignal("SIGINT"));
 }
 
 async function main(argv: string[]): Promise<void> {

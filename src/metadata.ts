@@ -145,8 +145,12 @@ async function fromKubernetes(nodeName: string, env: NodeJS.ProcessEnv): Promise
           body += chunk;
         });
         res.on("end", () => {
-          if (res.statusCode !== 200) reject(new Error(`API server answered HTTP ${res.statusCode}`));
-          else resolve(JSON.parse(body) as KubeNode);
+          if (res.statusCode !== 200) return reject(new Error(`API server answered HTTP ${res.statusCode}`));
+          try {
+            resolve(JSON.parse(body) as KubeNode);
+          } catch {
+            reject(new Error("API server answered with something other than JSON"));
+          }
         });
       },
     );

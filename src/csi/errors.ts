@@ -28,10 +28,6 @@ export const unavailable = (message: string): CsiError => new CsiError(status.UN
 export const internal = (message: string): CsiError => new CsiError(status.INTERNAL, message);
 export const permissionDenied = (message: string): CsiError =>
   new CsiError(status.PERMISSION_DENIED, message);
-export const deadlineExceeded = (message: string): CsiError =>
-  new CsiError(status.DEADLINE_EXCEEDED, message);
-export const unimplemented = (what: string): CsiError =>
-  new CsiError(status.UNIMPLEMENTED, `${what} is not implemented by this driver`);
 
 export const statusName = (code: status): string => status[code] ?? String(code);
 

@@ -329,7 +329,6 @@ async function mapErrors<T>(call: () => Promise<T>): Promise<T> {
   }
 }
 
-/** A DataLoader that sends the ids collected during `windowMs` in one lookup. */
 const ZONES_TTL_MS = 60 * 60 * 1000;
 
 /**
@@ -338,6 +337,7 @@ const ZONES_TTL_MS = 60 * 60 * 1000;
  */
 const callOptions = () => ({ abortSignal: currentCallSignal() });
 
+/** A DataLoader that sends the ids collected during `windowMs` in one lookup. */
 function idLoader<T>(
   windowMs: number,
   lookup: (ids: string[]) => Promise<Map<string, T>>,

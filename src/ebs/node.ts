@@ -66,6 +66,8 @@ import { ZONE_KEYS } from "./controller.ts";
 const VOLUME_ID = /^vol-[0-9a-f]{8}([0-9a-f]{9})?$/;
 const NVME_LINK_PREFIX = "nvme-Amazon_Elastic_Block_Store_";
 const FS_TYPE_CONTEXT_KEY = "csi.storage.k8s.io/fstype";
+/** How long start-up waits for DescribeInstanceTypes before using the built-in table. */
+const INSTANCE_TYPE_LOOKUP_MS = 5000;
 const DEFAULT_FS_TYPE: FsType = "ext4";
 /** A filesystem this much smaller than its device is grown at stage time (EBS grows by whole GiB). */
 const GROW_SLACK_BYTES = 64 * 1024 * 1024;
@@ -442,7 +444,6 @@ export class EbsNode {
     return undefined;
   }
 
-  /** The volume whose by-id link points at device, if any. */
   /** The volume whose by-id link names the device mounted here (a filesystem or a block bind). */
   async #volumeOfMount(mount: MountEntry): Promise<string | undefined> {
     for (const [volumeId, device] of await this.#linkedDevices()) {
@@ -463,6 +464,7 @@ export class EbsNode {
     return linked;
   }
 
+  /** The volume whose by-id link points at device, if any. */
   async #linkedVolume(device: string): Promise<string | undefined> {
     return (await this.#linkedDevices()).find(([, target]) => target === device)?.[0];
   }
@@ -485,10 +487,10 @@ async function isBlockDevice(path: string): Promise<boolean> {
 async function sameDeviceNumber(mount: MountEntry, device: string): Promise<boolean> {
   const info = await stat(device, { bigint: true }).catch(() => undefined);
   if (!info) return false;
-  // A block device bind-mounted onto a file shows the devtmpfs numbers: compare the node itself.
   if (!info.isBlockDevice()) return false;
   const { major, minor } = splitDevNumber(info.rdev);
   if (mount.major === major && mount.minor === minor) return true;
+  // A block device bind-mounted onto a file shows the devtmpfs numbers: compare the node itself.
   const published = await stat(mount.mountPoint, { bigint: true }).catch(() => undefined);
   return published?.isBlockDevice() === true && published.rdev === info.rdev;
 }
@@ -511,10 +513,22 @@ export interface EbsNodeDeps {
 export async function createEbsNode({ options, log, metadata, ec2 }: EbsNodeDeps): Promise<EbsNode> {
   let maxVolumesPerNode = options.volumeAttachLimit;
   if (maxVolumesPerNode === undefined) {
-    const fromEc2 = await ec2.getInstanceTypeEbsInfo(metadata.instanceType).catch((err: Error) => {
-      log.info({ error: err.message }, "DescribeInstanceTypes failed: using the built-in attachment limits");
-      return undefined;
-    });
+    // Bounded: a node whose EC2 endpoint does not answer must still serve kubelet soon.
+    let timer: NodeJS.Timeout | undefined;
+    const fromEc2 = await Promise.race([
+      ec2.getInstanceTypeEbsInfo(metadata.instanceType),
+      new Promise<undefined>((resolve) => {
+        timer = setTimeout(() => resolve(undefined), INSTANCE_TYPE_LOOKUP_MS);
+      }),
+    ])
+      .catch((err: Error) => {
+        log.info(
+          { error: err.message },
+          "DescribeInstanceTypes failed: using the built-in attachment limits",
+        );
+        return undefined;
+      })
+      .finally(() => clearTimeout(timer));
     const info = fromEc2 ?? attachLimitFromTable(metadata.instanceType);
     maxVolumesPerNode = volumesPerNode(info, {
       networkInterfaces: metadata.networkInterfaces ?? 1,
