@@ -64,7 +64,8 @@ import { FS_TYPES, parseCreateParameters, parseModifyParameters, VOLUME_NAME_TAG
 
 export const ZONE_KEYS = ["topology.kubernetes.io/zone", "topology.ebs.csi.aws.com/zone"] as const;
 
-const VOLUME_ID = /^vol-[0-9a-f]{8}([0-9a-f]{9})?$/;
+/** An EBS volume id; anything else cannot name a volume. */
+export const VOLUME_ID = /^vol-[0-9a-f]{8}([0-9a-f]{9})?$/;
 const INSTANCE_ID = /^i-[0-9a-f]{8}([0-9a-f]{9})?$/;
 
 const SINGLE_NODE_MODES: readonly AccessMode[] = [

@@ -10,7 +10,7 @@
  */
 import type { VolumeType } from "./cloud.ts";
 
-export const GiB = 1024 ** 3;
+export { GiB } from "../csi/validate.ts";
 
 export const DEFAULT_VOLUME_TYPE: VolumeType = "gp3";
 

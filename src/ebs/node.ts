@@ -61,9 +61,8 @@ import type { InstanceMetadata } from "../metadata.ts";
 import type { RpcContext } from "../server/rpc.ts";
 import { attachLimitFromTable, volumesPerNode } from "./attach-limits.ts";
 import type { Ec2 } from "./cloud.ts";
-import { ZONE_KEYS } from "./controller.ts";
+import { VOLUME_ID, ZONE_KEYS } from "./controller.ts";
 
-const VOLUME_ID = /^vol-[0-9a-f]{8}([0-9a-f]{9})?$/;
 const NVME_LINK_PREFIX = "nvme-Amazon_Elastic_Block_Store_";
 const FS_TYPE_CONTEXT_KEY = "csi.storage.k8s.io/fstype";
 /** How long start-up waits for DescribeInstanceTypes before using the built-in table. */

@@ -5,6 +5,7 @@
  * official EBS CSI driver's, so existing StorageClasses and PersistentVolumes keep working.
  */
 import { invalidArgument, outOfRange } from "../csi/errors.ts";
+import { FS_TYPES, type FsType, isSupportedFsType as isFsType } from "../host/blockdev.ts";
 import type { CreateDiskInput, ModifyDiskInput, VolumeType } from "./cloud.ts";
 import {
   DEFAULT_VOLUME_TYPE,
@@ -40,10 +41,9 @@ export const VOLUME_CONTEXT_KEYS = {
   ext4ClusterSize: "ext4clustersize",
 } as const;
 
-export const FS_TYPES = ["ext4", "ext3", "ext2", "xfs"] as const;
-export type FsType = (typeof FS_TYPES)[number];
+// The filesystems are those the node's host layer can make and grow.
+export { FS_TYPES, type FsType, isSupportedFsType as isFsType } from "../host/blockdev.ts";
 export const DEFAULT_FS_TYPE: FsType = "ext4";
-const isFsType = (value: string): value is FsType => (FS_TYPES as readonly string[]).includes(value);
 
 /** The parameters' own prefix is case-sensitive in the official driver; every other key is not. */
 const TAG_SPEC_PREFIX = "tagSpecification";

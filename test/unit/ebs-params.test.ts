@@ -417,7 +417,7 @@ describe("filesystem", () => {
       () => create({ "csi.storage.k8s.io/fstype": fs }),
       "parameters.csi.storage.k8s.io/fstype",
       `"${fs}"`,
-      "ext4, ext3, ext2, xfs",
+      "ext2, ext3, ext4, xfs",
     );
     invalid(() => create({ fsType: fs }), "parameters.fsType", `"${fs}"`);
   });
