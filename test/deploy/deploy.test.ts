@@ -555,7 +555,6 @@ describe("IAM policies", () => {
     return actions;
   }
 
-
   for (const [driver, file] of [
     ["ebs", "ebs-policy.json"],
     ["efs", "efs-policy.json"],
@@ -572,10 +571,7 @@ describe("IAM policies", () => {
       expect(called.size).toBeGreaterThan(3);
       for (const action of called) expect(granted.has(action), `${file} lacks ${action}`).toBe(true);
       for (const action of granted) {
-        expect(
-          called.has(action),
-          `${file} grants ${action}, which src/${driver} never calls`,
-        ).toBe(true);
+        expect(called.has(action), `${file} grants ${action}, which src/${driver} never calls`).toBe(true);
       }
     });
   }
@@ -609,9 +605,13 @@ describe("IAM policies", () => {
     // Tags at creation, and later only the capacity tag of the driver's own access points (expansion).
     expect(conditionsFor(efs, "elasticfilesystem:TagResource")).toEqual([
       expect.stringContaining('"elasticfilesystem:CreateAction":"CreateAccessPoint"'),
-      expect.stringMatching(/aws:ResourceTag\/efs\.csi\.aws\.com\/cluster.*"aws:TagKeys":\["efs\.csi\.aws\.com\/capacity-bytes"\]/),
+      expect.stringMatching(
+        /aws:ResourceTag\/efs\.csi\.aws\.com\/cluster.*"aws:TagKeys":\["efs\.csi\.aws\.com\/capacity-bytes"\]/,
+      ),
     ]);
     // The EFS node reads an access point's capacity for volume stats, and nothing else.
-    expect(actionsOf(policy("efs-node-policy.json").Statement)).toEqual(new Set(["elasticfilesystem:DescribeAccessPoints"]));
+    expect(actionsOf(policy("efs-node-policy.json").Statement)).toEqual(
+      new Set(["elasticfilesystem:DescribeAccessPoints"]),
+    );
   });
 });
