@@ -98,7 +98,10 @@ export const DEFAULT_CONTROLLER_OPTIONS: EbsControllerOptions = {
 };
 
 /** The EC2 ClientToken of a volume name: retries after a crash or a lost answer get the same volume. */
-export const clientTokenFor = (name: string): string => createHash("sha256").update(name).digest("hex");
+export const clientTokenFor = (name: string, generation = 0): string =>
+  createHash("sha256")
+    .update(generation === 0 ? name : `${name}#${generation}`)
+    .digest("hex");
 
 const zoneTopology = (zone: string) => ({ segments: Object.fromEntries(ZONE_KEYS.map((k) => [k, zone])) });
 
@@ -137,6 +140,8 @@ export class EbsController {
   readonly #options: EbsControllerOptions;
   readonly #log: Logger;
   readonly #devices = new DeviceNames();
+  /** Names whose volume went to "error" and was deleted: their next create takes a new token. */
+  readonly #tokenGenerations = new Map<string, number>();
 
   constructor(ec2: Ec2, log: Logger, options: Partial<EbsControllerOptions> = {}) {
     this.#ec2 = ec2;
@@ -199,10 +204,10 @@ export class EbsController {
       const zone = zones[0]!;
       ctx.log.info({ name, zone, sizeGiB: spec.sizeGiB, type: spec.type }, "creating volume");
       disk = await this.#ec2
-        .createVolume({ ...spec, clientToken: clientTokenFor(name), zone })
+        .createVolume({ ...spec, clientToken: clientTokenFor(name, this.#tokenGenerations.get(name)), zone })
         .catch((err) => mapCloudError(err, `creating volume ${name}`));
     }
-    disk = await this.#waitAvailable(disk, ctx);
+    disk = await this.#waitAvailable(disk, name, ctx);
     return { volume: toCsiVolume(disk, parsed.volumeContext) };
   }
 
@@ -499,7 +504,7 @@ export class EbsController {
     return zones;
   }
 
-  async #waitAvailable(disk: Disk, ctx: RpcContext): Promise<Disk> {
+  async #waitAvailable(disk: Disk, name: string, ctx: RpcContext): Promise<Disk> {
     if (disk.state === "available" || disk.state === "in-use") return disk;
     return waitUntil(
       `volume ${disk.id} to become available`,
@@ -509,6 +514,8 @@ export class EbsController {
         if (current.state === "error") {
           // EC2 gives up on volumes it cannot create (e.g. a KMS key it may not use): don't leak them.
           await this.#ec2.deleteVolume(disk.id).catch(() => undefined);
+          // EC2 would answer the old token with the deleted volume: the retry needs a new one.
+          this.#tokenGenerations.set(name, (this.#tokenGenerations.get(name) ?? 0) + 1);
           throw internal(
             `volume ${disk.id} went to state "error" (check kmsKeyId and quotas); it was deleted`,
           );
