@@ -30,6 +30,7 @@ import type {
   ValidateVolumeCapabilitiesResponse,
   VolumeCapability,
 } from "../csi/types.ts";
+import { checkMap, requireString } from "../csi/validate.ts";
 import type { Logger } from "../log.ts";
 import type { RpcContext } from "../server/rpc.ts";
 import { type AccessPoint, type Efs, isEfsError, mayHaveTakenEffect } from "./cloud.ts";
@@ -118,8 +119,10 @@ export function createEfsController(deps: EfsControllerDeps) {
   }
 
   async function createVolume(req: CreateVolumeRequest, ctx: RpcContext): Promise<CreatedVolume> {
-    const name = req.name;
-    if (!name) throw invalidArgument("name", "required");
+    const name = requireString(req.name, "name");
+    checkMap(req.parameters, "parameters");
+    checkMap(req.mutable_parameters, "mutable_parameters");
+    checkMap(req.secrets, "secrets");
     checkCapabilities(req.volume_capabilities);
     const capacity = requestedCapacity(req.capacity_range);
     if (req.volume_content_source) {

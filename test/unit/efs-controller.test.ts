@@ -450,6 +450,17 @@ describe("DeleteVolume", () => {
     expect(accessPointOf(volume.volume_id).posixUser).toEqual({ uid: 1000, gid: 1000 });
   });
 
+  it.each([
+    [{ name: "x".repeat(129) }, /^name: 129 bytes/],
+    [{ parameters: { provisioningMode: "efs-ap", big: "x".repeat(5000) } }, /^parameters: .*4 KiB/],
+  ])("refuses %# with INVALID_ARGUMENT naming the field, as for EBS", async (over, message) => {
+    const res = await codeOf(
+      controller().CreateVolume({ ...createRequest("pvc-limits"), ...over } as never, ctx),
+    );
+    expect(res.code).toBe(status.INVALID_ARGUMENT);
+    expect(res.message).toMatch(message);
+  });
+
   describe("with --delete-access-point-root-dir", () => {
     it("deletes the root directory, then the access point", async () => {
       const c = controller({ deleteAccessPointRootDir: true });
