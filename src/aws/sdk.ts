@@ -101,6 +101,25 @@ export const awsRequestId = (err: unknown): string | undefined => fields(err).$m
 
 export const awsHttpStatus = (err: unknown): number | undefined => fields(err).$metadata?.httpStatusCode;
 
+/** Node.js codes and SDK timeouts of a request that never got an answer. */
+const TRANSIENT_CODES = new Set([
+  "ECONNREFUSED",
+  "ECONNRESET",
+  "EPIPE",
+  "ETIMEDOUT",
+  "EHOSTUNREACH",
+  "ENETUNREACH",
+  "ENOTFOUND",
+  "EAI_AGAIN",
+  "TimeoutError",
+  "RequestTimeout",
+]);
+
+/** A failure that says nothing about the request: no answer, or a 5xx. A later try may succeed. */
+export function isTransientError(err: unknown): boolean {
+  return TRANSIENT_CODES.has(awsErrorCode(err)) || (awsHttpStatus(err) ?? 0) >= 500;
+}
+
 export function isThrottlingError(err: unknown): boolean {
   return awsHttpStatus(err) === 429 || THROTTLING_CODES.has(awsErrorCode(err));
 }

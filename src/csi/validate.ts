@@ -66,7 +66,8 @@ export interface CheckedCapability {
   volumeMountGroup: string;
 }
 
-const ACCESS_MODES: readonly string[] = [
+/** Every access mode of the CSI spec. */
+export const ACCESS_MODES: readonly AccessMode[] = [
   "SINGLE_NODE_WRITER",
   "SINGLE_NODE_READER_ONLY",
   "MULTI_NODE_READER_ONLY",
@@ -85,7 +86,7 @@ export function checkCapabilityShape(cap: VolumeCapability | null, field: string
   if (!cap) throw invalidArgument(field, "required");
   const mode = cap.access_mode?.mode as unknown;
   if (!cap.access_mode || mode === "UNKNOWN") throw invalidArgument(`${field}.access_mode.mode`, "required");
-  if (!ACCESS_MODES.includes(mode as string)) {
+  if (!ACCESS_MODES.includes(mode as AccessMode)) {
     throw invalidArgument(
       `${field}.access_mode.mode`,
       `${String(mode)} is not an access mode of the CSI spec`,

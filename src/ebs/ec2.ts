@@ -25,7 +25,7 @@ import {
   type VolumeModification,
 } from "@aws-sdk/client-ec2";
 import DataLoader from "dataloader";
-import { awsErrorCode, awsHttpStatus, isThrottlingError } from "../aws/sdk.ts";
+import { awsErrorCode, isThrottlingError, isTransientError } from "../aws/sdk.ts";
 import { currentCallSignal } from "../call-scope.ts";
 import type { Logger } from "../log.ts";
 import {
@@ -496,21 +496,7 @@ const ERROR_KINDS: Record<string, CloudErrorKind> = {
   InternalError: "Unavailable",
   ServiceUnavailable: "Unavailable",
   Unavailable: "Unavailable",
-  TimeoutError: "Unavailable",
-  RequestTimeout: "Unavailable",
 };
-
-/** Node.js codes of a request that never got an answer. */
-const NETWORK_CODES = new Set([
-  "ECONNREFUSED",
-  "ECONNRESET",
-  "EPIPE",
-  "ETIMEDOUT",
-  "EHOSTUNREACH",
-  "ENETUNREACH",
-  "ENOTFOUND",
-  "EAI_AGAIN",
-]);
 
 /** EC2 says InvalidParameterValue for some malformed ids, e.g. `Invalid id: "x" (expecting "vol-...")`. */
 const MALFORMED_ID = /invalid id: .*\(expecting "(vol|i|snap)-/i;
@@ -529,6 +515,6 @@ function errorKind(err: unknown, code: string, message: string): CloudErrorKind 
   const known = ERROR_KINDS[code];
   if (known) return known;
   if (isThrottlingError(err)) return "Throttled";
-  if (NETWORK_CODES.has(code) || (awsHttpStatus(err) ?? 0) >= 500) return "Unavailable";
+  if (isTransientError(err)) return "Unavailable";
   return "Other";
 }

@@ -275,7 +275,7 @@ export class EbsNode {
     }
     const [stats, condition] = await Promise.all([
       fsStats(volumePath).catch(() => undefined),
-      checkFilesystemCondition(volumePath, { readOnlyRequested: mount.mountOptions.includes("ro") }),
+      checkFilesystemCondition(volumePath, { readOnlyRequested: mount.mountOptions.includes("ro"), mount }),
     ]);
     if (!stats) {
       const message = condition.abnormal ? condition.message : `statfs of ${volumePath} failed`;

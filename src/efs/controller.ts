@@ -36,7 +36,7 @@ import type { RpcContext } from "../server/rpc.ts";
 import { type AccessPoint, type Efs, isEfsError, mayHaveTakenEffect } from "./cloud.ts";
 import { type Fresh, FreshCalls } from "./fresh-calls.ts";
 import { GidAllocator, type GidReservation } from "./gid.ts";
-import { formatVolumeHandle, parseVolumeHandle, type VolumeHandle } from "./handle.ts";
+import { formatVolumeHandle, tryParseVolumeHandle, type VolumeHandle } from "./handle.ts";
 import {
   clientTokenFor,
   matchesRootDirectory,
@@ -229,7 +229,7 @@ export function createEfsController(deps: EfsControllerDeps) {
 
   async function deleteVolume(req: DeleteVolumeRequest, ctx: RpcContext): Promise<DeleteVolumeResponse> {
     if (!req.volume_id) throw invalidArgument("volume_id", "required");
-    const handle = tryParseHandle(req.volume_id);
+    const handle = tryParseVolumeHandle(req.volume_id);
     if (!handle) {
       ctx.log.info({ volumeId: req.volume_id }, "not an EFS volume handle: nothing to delete");
       return {};
@@ -338,7 +338,7 @@ export function createEfsController(deps: EfsControllerDeps) {
     const capacity = requestedCapacity(req.capacity_range);
     if (capacity === 0) throw invalidArgument("capacity_range", "set required_bytes or limit_bytes");
     if (req.volume_capability) checkCapabilities([req.volume_capability]);
-    const handle = tryParseHandle(req.volume_id);
+    const handle = tryParseVolumeHandle(req.volume_id);
     const grown = { capacity_bytes: capacity, node_expansion_required: false };
     if (!handle?.accessPointId) {
       await checkVolumeExists(req.volume_id);
@@ -386,7 +386,7 @@ export function createEfsController(deps: EfsControllerDeps) {
 
   /** NOT_FOUND unless the handle's access point, or for a static volume its file system, exists. */
   async function checkVolumeExists(volumeId: string): Promise<void> {
-    const handle = tryParseHandle(volumeId);
+    const handle = tryParseVolumeHandle(volumeId);
     if (!handle) throw notFound(`volume ${volumeId} does not exist: it is not an EFS volume handle`);
     if (handle.accessPointId) {
       if (!(await describeAccessPoint(handle))) {
@@ -479,15 +479,6 @@ const volumeOf = (
 function settleReservation(reservation: GidReservation | undefined, err: unknown): void {
   if (mayHaveTakenEffect(err)) reservation?.keep();
   else reservation?.release();
-}
-
-function tryParseHandle(volumeId: string): VolumeHandle | undefined {
-  try {
-    return parseVolumeHandle(volumeId);
-  } catch (err) {
-    if (err instanceof CsiError) return undefined;
-    throw err;
-  }
 }
 
 /**

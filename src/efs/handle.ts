@@ -11,7 +11,7 @@
  * paths (`fs-x:a/b/` mounts `/a/b`) and a mount-target DNS name in place of the file system id.
  */
 import { posix } from "node:path";
-import { invalidArgument } from "../csi/errors.ts";
+import { CsiError, invalidArgument } from "../csi/errors.ts";
 
 export interface VolumeHandle {
   fileSystemId: string;
@@ -78,4 +78,14 @@ export function formatVolumeHandle(h: {
   const path = h.path === undefined || h.path === "/" ? "" : h.path;
   if (h.accessPointId) return `${h.fileSystemId}:${path}:${h.accessPointId}`;
   return path ? `${h.fileSystemId}:${path}` : h.fileSystemId;
+}
+
+/** The parsed handle, or undefined when it is not an EFS volume handle (CSI calls that must answer OK or NOT_FOUND for it). */
+export function tryParseVolumeHandle(volumeId: string): VolumeHandle | undefined {
+  try {
+    return parseVolumeHandle(volumeId);
+  } catch (err) {
+    if (err instanceof CsiError) return undefined;
+    throw err;
+  }
 }

@@ -11,6 +11,7 @@ import { posix } from "node:path";
 import { failedPrecondition, invalidArgument } from "../csi/errors.ts";
 import type { MountEntry } from "../host/mounts.ts";
 import { hasControlCharacter, isAccessPointId, type VolumeHandle } from "./handle.ts";
+import { parseGoBool } from "./params.ts";
 
 /** Where amazon-efs-utils installs its mount helper; `mount -t efs` runs it. */
 export const EFS_MOUNT_HELPER = "/sbin/mount.efs";
@@ -288,10 +289,10 @@ export function parseVolumeContext(context: Record<string, string>): VolumeConte
         out.path = posix.resolve(value);
         break;
       case "encryptintransit":
-        out.encryptInTransit = parseBool(field, value);
+        out.encryptInTransit = parseGoBool(field, value);
         break;
       case "crossaccount":
-        out.crossAccount = parseBool(field, value);
+        out.crossAccount = parseGoBool(field, value);
         break;
       case "mounttargetip":
         if (value.includes(",")) {
@@ -311,13 +312,6 @@ export function parseVolumeContext(context: Record<string, string>): VolumeConte
     }
   }
   return out;
-}
-
-/** Like Go's strconv.ParseBool, which the official driver uses for these keys. */
-function parseBool(field: string, value: string): boolean {
-  if (["1", "t", "T", "TRUE", "true", "True"].includes(value)) return true;
-  if (["0", "f", "F", "FALSE", "false", "False"].includes(value)) return false;
-  throw invalidArgument(field, `"${value}" is not true or false`);
 }
 
 /** One mount_flags entry may hold several options ("hard,timeo=600"); a quoted value (SELinux context="a,b") is one. */

@@ -23,6 +23,7 @@ import type {
   NodeUnpublishVolumeResponse,
 } from "../csi/types.ts";
 import {
+  ACCESS_MODES,
   type AccessMode,
   type CapabilityRules,
   checkCapability,
@@ -39,7 +40,7 @@ import type { Logger } from "../log.ts";
 import type { RpcContext } from "../server/rpc.ts";
 import { CapacityCache } from "./capacity.ts";
 import type { Efs } from "./cloud.ts";
-import { parseVolumeHandle, type VolumeHandle } from "./handle.ts";
+import { parseVolumeHandle, tryParseVolumeHandle, type VolumeHandle } from "./handle.ts";
 import { EFS_MOUNT_HELPER, efsMountCommand, mountMismatch } from "./mount.ts";
 import { recordedCapacity } from "./tags.ts";
 import { measureUsage } from "./usage-walk.ts";
@@ -48,18 +49,7 @@ import { VolumeUsageTracker } from "./volume-usage.ts";
 /** The topology key of the node's zone (EFS itself is regional; One Zone file systems are not zoned here yet). */
 export const ZONE_KEY = "topology.kubernetes.io/zone";
 
-const CAPABILITY_RULES: CapabilityRules = {
-  modes: [
-    "SINGLE_NODE_WRITER",
-    "SINGLE_NODE_READER_ONLY",
-    "MULTI_NODE_READER_ONLY",
-    "MULTI_NODE_SINGLE_WRITER",
-    "MULTI_NODE_MULTI_WRITER",
-    "SINGLE_NODE_SINGLE_WRITER",
-    "SINGLE_NODE_MULTI_WRITER",
-  ],
-  block: false,
-};
+const CAPABILITY_RULES: CapabilityRules = { modes: ACCESS_MODES, block: false };
 const READER_ONLY_MODES = new Set<AccessMode>(["SINGLE_NODE_READER_ONLY", "MULTI_NODE_READER_ONLY"]);
 
 export interface EfsNodeOptions {
@@ -236,7 +226,7 @@ export class EfsNode {
   async NodeGetVolumeStats(req: NodeGetVolumeStatsRequest): Promise<NodeGetVolumeStatsResponse> {
     const volumeId = requireString(req.volume_id, "volume_id");
     const volumePath = requireString(req.volume_path, "volume_path", 4096);
-    const handle = tryParseHandle(volumeId);
+    const handle = tryParseVolumeHandle(volumeId);
     if (!handle) throw notFound(`volume ${volumeId} does not exist: it is not an EFS volume handle`);
     // csi-sanity sends a relative path and expects NOT_FOUND: nothing can be mounted at one.
     const entry =
@@ -330,15 +320,6 @@ async function isExecutable(path: string): Promise<boolean> {
     () => true,
     () => false,
   );
-}
-
-function tryParseHandle(volumeId: string): VolumeHandle | undefined {
-  try {
-    return parseVolumeHandle(volumeId);
-  } catch (err) {
-    if (err instanceof CsiError) return undefined;
-    throw err;
-  }
 }
 
 /**

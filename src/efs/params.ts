@@ -196,12 +196,17 @@ export function parseProvisioningParams(
   };
 }
 
-/** Like Go's strconv.ParseBool, which the official driver uses. */
-function parseBoolean(key: string, value: string): boolean {
+/**
+ * A boolean as Go's strconv.ParseBool reads it, as the official driver does for its parameters
+ * and volume attributes; `field` names it in the INVALID_ARGUMENT when it is neither.
+ */
+export function parseGoBool(field: string, value: string): boolean {
   if (["1", "t", "T", "TRUE", "true", "True"].includes(value)) return true;
   if (["0", "f", "F", "FALSE", "false", "False"].includes(value)) return false;
-  throw invalidArgument(`parameter ${key}`, `"${value}" is not true or false`);
+  throw invalidArgument(field, `"${value}" is not true or false`);
 }
+
+const parseBoolean = (key: string, value: string): boolean => parseGoBool(`parameter ${key}`, value);
 
 function optionalBoolean(params: Record<string, string>, key: string): boolean | undefined {
   const value = params[key];

@@ -11,9 +11,9 @@ import {
 import {
   awsClientConfig,
   awsErrorCode,
-  awsHttpStatus,
   instrumentClient,
   isThrottlingError,
+  isTransientError,
 } from "../aws/sdk.ts";
 import type { Logger } from "../log.ts";
 import type { Metrics } from "../metrics.ts";
@@ -194,16 +194,6 @@ const KIND_BY_CODE: Record<string, EfsErrorKind> = {
   IncorrectFileSystemLifeCycleState: "FileSystemNotReady",
   InternalServerError: "Unavailable",
   DependencyTimeout: "Unavailable",
-  TimeoutError: "Unavailable",
-  RequestTimeout: "Unavailable",
-  ECONNRESET: "Unavailable",
-  ECONNREFUSED: "Unavailable",
-  EPIPE: "Unavailable",
-  ETIMEDOUT: "Unavailable",
-  EHOSTUNREACH: "Unavailable",
-  ENETUNREACH: "Unavailable",
-  ENOTFOUND: "Unavailable",
-  EAI_AGAIN: "Unavailable",
   // No credentials yet (e.g. a web identity token not mounted yet): the next call may find them.
   CredentialsProviderError: "Unavailable",
   TooManyRequests: "Throttled",
@@ -213,10 +203,9 @@ const KIND_BY_CODE: Record<string, EfsErrorKind> = {
 export function toEfsError(what: string, err: unknown): EfsError {
   if (err instanceof EfsError) return err;
   const code = awsErrorCode(err);
-  const status = awsHttpStatus(err);
   let kind = KIND_BY_CODE[code];
   if (!kind && isThrottlingError(err)) kind = "Throttled";
-  if (!kind && status !== undefined && status >= 500) kind = "Unavailable";
+  if (!kind && isTransientError(err)) kind = "Unavailable";
   const message = err instanceof Error ? err.message : String(err);
   const accessPointId =
     err !== null &&

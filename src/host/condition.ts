@@ -49,9 +49,12 @@ export function conditionFromMount(
  */
 export async function checkFilesystemCondition(
   mountPath: string,
-  opts: { readOnlyRequested?: boolean } = {},
+  opts: {
+    readOnlyRequested?: boolean /** The mount at mountPath, when the caller has read it already. */;
+    mount?: MountEntry;
+  } = {},
 ): Promise<FilesystemCondition> {
-  const top = (await findMountsAt(mountPath)).at(-1);
+  const top = opts.mount ?? (await findMountsAt(mountPath)).at(-1);
   if (!top) return { abnormal: true, message: `nothing is mounted at ${mountPath}` };
   try {
     await stat(mountPath);

@@ -35,3 +35,13 @@ export class CsiClient {
     for (const client of Object.values(this.#clients)) client.close();
   }
 }
+
+/** The gRPC error of a call that must fail; throws when it succeeds. */
+export async function callFailure(promise: Promise<unknown>): Promise<ServiceError> {
+  try {
+    await promise;
+  } catch (err) {
+    return err as ServiceError;
+  }
+  throw new Error("expected the call to fail, it succeeded");
+}

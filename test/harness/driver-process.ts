@@ -1,5 +1,6 @@
 import { type ChildProcess, spawn } from "node:child_process";
 import { existsSync } from "node:fs";
+import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { CsiClient } from "./csi-client.ts";
 
@@ -90,4 +91,45 @@ export class DriverProcess {
     clearTimeout(timer);
     return result;
   }
+}
+
+/** Cleanups of a test environment, run last-registered first (see registerCleanup). */
+export type Cleanups = (() => Promise<unknown>)[];
+
+/** Runs every cleanup even when some fail, then reports the failures together. */
+export async function runAll(cleanups: Cleanups): Promise<void> {
+  const errors: unknown[] = [];
+  for (const cleanup of cleanups.splice(0)) {
+    await cleanup().catch((err: unknown) => errors.push(err));
+  }
+  if (errors.length > 0) throw new AggregateError(errors, `cleanup failed: ${errors.map(String).join("; ")}`);
+}
+
+/**
+ * Starts the driver on `<dir>/csi.sock` as the tests run it (log level from DRIVER_LOG_LEVEL) and
+ * opens a client; both are closed by the cleanups, before anything registered earlier.
+ */
+export async function startDriverWithClient(
+  o: { dir: string; driver: "ebs" | "efs"; mode: string; args: string[]; env: Record<string, string> },
+  cleanups: Cleanups,
+): Promise<{ socketPath: string; driver: DriverProcess; client: CsiClient }> {
+  const socketPath = join(o.dir, "csi.sock");
+  const driver = new DriverProcess({
+    socketPath,
+    args: [
+      "--driver",
+      o.driver,
+      "--mode",
+      o.mode,
+      "--log-level",
+      process.env.DRIVER_LOG_LEVEL ?? "info",
+      ...o.args,
+    ],
+    env: o.env,
+  });
+  cleanups.unshift(() => driver.stop("SIGTERM"));
+  await driver.start();
+  const client = new CsiClient(socketPath);
+  cleanups.unshift(async () => client.close());
+  return { socketPath, driver, client };
 }

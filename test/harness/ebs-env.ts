@@ -4,8 +4,8 @@ import { join } from "node:path";
 import { DescribeVolumesCommand } from "@aws-sdk/client-ec2";
 import { listMounts, unmount } from "../../src/host/mounts.ts";
 import { type AttachSim, createAttachSim } from "./attach-sim.ts";
-import { CsiClient } from "./csi-client.ts";
-import { DriverProcess } from "./driver-process.ts";
+import type { CsiClient } from "./csi-client.ts";
+import { type DriverProcess, runAll, startDriverWithClient } from "./driver-process.ts";
 import { type FakeAws, startFakeAws } from "./fake-aws.ts";
 import { type Imds, startImds } from "./imds.ts";
 
@@ -63,26 +63,16 @@ export async function startEbsEnv(options: EbsEnvOptions): Promise<EbsEnv> {
       wireAttachSimulation(aws, sim, instanceId);
     }
 
-    const socketPath = join(dir, "csi.sock");
-    const driver = new DriverProcess({
-      socketPath,
-      args: [
-        "--driver",
-        "ebs",
-        "--mode",
-        options.mode,
-        "--device-dir",
-        byIdDir,
-        "--log-level",
-        process.env.DRIVER_LOG_LEVEL ?? "info",
-        ...(options.extraArgs ?? []),
-      ],
-      env: { ...aws.env, AWS_EC2_METADATA_SERVICE_ENDPOINT: imds.url },
-    });
-    cleanups.unshift(() => driver.stop("SIGTERM"));
-    await driver.start();
-    const client = new CsiClient(socketPath);
-    cleanups.unshift(async () => client.close());
+    const { socketPath, driver, client } = await startDriverWithClient(
+      {
+        dir,
+        driver: "ebs",
+        mode: options.mode,
+        args: ["--device-dir", byIdDir, ...(options.extraArgs ?? [])],
+        env: { ...aws.env, AWS_EC2_METADATA_SERVICE_ENDPOINT: imds.url },
+      },
+      cleanups,
+    );
 
     return {
       aws,
@@ -130,13 +120,4 @@ export async function unmountUnder(dir: string): Promise<void> {
   for (const m of mounts.sort((a, b) => b.mountPoint.length - a.mountPoint.length || b.id - a.id)) {
     await unmount(m.mountPoint).catch(() => undefined);
   }
-}
-
-/** Runs every cleanup even when some fail, then reports the failures together. */
-async function runAll(cleanups: (() => Promise<unknown>)[]): Promise<void> {
-  const errors: unknown[] = [];
-  for (const cleanup of cleanups.splice(0)) {
-    await cleanup().catch((err: unknown) => errors.push(err));
-  }
-  if (errors.length > 0) throw new AggregateError(errors, `cleanup failed: ${errors.map(String).join("; ")}`);
 }

@@ -8,8 +8,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { listMounts } from "../../src/host/mounts.ts";
-import { CsiClient } from "./csi-client.ts";
-import { DriverProcess } from "./driver-process.ts";
+import type { CsiClient } from "./csi-client.ts";
+import { type DriverProcess, runAll, startDriverWithClient } from "./driver-process.ts";
 import { unmountUnder } from "./ebs-env.ts";
 import { type FakeAws, startFakeAws } from "./fake-aws.ts";
 import type { FakeMountEfsConfig } from "./fake-mount-efs.ts";
@@ -166,25 +166,17 @@ export async function startEfsEnv(options: EfsEnvOptions = {}): Promise<EfsEnv> 
       );
     }
 
-    const socketPath = join(dir, "csi.sock");
-    const driver = new DriverProcess({
-      socketPath,
-      args: [
-        "--driver",
-        "efs",
-        "--mode",
-        options.mode ?? "all",
-        "--log-level",
-        process.env.DRIVER_LOG_LEVEL ?? "info",
-        ...(options.extraArgs ?? []),
-      ],
-      env: { ...aws.env, AWS_EC2_METADATA_SERVICE_ENDPOINT: imds.url, TMPDIR: join(dir, "tmp") },
-    });
     await mkdir(join(dir, "tmp"));
-    cleanups.unshift(() => driver.stop("SIGTERM"));
-    await driver.start();
-    const client = new CsiClient(socketPath);
-    cleanups.unshift(async () => client.close());
+    const { socketPath, driver, client } = await startDriverWithClient(
+      {
+        dir,
+        driver: "efs",
+        mode: options.mode ?? "all",
+        args: options.extraArgs ?? [],
+        env: { ...aws.env, AWS_EC2_METADATA_SERVICE_ENDPOINT: imds.url, TMPDIR: join(dir, "tmp") },
+      },
+      cleanups,
+    );
 
     return {
       aws,
@@ -214,13 +206,4 @@ async function removeUnmounted(dir: string): Promise<void> {
     );
   }
   await rm(dir, { recursive: true, force: true });
-}
-
-/** Runs every cleanup even when some fail, then reports the failures together. */
-async function runAll(cleanups: (() => Promise<unknown>)[]): Promise<void> {
-  const errors: unknown[] = [];
-  for (const cleanup of cleanups.splice(0)) {
-    await cleanup().catch((err: unknown) => errors.push(err));
-  }
-  if (errors.length > 0) throw new AggregateError(errors, `cleanup failed: ${errors.map(String).join("; ")}`);
 }

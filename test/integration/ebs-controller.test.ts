@@ -7,9 +7,9 @@ import {
   DescribeVolumesCommand,
   type Volume,
 } from "@aws-sdk/client-ec2";
-import { type ServiceError, status } from "@grpc/grpc-js";
+import { status } from "@grpc/grpc-js";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import type { Reply } from "../harness/csi-client.ts";
+import { callFailure as failure, type Reply } from "../harness/csi-client.ts";
 import { type EbsEnv, startEbsEnv } from "../harness/ebs-env.ts";
 
 const GiB = 1024 ** 3;
@@ -37,14 +37,6 @@ const controller = (method: string, request: object): Promise<Reply> =>
   env.client.call("Controller", method, request);
 
 /** The gRPC error of a call that must fail. */
-async function failure(promise: Promise<unknown>): Promise<ServiceError> {
-  try {
-    await promise;
-  } catch (err) {
-    return err as ServiceError;
-  }
-  throw new Error("expected the call to fail, it succeeded");
-}
 
 async function createVolume(name: string, sizeGiB = 1, parameters: Record<string, string> = {}) {
   const reply = await controller("CreateVolume", {

@@ -6,8 +6,9 @@ import { readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { DescribeVolumesCommand } from "@aws-sdk/client-ec2";
-import { type ServiceError, status } from "@grpc/grpc-js";
+import { status } from "@grpc/grpc-js";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { callFailure as failure } from "../harness/csi-client.ts";
 import { DriverProcess } from "../harness/driver-process.ts";
 import { type EbsEnv, startEbsEnv } from "../harness/ebs-env.ts";
 import { freePort } from "../harness/moto.ts";
@@ -39,15 +40,6 @@ let seq = 0;
 const uniqueName = (what: string) => `pvc-${what}-${process.pid}-${++seq}`;
 
 const controller = (method: string, request: object) => env.client.call("Controller", method, request);
-
-async function failure(promise: Promise<unknown>): Promise<ServiceError> {
-  try {
-    await promise;
-  } catch (err) {
-    return err as ServiceError;
-  }
-  throw new Error("expected the call to fail, it succeeded");
-}
 
 /** Polls until `check` holds; fails with `what` after 10 s. */
 async function until(what: string, check: () => boolean): Promise<void> {

@@ -4,14 +4,14 @@
 import { mkdtemp, readFile, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { type ServiceError, status } from "@grpc/grpc-js";
+import { status } from "@grpc/grpc-js";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { CsiError } from "../../src/csi/errors.ts";
 import { createLogger } from "../../src/log.ts";
 import { createMetrics } from "../../src/metrics.ts";
 import { InflightKeys } from "../../src/server/inflight.ts";
 import { type RunningServer, serveCsi } from "../../src/server/server.ts";
-import { CsiClient } from "../harness/csi-client.ts";
+import { CsiClient, callFailure as failure } from "../harness/csi-client.ts";
 
 const BUG_MESSAGE = "Cannot read properties of undefined (reading 'VolumeId') at /work/secret/path.ts";
 
@@ -64,15 +64,6 @@ afterAll(async () => {
   await server?.shutdown(1000);
   await rm(dir, { recursive: true, force: true });
 });
-
-async function failure(promise: Promise<unknown>): Promise<ServiceError> {
-  try {
-    await promise;
-  } catch (err) {
-    return err as ServiceError;
-  }
-  throw new Error("expected the call to fail, it succeeded");
-}
 
 const call = (method: string, request: object) => client.call("Controller", method, request, 10_000);
 
