@@ -5,6 +5,7 @@
  */
 import { randomUUID } from "node:crypto";
 import { posix } from "node:path";
+import { status } from "@grpc/grpc-js";
 import {
   aborted,
   alreadyExists,
@@ -28,9 +29,16 @@ import type {
   DeleteVolumeResponse,
   ValidateVolumeCapabilitiesRequest,
   ValidateVolumeCapabilitiesResponse,
-  VolumeCapability,
 } from "../csi/types.ts";
-import { checkMap, requireString } from "../csi/validate.ts";
+import {
+  ACCESS_MODES,
+  type CapabilityRules,
+  checkCapabilities,
+  checkCapability,
+  checkCapabilityShape,
+  checkMap,
+  requireString,
+} from "../csi/validate.ts";
 import type { Logger } from "../log.ts";
 import type { RpcContext } from "../server/rpc.ts";
 import { type AccessPoint, type Efs, isEfsError, mayHaveTakenEffect } from "./cloud.ts";
@@ -69,7 +77,8 @@ export interface EfsControllerDeps {
   newUuid?: () => string;
 }
 
-const SUPPORTED_FS_TYPES = new Set(["", "efs"]);
+/** Every access mode (EFS is shared storage), mount only; fs_type empty or "efs", as the official driver takes. */
+const CAPABILITY_RULES: CapabilityRules = { modes: ACCESS_MODES, block: false, fsTypes: ["efs"] };
 
 /** A CreateVolumeResponse with every field set. */
 export interface CreatedVolume {
@@ -123,7 +132,7 @@ export function createEfsController(deps: EfsControllerDeps) {
     checkMap(req.parameters, "parameters");
     checkMap(req.mutable_parameters, "mutable_parameters");
     checkMap(req.secrets, "secrets");
-    checkCapabilities(req.volume_capabilities);
+    checkCapabilities(req.volume_capabilities, "volume_capabilities", CAPABILITY_RULES);
     const capacity = requestedCapacity(req.capacity_range);
     if (req.volume_content_source) {
       throw invalidArgument(
@@ -311,9 +320,18 @@ export function createEfsController(deps: EfsControllerDeps) {
   ): Promise<ValidateVolumeCapabilitiesResponse> {
     if (!req.volume_id) throw invalidArgument("volume_id", "required");
     if (req.volume_capabilities.length === 0) throw invalidArgument("volume_capabilities", "required");
+    // Malformed capabilities are the caller's mistake; well-formed but unsupported ones go unconfirmed.
+    req.volume_capabilities.forEach((cap, i) => {
+      checkCapabilityShape(cap, `volume_capabilities[${i}]`);
+    });
     await checkVolumeExists(req.volume_id);
-    const problem = capabilitiesProblem(req.volume_capabilities);
-    if (problem) return { confirmed: null, message: problem };
+    try {
+      checkCapabilities(req.volume_capabilities, "volume_capabilities", CAPABILITY_RULES);
+    } catch (err) {
+      if (err instanceof CsiError && err.code === status.INVALID_ARGUMENT)
+        return { confirmed: null, message: err.message };
+      throw err;
+    }
     return {
       confirmed: {
         volume_context: req.volume_context,
@@ -337,7 +355,7 @@ export function createEfsController(deps: EfsControllerDeps) {
     if (!req.capacity_range) throw invalidArgument("capacity_range", "required");
     const capacity = requestedCapacity(req.capacity_range);
     if (capacity === 0) throw invalidArgument("capacity_range", "set required_bytes or limit_bytes");
-    if (req.volume_capability) checkCapabilities([req.volume_capability]);
+    if (req.volume_capability) checkCapability(req.volume_capability, "volume_capability", CAPABILITY_RULES);
     const handle = tryParseVolumeHandle(req.volume_id);
     const grown = { capacity_bytes: capacity, node_expansion_required: false };
     if (!handle?.accessPointId) {
@@ -508,25 +526,6 @@ const isBelow = (path: string, dir: string): boolean =>
   isSameOrBelow(path, dir) && posix.resolve("/", path) !== posix.resolve("/", dir);
 
 /** Access modes: all (EFS is NFS, any number of nodes may mount it, read-only or not); mount access only. */
-function capabilitiesProblem(caps: VolumeCapability[]): string | undefined {
-  for (const cap of caps) {
-    if (cap.block || cap.access_type === "block")
-      return "EFS volumes are file systems: block access is not supported";
-    if (!cap.mount) return "each capability needs an access type: mount";
-    const mode = cap.access_mode?.mode;
-    if (!mode || mode === "UNKNOWN") return "each capability needs an access mode";
-    if (!SUPPORTED_FS_TYPES.has(cap.mount.fs_type)) {
-      return `fs_type "${cap.mount.fs_type}" is not supported: leave it empty or set efs`;
-    }
-  }
-  return undefined;
-}
-
-function checkCapabilities(caps: VolumeCapability[]): void {
-  if (caps.length === 0) throw invalidArgument("volume_capabilities", "required");
-  const problem = capabilitiesProblem(caps);
-  if (problem) throw invalidArgument("volume_capabilities", problem);
-}
 
 /** EFS is elastic: the size is what was asked for (required, else limit), 0 (unknown) when nothing was. */
 function requestedCapacity(range: CapacityRange | null): number {

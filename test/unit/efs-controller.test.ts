@@ -319,7 +319,13 @@ describe("CreateVolume", () => {
       "an unknown mode",
       createRequestLazy("v", {}, { volume_capabilities: [mountCap("UNKNOWN")] }),
       status.INVALID_ARGUMENT,
-      "access mode",
+      "volume_capabilities[0].access_mode.mode",
+    ],
+    [
+      "a mode the spec does not have",
+      createRequestLazy("v", {}, { volume_capabilities: [mountCap(99 as never)] }),
+      status.INVALID_ARGUMENT,
+      "volume_capabilities[0].access_mode.mode: 99",
     ],
     [
       "fs_type ext4",
@@ -561,6 +567,12 @@ describe("ValidateVolumeCapabilities", () => {
     const res = await c.ValidateVolumeCapabilities(validate(volume.volume_id, [blockCap()]));
     expect(res.confirmed).toBeNull();
     expect(res.message).toContain("block");
+    // A capability the spec does not know is the caller's mistake, as for EBS.
+    const malformed = await codeOf(
+      c.ValidateVolumeCapabilities(validate(volume.volume_id, [mountCap(99 as never)])),
+    );
+    expect(malformed.code).toBe(status.INVALID_ARGUMENT);
+    expect(malformed.message).toContain("volume_capabilities[0].access_mode.mode");
   });
 
   it("answers NOT_FOUND for volumes that do not exist", async () => {
