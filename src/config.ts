@@ -1,3 +1,4 @@
+import path from "node:path";
 import { parseArgs } from "node:util";
 
 export type DriverKind = "ebs" | "efs";
@@ -26,6 +27,8 @@ export interface Options {
   instanceType: string | undefined;
   kubeNodeName: string | undefined;
   deviceDir: string;
+  /** The kubelet's root directories (realpath not yet taken): the node touches nothing outside them. */
+  kubeletDirs: string[];
   shutdownTimeoutMs: number;
   deleteAccessPointRootDir: boolean;
   efsUsageRefreshMs: number;
@@ -81,6 +84,11 @@ export const FLAGS: Record<string, FlagSpec> = {
   "instance-type": { type: "string", help: "instance type, used when metadata and Kubernetes give none" },
   "kube-node-name": { type: "string", env: "CSI_NODE_NAME", help: "Kubernetes Node to read metadata from" },
   "device-dir": { type: "string", default: "/dev/disk/by-id", help: "where EBS device links appear" },
+  "kubelet-dir": {
+    type: "string",
+    default: "/var/lib/kubelet",
+    help: "the kubelet's root directory; the node plugin mounts and deletes nothing outside it (a comma-separated list for several)",
+  },
   "shutdown-timeout": { type: "string", default: "30", help: "seconds in-flight calls get after SIGTERM" },
   "delete-access-point-root-dir": {
     type: "boolean",
@@ -186,6 +194,7 @@ export function parseCommandLine(argv: string[], env: NodeJS.ProcessEnv): Parsed
       instanceType: str("instance-type") || undefined,
       kubeNodeName: str("kube-node-name") || undefined,
       deviceDir: str("device-dir")!,
+      kubeletDirs: parseKubeletDirs(str("kubelet-dir")!),
       shutdownTimeoutMs: parseInteger("--shutdown-timeout", str("shutdown-timeout")!, 0, 3600) * 1000,
       deleteAccessPointRootDir: values["delete-access-point-root-dir"] === true,
       efsUsageRefreshMs:
@@ -228,6 +237,20 @@ export function parseTags(flag: string, value: string): Record<string, string> {
     tags[key] = item.slice(eq + 1).trim();
   }
   return tags;
+}
+
+function parseKubeletDirs(value: string): string[] {
+  const dirs = value
+    .split(",")
+    .map((s) => s.trim())
+    .filter((s) => s !== "");
+  if (dirs.length === 0) throw new ConfigError("--kubelet-dir must name at least one directory");
+  for (const dir of dirs) {
+    if (!dir.startsWith("/") || dir === "/" || path.posix.normalize(dir).replace(/\/$/, "") !== dir) {
+      throw new ConfigError(`--kubelet-dir: "${dir}" must be an absolute, normalized path other than "/"`);
+    }
+  }
+  return dirs;
 }
 
 function parseBool(flag: string, value: string): boolean {

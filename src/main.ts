@@ -1,4 +1,6 @@
 #!/usr/bin/env node
+// First: sizes the thread pool before anything uses it.
+import "./thread-pool.ts";
 import { readFileSync } from "node:fs";
 import { ConfigError, helpText, type Options, parseCommandLine } from "./config.ts";
 import { identityService } from "./csi/identity.ts";
@@ -56,6 +58,9 @@ async function serve(options: Options): Promise<void> {
       process.exit(1);
     });
   process.on("SIGTERM", () => void onSignal("SIGTERM"));
+  // Memory tests compare RSS after a full collection: started with --expose-gc, SIGUSR2 runs one.
+  const gc = (globalThis as { gc?: () => void }).gc;
+  if (gc) process.on("SIGUSR2", () => gc());
   process.on("SIGINT", () => void onSignal("SIGINT"));
 }
 

@@ -34,5 +34,16 @@ export const statusName = (code: status): string => status[code] ?? String(code)
 /** A failure of the machine or a command, for the caller: INTERNAL with what was being done. */
 export function asInternal(err: unknown, what: string): CsiError {
   if (err instanceof CsiError) return err;
+  const timedOut = asTimeout(err);
+  if (timedOut) return timedOut;
   return internal(`${what}: ${err instanceof Error ? err.message : String(err)}`);
+}
+
+/**
+ * A host call that did not return in time (src/host/bounded.ts), as the caller sees it: UNAVAILABLE,
+ * so kubelet retries, with what hung. Matched by name: the CSI layer does not import the host's.
+ */
+export function asTimeout(err: unknown): CsiError | undefined {
+  if (!(err instanceof Error) || err.name !== "HostTimeoutError") return undefined;
+  return unavailable(`${err.message}: the filesystem or device does not answer`);
 }

@@ -1,4 +1,4 @@
-import { invalidPathReason } from "../host/paths.ts";
+import { type KubeletDirs, MAX_PATH_BYTES } from "../host/paths.ts";
 import { invalidArgument } from "./errors.ts";
 import type { VolumeCapability } from "./types.ts";
 
@@ -28,12 +28,26 @@ export function checkString(value: string, field: string, maxBytes = MAX_STRING_
   if (value.includes("\0")) throw invalidArgument(field, "contains a NUL character");
 }
 
-/** A kubelet path (target_path, staging_target_path): absolute and normalized, or INVALID_ARGUMENT. */
-export function requirePath(value: string | undefined, field: string): string {
-  const path = requireString(value, field, 4096);
-  const reason = invalidPathReason(path);
+/**
+ * A kubelet path (target_path, staging_target_path), judged from the string alone: absolute,
+ * normalized, at most PATH_MAX - 1 bytes, below the kubelet directory; else INVALID_ARGUMENT.
+ * Call `confinePath` before touching it.
+ */
+export function requirePath(value: string | undefined, field: string, dirs: KubeletDirs): string {
+  const path = requireString(value, field, MAX_PATH_BYTES);
+  const reason = dirs.lexicalReason(path);
   if (reason) throw invalidArgument(field, reason);
   return path;
+}
+
+/**
+ * The path with its existing directories resolved, after checking that no symbolic link in it
+ * leads out of the kubelet directory (INVALID_ARGUMENT naming the field when one does).
+ */
+export async function confinePath(path: string, field: string, dirs: KubeletDirs): Promise<string> {
+  const confined = await dirs.confine(path);
+  if (!confined.ok) throw invalidArgument(field, confined.reason);
+  return confined.path;
 }
 
 /** A map field (parameters, secrets, volume_context...): at most 4 KiB of keys and values. */

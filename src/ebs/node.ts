@@ -1,5 +1,5 @@
-import { mkdir, readdir, readFile, realpath, stat, writeFile } from "node:fs/promises";
-import { basename, dirname, join } from "node:path";
+import { readdir, readFile, realpath, stat } from "node:fs/promises";
+import { basename, join } from "node:path";
 import { status } from "@grpc/grpc-js";
 import { waitUntil } from "../backoff.ts";
 import type { Options } from "../config.ts";
@@ -31,6 +31,7 @@ import {
   type CapabilityRules,
   checkCapability,
   checkMap,
+  confinePath,
   requirePath,
   requireString,
 } from "../csi/validate.ts";
@@ -45,6 +46,7 @@ import {
   resizeFilesystem,
   safeFormatAndMount,
 } from "../host/blockdev.ts";
+import { bounded } from "../host/bounded.ts";
 import { checkFilesystemCondition } from "../host/condition.ts";
 import {
   bindMount,
@@ -55,7 +57,13 @@ import {
   splitDevNumber,
   unmountAll,
 } from "../host/mounts.ts";
-import { invalidPathReason } from "../host/paths.ts";
+import { KubeletDirs, MAX_PATH_BYTES, makeDirectories, makeFile } from "../host/paths.ts";
+import {
+  createReadOnlyDevice,
+  findReadOnlyView,
+  releaseReadOnlyDevice,
+  releaseUnusedReadOnlyDevices,
+} from "../host/readonly-block.ts";
 import type { Logger } from "../log.ts";
 import type { InstanceMetadata } from "../metadata.ts";
 import type { RpcContext } from "../server/rpc.ts";
@@ -91,6 +99,8 @@ export interface EbsNodeOptions {
   maxVolumesPerNode: number;
   instanceId: string;
   zone: string;
+  /** The only place where the node creates, mounts or deletes anything. */
+  kubeletDirs: KubeletDirs;
 }
 
 /** The EBS node service: finds attached disks, formats them safely, mounts them for kubelet. */
@@ -124,13 +134,14 @@ export class EbsNode {
 
   async NodeStageVolume(req: NodeStageVolumeRequest, ctx: RpcContext): Promise<NodeStageVolumeResponse> {
     const volumeId = requireString(req.volume_id, "volume_id");
-    const stagingPath = requirePath(req.staging_target_path, "staging_target_path");
+    const stagingField = requirePath(req.staging_target_path, "staging_target_path", this.#o.kubeletDirs);
     const cap = checkCapability(req.volume_capability, "volume_capability", CAPABILITY_RULES);
     const context = checkMap(req.volume_context, "volume_context");
     const publishContext = checkMap(req.publish_context, "publish_context");
     checkMap(req.secrets, "secrets");
     // Raw block volumes are published straight from the device: nothing to format or mount here.
     if (cap.block) return {};
+    const stagingPath = await confinePath(stagingField, "staging_target_path", this.#o.kubeletDirs);
 
     const device = await this.#waitForDevice(volumeId, publishContext.devicePath);
     const fsType = resolveFsType(cap.fsType, context);
@@ -148,8 +159,8 @@ export class EbsNode {
 
     const mkfs = mkfsArgsFromVolumeContext(fsType, context);
     if (!mkfs.ok) throw invalidArgument(`volume_context.${mkfs.key}`, mkfs.reason);
-    await mkdir(stagingPath, { recursive: true });
     try {
+      await makeDirectories(stagingPath);
       const result = await safeFormatAndMount(device, stagingPath, fsType, cap.mountFlags, mkfs.args);
       ctx.log.info({ volumeId, device, stagingPath, fsType, formatted: result.formatted }, "staged");
     } catch (err) {
@@ -167,10 +178,25 @@ export class EbsNode {
     ctx: RpcContext,
   ): Promise<NodeUnstageVolumeResponse> {
     const volumeId = requireString(req.volume_id, "volume_id");
-    const stagingPath = requirePath(req.staging_target_path, "staging_target_path");
+    const stagingField = requirePath(req.staging_target_path, "staging_target_path", this.#o.kubeletDirs);
+    const stagingPath = await confinePath(stagingField, "staging_target_path", this.#o.kubeletDirs);
     const count = await unmountAll(stagingPath).catch((err) => {
       throw asInternal(err, `unstaging volume ${volumeId}`);
     });
+    // A read-only view of a block volume holds its device open: none may outlive the staging.
+    const device = VOLUME_ID.test(volumeId) ? await this.#findDevice(volumeId, undefined) : undefined;
+    if (device) {
+      const inUse = (
+        await releaseUnusedReadOnlyDevices(device).catch((err) => {
+          throw asInternal(err, `releasing read-only views of volume ${volumeId}`);
+        })
+      ).filter((r) => !r.detached);
+      if (inUse.length > 0) {
+        throw failedPrecondition(
+          `volume_id ${volumeId}: still published read-only through ${inUse.map((r) => r.view).join(", ")}`,
+        );
+      }
+    }
     if (count > 0) ctx.log.info({ volumeId, stagingPath }, "unstaged");
     return {};
   }
@@ -180,18 +206,23 @@ export class EbsNode {
     ctx: RpcContext,
   ): Promise<NodePublishVolumeResponse> {
     const volumeId = requireString(req.volume_id, "volume_id");
-    const targetPath = requirePath(req.target_path, "target_path");
+    const dirs = this.#o.kubeletDirs;
+    const targetField = requirePath(req.target_path, "target_path", dirs);
     const cap = checkCapability(req.volume_capability, "volume_capability", CAPABILITY_RULES);
     const publishContext = checkMap(req.publish_context, "publish_context");
     checkMap(req.volume_context, "volume_context");
     checkMap(req.secrets, "secrets");
     const readOnly = req.readonly === true || cap.mode === "SINGLE_NODE_READER_ONLY";
+    const stagingField = cap.block
+      ? undefined
+      : requirePath(req.staging_target_path, "staging_target_path", dirs);
+    const targetPath = await confinePath(targetField, "target_path", dirs);
 
     let source: string;
-    if (cap.block) {
+    if (!stagingField) {
       source = await this.#waitForDevice(volumeId, publishContext.devicePath);
     } else {
-      source = requirePath(req.staging_target_path, "staging_target_path");
+      source = await confinePath(stagingField, "staging_target_path", dirs);
       if (!(await findMountsAt(source)).length) {
         throw failedPrecondition(`staging_target_path ${source}: volume ${volumeId} is not staged there`);
       }
@@ -201,16 +232,21 @@ export class EbsNode {
     if (existing) {
       // A block volume is published as a device node, a filesystem as a directory: the same
       // device in the other form is another capability, so ALREADY_EXISTS as well.
-      const publishedAsBlock = (await stat(targetPath)).isBlockDevice();
+      const publishedAsBlock = (await bounded(`stat ${targetPath}`, () => stat(targetPath))).isBlockDevice();
       const sourceEntry = cap.block ? undefined : (await findMountsAt(source)).at(-1);
+      // A read-only block publication shows a read-only view of the device, not the device.
+      const view = cap.block ? await findReadOnlyView(targetPath) : undefined;
       const sameSource =
         publishedAsBlock === cap.block &&
         (cap.block
-          ? await sameDeviceNumber(existing, source)
+          ? view
+            ? view.deviceRdev === (await bounded(`stat ${source}`, () => stat(source, { bigint: true }))).rdev
+            : await sameDeviceNumber(existing, source)
           : sourceEntry !== undefined &&
             existing.major === sourceEntry.major &&
             existing.minor === sourceEntry.minor);
-      const publishedReadOnly = existing.mountOptions.includes("ro");
+      // A plain read-only bind of a device node can still be written to: not a read-only publication.
+      const publishedReadOnly = existing.mountOptions.includes("ro") && (!cap.block || view !== undefined);
       if (sameSource && publishedReadOnly === readOnly) return {};
       throw alreadyExists(
         `target_path ${targetPath}: already published ${sameSource ? (publishedReadOnly ? "read-only" : "read-write") : `${publishedAsBlock ? "as a block device" : "as a filesystem"} from another source or capability`}`,
@@ -219,15 +255,19 @@ export class EbsNode {
     if (cap.mode === "SINGLE_NODE_SINGLE_WRITER")
       await this.#checkSingleWriter(volumeId, source, cap.block, targetPath);
 
+    // A read-only bind mount does not stop writes to a device node: a read-only view of it does.
+    const view =
+      cap.block && readOnly
+        ? await createReadOnlyDevice(source).catch((err) => {
+            throw asInternal(err, `making a read-only view of ${source}`);
+          })
+        : undefined;
     try {
-      if (cap.block) {
-        await mkdir(dirname(targetPath), { recursive: true });
-        await writeFile(targetPath, "", { flag: "a" });
-      } else {
-        await mkdir(targetPath, { recursive: true });
-      }
-      await bindMount(source, targetPath, { readOnly, options: cap.block ? [] : cap.mountFlags });
+      if (cap.block) await makeFile(targetPath);
+      else await makeDirectories(targetPath);
+      await bindMount(view ?? source, targetPath, { readOnly, options: cap.block ? [] : cap.mountFlags });
     } catch (err) {
+      if (view) await releaseReadOnlyDevice(view).catch(() => undefined);
       throw asInternal(err, `publishing volume ${volumeId} at ${targetPath}`);
     }
     ctx.log.info({ volumeId, targetPath, readOnly, block: cap.block }, "published");
@@ -239,9 +279,19 @@ export class EbsNode {
     ctx: RpcContext,
   ): Promise<NodeUnpublishVolumeResponse> {
     const volumeId = requireString(req.volume_id, "volume_id");
-    const targetPath = requirePath(req.target_path, "target_path");
+    const targetField = requirePath(req.target_path, "target_path", this.#o.kubeletDirs);
+    const targetPath = await confinePath(targetField, "target_path", this.#o.kubeletDirs);
     try {
+      const published = await findMountsAt(targetPath);
       const count = await unmountAll(targetPath);
+      for (const entry of published) {
+        const released = await releaseReadOnlyDevice(entry);
+        if (released && !released.detached)
+          ctx.log.warn(
+            { volumeId, view: released.view, usedBy: released.usedBy },
+            "read-only view still in use",
+          );
+      }
       await removeMountTarget(targetPath);
       if (count > 0) ctx.log.info({ volumeId, targetPath }, "unpublished");
     } catch (err) {
@@ -252,8 +302,11 @@ export class EbsNode {
 
   async NodeGetVolumeStats(req: NodeGetVolumeStatsRequest): Promise<NodeGetVolumeStatsResponse> {
     const volumeId = requireString(req.volume_id, "volume_id");
-    const volumePath = requireString(req.volume_path, "volume_path", 4096);
-    const { mount, device } = await this.#findPublished(volumeId, volumePath);
+    const {
+      path: volumePath,
+      mount,
+      device,
+    } = await this.#findPublished(volumeId, requireString(req.volume_path, "volume_path", MAX_PATH_BYTES));
     if (!device) {
       return {
         usage: [],
@@ -265,7 +318,7 @@ export class EbsNode {
     }
     // On a filesystem the kernel shut down, stat and even statfs may fail (EIO): that is what
     // VOLUME_CONDITION must report, not an error of this call.
-    const info = await stat(volumePath).catch(() => undefined);
+    const info = await bounded(`stat ${volumePath}`, () => stat(volumePath)).catch(() => undefined);
     if (info?.isBlockDevice()) {
       const total = await deviceSizeBytes(volumePath);
       return {
@@ -292,12 +345,12 @@ export class EbsNode {
 
   async NodeExpandVolume(req: NodeExpandVolumeRequest, ctx: RpcContext): Promise<NodeExpandVolumeResponse> {
     const volumeId = requireString(req.volume_id, "volume_id");
-    const volumePath = requireString(req.volume_path, "volume_path", 4096);
+    const volumePathField = requireString(req.volume_path, "volume_path", MAX_PATH_BYTES);
     const cap = req.volume_capability
       ? checkCapability(req.volume_capability, "volume_capability", CAPABILITY_RULES)
       : undefined;
     const required = Number(req.capacity_range?.required_bytes ?? 0);
-    const { mount, device } = await this.#findPublished(volumeId, volumePath);
+    const { path: volumePath, mount, device } = await this.#findPublished(volumeId, volumePathField);
     if (!device) throw notFound(`volume_id ${volumeId}: no block device is attached for it`);
     const deviceBytes = await deviceSizeBytes(device);
     if (required > deviceBytes) {
@@ -307,7 +360,7 @@ export class EbsNode {
         `volume_id ${volumeId}: the device is ${deviceBytes} bytes, not yet ${required}`,
       );
     }
-    const block = cap?.block ?? (await stat(volumePath)).isBlockDevice();
+    const block = cap?.block ?? (await bounded(`stat ${volumePath}`, () => stat(volumePath))).isBlockDevice();
     if (!block) {
       const fsType = isSupportedFsType(mount.fsType) ? mount.fsType : DEFAULT_FS_TYPE;
       await this.#growIfNeeded(device, volumePath, fsType, ctx);
@@ -317,18 +370,21 @@ export class EbsNode {
 
   // --- helpers ---
 
-  /** The mount at volumePath and the volume's device, or NOT_FOUND when the volume is not there. */
+  /**
+   * The mount at volumePath (with its parents resolved) and the volume's device, or NOT_FOUND when
+   * the volume is not there. A path outside the kubelet directory holds no volume of ours: NOT_FOUND
+   * too (csi-sanity sends relative paths and expects it), and nothing there is looked at.
+   */
   async #findPublished(
     volumeId: string,
     volumePath: string,
-  ): Promise<{ mount: MountEntry; device?: string }> {
-    // csi-sanity sends relative paths here and expects NOT_FOUND: nothing can be mounted at one.
-    const mount =
-      volumePath.startsWith("/") && !invalidPathReason(volumePath)
-        ? (await findMountsAt(volumePath)).at(-1)
-        : undefined;
-    if (!VOLUME_ID.test(volumeId) || !mount)
-      throw notFound(`volume_path ${volumePath}: volume ${volumeId} is not mounted there`);
+  ): Promise<{ path: string; mount: MountEntry; device?: string }> {
+    const notThere = notFound(`volume_path ${volumePath}: volume ${volumeId} is not mounted there`);
+    if (!VOLUME_ID.test(volumeId)) throw notThere;
+    const confined = await this.#o.kubeletDirs.confine(volumePath);
+    if (!confined.ok) throw notThere;
+    const mount = (await findMountsAt(confined.path)).at(-1);
+    if (!mount) throw notThere;
     const device = await this.#findDevice(volumeId, undefined);
     const elsewhere = `volume_path ${volumePath}: another volume is mounted there, not ${volumeId}`;
     if (device && !(await sameDeviceNumber(mount, device))) throw notFound(elsewhere);
@@ -338,7 +394,7 @@ export class EbsNode {
       const owner = await this.#volumeOfMount(mount);
       if (owner && owner !== volumeId) throw notFound(elsewhere);
     }
-    return { mount, device };
+    return { path: confined.path, mount, device };
   }
 
   async #growIfNeeded(device: string, mountPath: string, fsType: FsType, ctx: RpcContext): Promise<void> {
@@ -489,9 +545,11 @@ async function sameDeviceNumber(mount: MountEntry, device: string): Promise<bool
   if (!info.isBlockDevice()) return false;
   const { major, minor } = splitDevNumber(info.rdev);
   if (mount.major === major && mount.minor === minor) return true;
-  // A block device bind-mounted onto a file shows the devtmpfs numbers: compare the node itself.
+  // A block device bind-mounted onto a file shows the devtmpfs numbers: compare the node itself,
+  // or the device a read-only view there shows.
   const published = await stat(mount.mountPoint, { bigint: true }).catch(() => undefined);
-  return published?.isBlockDevice() === true && published.rdev === info.rdev;
+  if (published?.isBlockDevice() === true && published.rdev === info.rdev) return true;
+  return mount.fsType === "devtmpfs" && (await findReadOnlyView(mount.mountPoint))?.deviceRdev === info.rdev;
 }
 
 function resolveFsType(capabilityFsType: string, context: Record<string, string>): FsType {
@@ -537,6 +595,7 @@ export async function createEbsNode({ options, log, metadata, ec2 }: EbsNodeDeps
   }
   return new EbsNode(
     {
+      kubeletDirs: await KubeletDirs.open(options.kubeletDirs),
       deviceDir: options.deviceDir,
       deviceWaitMs: 10_000,
       maxVolumesPerNode,

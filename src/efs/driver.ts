@@ -1,4 +1,5 @@
 import type { Driver, DriverDeps } from "../driver.ts";
+import { KubeletDirs } from "../host/paths.ts";
 import { locatePlugin } from "../metadata.ts";
 import type { ServiceImpl } from "../server/rpc.ts";
 import { createEfsController } from "./controller.ts";
@@ -38,6 +39,7 @@ export async function createEfsDriver({ options, log, metrics }: DriverDeps): Pr
       instanceId: metadata.instanceId,
       zone: metadata.zone,
       region,
+      kubeletDirs: await KubeletDirs.open(options.kubeletDirs),
       log: log.child({ service: "node" }),
       efs: nodeEfs,
       capacityTtlMs: options.efsCapacityCacheMs,

@@ -10,7 +10,7 @@
  * is mounted on it.
  */
 import { constants } from "node:fs";
-import { access, mkdir, rmdir } from "node:fs/promises";
+import { access, rmdir } from "node:fs/promises";
 import { alreadyExists, asInternal, CsiError, notFound } from "../csi/errors.ts";
 import type {
   NodeGetCapabilitiesResponse,
@@ -28,14 +28,16 @@ import {
   type CapabilityRules,
   checkCapability,
   checkMap,
+  confinePath,
   requirePath,
   requireString,
 } from "../csi/validate.ts";
 import { type FsStats, fsStats } from "../host/blockdev.ts";
+import { bounded } from "../host/bounded.ts";
 import { conditionFromMount, type FilesystemCondition } from "../host/condition.ts";
 import { CommandError, run } from "../host/exec.ts";
 import { findMountsAt, removeMountTarget, unmountAll } from "../host/mounts.ts";
-import { invalidPathReason } from "../host/paths.ts";
+import { type KubeletDirs, MAX_PATH_BYTES, makeDirectories } from "../host/paths.ts";
 import type { Logger } from "../log.ts";
 import type { RpcContext } from "../server/rpc.ts";
 import { CapacityCache } from "./capacity.ts";
@@ -56,6 +58,8 @@ export interface EfsNodeOptions {
   instanceId: string;
   zone: string;
   region: string;
+  /** The only place where the node creates, mounts or deletes anything. */
+  kubeletDirs: KubeletDirs;
   /** For what the node does in the background (usage walks, capacity lookups), outside any RPC. */
   log: Logger;
   /** Reads access points' capacity tags (DescribeAccessPoints); without it the total is statfs's. */
@@ -143,11 +147,12 @@ export class EfsNode {
     ctx: RpcContext,
   ): Promise<NodePublishVolumeResponse> {
     const volumeId = requireString(req.volume_id, "volume_id");
-    const targetPath = requirePath(req.target_path, "target_path");
+    const targetField = requirePath(req.target_path, "target_path", this.#o.kubeletDirs);
     const cap = checkCapability(req.volume_capability, "volume_capability", CAPABILITY_RULES);
     const handle = parseVolumeHandle(volumeId);
     const context = checkMap(req.volume_context, "volume_context");
     checkMap(req.secrets, "secrets");
+    const targetPath = await confinePath(targetField, "target_path", this.#o.kubeletDirs);
     const command = efsMountCommand(
       {
         handle,
@@ -171,12 +176,14 @@ export class EfsNode {
       return {};
     }
 
-    await mkdir(targetPath, { recursive: true });
+    await makeDirectories(targetPath).catch((err: unknown) => {
+      throw asInternal(err, `creating target_path ${targetPath}`);
+    });
     try {
       await run("mount", command.args, { timeoutMs: this.#o.mountTimeoutMs });
     } catch (err) {
       // The target is ours (the plugin creates it) and nothing is mounted on it: an empty directory.
-      await rmdir(targetPath).catch(() => undefined);
+      await bounded(`rmdir ${targetPath}`, () => rmdir(targetPath)).catch(() => undefined);
       throw mountError(err, volumeId, handle, targetPath);
     }
     if (command.dropped.length > 0)
@@ -200,7 +207,8 @@ export class EfsNode {
     ctx: RpcContext,
   ): Promise<NodeUnpublishVolumeResponse> {
     const volumeId = requireString(req.volume_id, "volume_id");
-    const targetPath = requirePath(req.target_path, "target_path");
+    const targetField = requirePath(req.target_path, "target_path", this.#o.kubeletDirs);
+    const targetPath = await confinePath(targetField, "target_path", this.#o.kubeletDirs);
     // A walk of this target holds directories open in it: it would make the unmount fail as busy.
     await this.#usage.untrack(volumeId, targetPath);
     const count = await this.#unmount(targetPath, ctx).catch((err: unknown) => {
@@ -225,13 +233,17 @@ export class EfsNode {
    */
   async NodeGetVolumeStats(req: NodeGetVolumeStatsRequest): Promise<NodeGetVolumeStatsResponse> {
     const volumeId = requireString(req.volume_id, "volume_id");
-    const volumePath = requireString(req.volume_path, "volume_path", 4096);
+    const volumePathField = requireString(req.volume_path, "volume_path", MAX_PATH_BYTES);
     const handle = tryParseVolumeHandle(volumeId);
     if (!handle) throw notFound(`volume ${volumeId} does not exist: it is not an EFS volume handle`);
-    // csi-sanity sends a relative path and expects NOT_FOUND: nothing can be mounted at one.
-    const entry =
-      invalidPathReason(volumePath) === undefined ? (await findMountsAt(volumePath)).at(-1) : undefined;
-    if (!entry) throw notFound(`volume_path ${volumePath}: volume ${volumeId} is not published there`);
+    // A path outside the kubelet directory holds no volume of ours (csi-sanity sends a relative
+    // one and expects NOT_FOUND): nothing there is looked at.
+    const notThere = notFound(`volume_path ${volumePathField}: volume ${volumeId} is not published there`);
+    const confined = await this.#o.kubeletDirs.confine(volumePathField);
+    if (!confined.ok) throw notThere;
+    const volumePath = confined.path;
+    const entry = (await findMountsAt(volumePath)).at(-1);
+    if (!entry) throw notThere;
 
     const probed = await statFilesystem(volumePath, this.#o.statsTimeoutMs);
     if ("abnormal" in probed) return { usage: [], volume_condition: probed };

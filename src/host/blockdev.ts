@@ -1,4 +1,6 @@
 import { open, stat, statfs } from "node:fs/promises";
+import { currentCallSignal } from "../call-scope.ts";
+import { bounded } from "./bounded.ts";
 import { CommandError, run } from "./exec.ts";
 import { mount } from "./mounts.ts";
 
@@ -55,6 +57,7 @@ export async function probeDevice(device: string): Promise<DeviceProbe> {
   const { stdout, code } = await run("blkid", ["-p", "-o", "export", "--", device], {
     okCodes: [0, BLKID_NOTHING_FOUND, BLKID_AMBIVALENT],
     timeoutMs: PROBE_TIMEOUT_MS,
+    signal: currentCallSignal(),
   });
   const values = parseBlkidExport(stdout);
   return {
@@ -68,11 +71,11 @@ export async function probeDevice(device: string): Promise<DeviceProbe> {
 }
 
 async function assertReadableBlockDevice(device: string): Promise<void> {
-  const st = await stat(device);
+  const st = await bounded(`stat ${device}`, () => stat(device));
   if (!st.isBlockDevice()) throw new Error(`${device} is not a block device`);
-  const handle = await open(device, "r");
+  const handle = await bounded(`open ${device}`, () => open(device, "r"));
   try {
-    await handle.read(Buffer.alloc(4096), 0, 4096, 0);
+    await bounded(`read ${device}`, () => handle.read(Buffer.alloc(4096), 0, 4096, 0));
   } finally {
     await handle.close();
   }
@@ -85,7 +88,10 @@ function assertAbsolute(p: string, what: string): void {
 
 export async function deviceSizeBytes(device: string): Promise<number> {
   assertAbsolute(device, "device");
-  const { stdout } = await run("blockdev", ["--getsize64", device], { timeoutMs: PROBE_TIMEOUT_MS });
+  const { stdout } = await run("blockdev", ["--getsize64", device], {
+    timeoutMs: PROBE_TIMEOUT_MS,
+    signal: currentCallSignal(),
+  });
   const size = Number(stdout.trim());
   if (!Number.isSafeInteger(size) || size < 0)
     throw new Error(`blockdev --getsize64 ${device}: bad output "${stdout}"`);
@@ -279,7 +285,7 @@ export interface FsStats {
  * NFS reports ~8 EiB, beyond 2^53; the numbers lose precision there, never sign.
  */
 export async function fsStats(path: string): Promise<FsStats> {
-  const s = await statfs(path, { bigint: true });
+  const s = await bounded(`statfs ${path}`, () => statfs(path, { bigint: true }));
   return {
     totalBytes: Number(s.blocks * s.bsize),
     availableBytes: Number(s.bavail * s.bsize),

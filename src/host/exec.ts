@@ -7,6 +7,8 @@ export interface RunOptions {
   input?: string;
   /** Exit codes that count as success (their output is returned). Default [0]. */
   okCodes?: number[];
+  /** Kill the command when this aborts (the caller's deadline). Not for mkfs or resize: half done is worse. */
+  signal?: AbortSignal | undefined;
 }
 
 export interface RunResult {
@@ -106,6 +108,27 @@ export function run(cmd: string, args: string[], opts: RunOptions = {}): Promise
         }),
       );
     }, timeoutMs);
+    const onAbort = () => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      child.kill("SIGKILL");
+      reject(
+        new CommandError({
+          cmd,
+          args,
+          exitCode: null,
+          signal: "SIGKILL",
+          stdout: "",
+          stderr: "",
+          timedOut: true,
+          why: "was stopped: the caller's deadline passed",
+        }),
+      );
+    };
+    if (opts.signal?.aborted) onAbort();
+    opts.signal?.addEventListener("abort", onAbort, { once: true });
+    child.once("exit", () => opts.signal?.removeEventListener("abort", onAbort));
     // A write to a process that exits early raises EPIPE here; the exit status tells the story.
     child.stdin?.on("error", () => {});
     child.stdin?.end(opts.input ?? "");

@@ -1,5 +1,7 @@
 import { readFile, realpath, rmdir, stat, unlink } from "node:fs/promises";
 import path from "node:path";
+import { currentCallSignal } from "../call-scope.ts";
+import { bounded } from "./bounded.ts";
 import { CommandError, run } from "./exec.ts";
 
 /** One line of /proc/self/mountinfo (see proc(5)). */
@@ -89,7 +91,7 @@ function splitOptions(s: string): string[] {
 
 /** The mount table as the kernel sees it now: read on every call, never cached. */
 export async function listMounts(): Promise<MountEntry[]> {
-  return parseMountInfo(await readFile(MOUNTINFO_PATH, "utf8"));
+  return parseMountInfo(await bounded(`read ${MOUNTINFO_PATH}`, () => readFile(MOUNTINFO_PATH, "utf8")));
 }
 
 /**
@@ -100,7 +102,8 @@ export async function resolveMountPath(p: string): Promise<string> {
   const abs = path.resolve(p);
   if (abs === "/") return abs;
   try {
-    return path.join(await realpath(path.dirname(abs)), path.basename(abs));
+    const parent = path.dirname(abs);
+    return path.join(await bounded(`realpath ${parent}`, () => realpath(parent)), path.basename(abs));
   } catch {
     return abs;
   }
@@ -159,7 +162,7 @@ export async function mount(
   const args = ["-t", fsType];
   if (options.length > 0) args.push("-o", options.join(","));
   args.push("--", source, target);
-  await run("mount", args, { timeoutMs: opts.timeoutMs ?? MOUNT_TIMEOUT_MS });
+  await run("mount", args, { timeoutMs: opts.timeoutMs ?? MOUNT_TIMEOUT_MS, signal: currentCallSignal() });
 }
 
 /**
@@ -174,7 +177,7 @@ export async function bindMount(
 ): Promise<void> {
   const timeoutMs = opts.timeoutMs ?? MOUNT_TIMEOUT_MS;
   const extra = opts.options ?? [];
-  await run("mount", ["--bind", "--", source, target], { timeoutMs });
+  await run("mount", ["--bind", "--", source, target], { timeoutMs, signal: currentCallSignal() });
   if (!opts.readOnly && extra.length === 0) return;
   const remount = ["bind", "remount", ...(opts.readOnly ? ["ro"] : []), ...extra];
   try {
@@ -192,7 +195,10 @@ export async function bindMount(
 export async function unmount(target: string, opts: MountCallOptions = {}): Promise<void> {
   if (!(await isMountPoint(target))) return;
   try {
-    await run("umount", ["--", target], { timeoutMs: opts.timeoutMs ?? MOUNT_TIMEOUT_MS });
+    await run("umount", ["--", target], {
+      timeoutMs: opts.timeoutMs ?? MOUNT_TIMEOUT_MS,
+      signal: currentCallSignal(),
+    });
   } catch (err) {
     if (!(err instanceof CommandError) || err.exitCode !== UMOUNT_FAILURE) throw err;
     if (/target is busy|device is busy/i.test(err.stderr)) throw new MountBusyError(target, err);
@@ -222,11 +228,11 @@ export async function unmountAll(target: string, opts: MountCallOptions = {}): P
  */
 export async function removeMountTarget(targetPath: string): Promise<void> {
   try {
-    await rmdir(targetPath);
+    await bounded(`rmdir ${targetPath}`, () => rmdir(targetPath));
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
     if (code === "ENOENT") return;
-    if (code === "ENOTDIR") return unlink(targetPath);
+    if (code === "ENOTDIR") return bounded(`unlink ${targetPath}`, () => unlink(targetPath));
     if (code === "ENOTEMPTY" || code === "EEXIST") {
       throw new Error(`${targetPath} is not empty after unmounting: refusing to delete what is in it`);
     }

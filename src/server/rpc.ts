@@ -1,7 +1,7 @@
 import { randomUUID } from "node:crypto";
 import { type ServerUnaryCall, type ServiceDefinition, type sendUnaryData, status } from "@grpc/grpc-js";
 import { runInCallScope } from "../call-scope.ts";
-import { CsiError, statusName } from "../csi/errors.ts";
+import { asTimeout, CsiError, statusName } from "../csi/errors.ts";
 import { type Logger, redactSecrets } from "../log.ts";
 import type { Metrics } from "../metrics.ts";
 import type { InflightKeys } from "./inflight.ts";
@@ -56,6 +56,8 @@ export function inflightKey(method: string, req: Record<string, unknown>): strin
 
 function shortMessage(err: unknown): { code: status; message: string; expected: boolean } {
   if (err instanceof CsiError) return { code: err.code, message: err.message, expected: true };
+  const timedOut = asTimeout(err);
+  if (timedOut) return { code: timedOut.code, message: timedOut.message, expected: true };
   return { code: status.INTERNAL, message: "internal error: see the plugin log", expected: false };
 }
 
@@ -97,6 +99,16 @@ async function handleCall(
   const log = rt.log.child({ rid: requestId, method });
   const abort = new AbortController();
   call.on("cancelled", () => abort.abort(new CsiError(status.CANCELLED, "the caller cancelled the call")));
+  // Host calls and waits stop at the caller's deadline, whether or not the transport says so.
+  const deadline = call.getDeadline();
+  const msLeft = deadline instanceof Date ? deadline.getTime() - Date.now() : Number(deadline) - Date.now();
+  const deadlineTimer =
+    Number.isFinite(msLeft) && msLeft < 2 ** 31 - 1
+      ? setTimeout(
+          () => abort.abort(new CsiError(status.DEADLINE_EXCEEDED, "the caller's deadline passed")),
+          Math.max(0, msLeft),
+        )
+      : undefined;
   if (log.isLevelEnabled("debug")) log.debug({ request: redactSecrets(req) }, "call");
 
   let code: status = status.OK;
@@ -124,6 +136,7 @@ async function handleCall(
     else log.error({ err }, "unexpected error");
     callback({ code, details: message, message });
   } finally {
+    clearTimeout(deadlineTimer);
     release?.();
     const seconds = Number(process.hrtime.bigint() - started) / 1e9;
     rt.metrics.rpcDuration.observe({ method, code: statusName(code) }, seconds);

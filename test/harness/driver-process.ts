@@ -19,6 +19,8 @@ export interface DriverProcessOptions {
   socketPath: string;
   /** Where the driver's JSON log goes; default: discarded unless DRIVER_LOG=1 (then inherited). */
   logFile?: string;
+  /** Flags for node itself, before the script (e.g. --expose-gc, for memory tests). */
+  nodeArgs?: string[];
 }
 
 /** The driver as its own process, started exactly as the container starts it (plus test flags). */
@@ -32,14 +34,18 @@ export class DriverProcess {
   }
 
   async start(timeoutMs = 30_000): Promise<void> {
-    const { args, env, socketPath } = this.options;
+    const { args, env, socketPath, nodeArgs = [] } = this.options;
     this.stderr = "";
     // DRIVER_MAIN=dist/main.js runs the compiled driver, as the image does (benchmarks use it).
     const main = process.env.DRIVER_MAIN ?? MAIN;
-    const child = spawn(process.execPath, [main, ...args, "--endpoint", `unix://${socketPath}`], {
-      env: { ...process.env, ...env },
-      stdio: ["ignore", "inherit", "pipe"],
-    });
+    const child = spawn(
+      process.execPath,
+      [...nodeArgs, main, ...args, "--endpoint", `unix://${socketPath}`],
+      {
+        env: { ...process.env, ...env },
+        stdio: ["ignore", "inherit", "pipe"],
+      },
+    );
     this.child = child;
     running.add(child);
     child.once("exit", () => running.delete(child));
@@ -110,12 +116,20 @@ export async function runAll(cleanups: Cleanups): Promise<void> {
  * opens a client; both are closed by the cleanups, before anything registered earlier.
  */
 export async function startDriverWithClient(
-  o: { dir: string; driver: "ebs" | "efs"; mode: string; args: string[]; env: Record<string, string> },
+  o: {
+    dir: string;
+    driver: "ebs" | "efs";
+    mode: string;
+    args: string[];
+    env: Record<string, string>;
+    nodeArgs?: string[] | undefined;
+  },
   cleanups: Cleanups,
 ): Promise<{ socketPath: string; driver: DriverProcess; client: CsiClient }> {
   const socketPath = join(o.dir, "csi.sock");
   const driver = new DriverProcess({
     socketPath,
+    nodeArgs: o.nodeArgs ?? [],
     args: [
       "--driver",
       o.driver,
@@ -123,6 +137,9 @@ export async function startDriverWithClient(
       o.mode,
       "--log-level",
       process.env.DRIVER_LOG_LEVEL ?? "info",
+      // The test's directory stands in for /var/lib/kubelet: every node path lies below it.
+      "--kubelet-dir",
+      o.dir,
       ...o.args,
     ],
     env: o.env,

@@ -16,6 +16,8 @@ export interface EbsEnvOptions {
   /** More driver flags, e.g. ["--batching", "false"]. */
   extraArgs?: string[];
   instanceType?: string;
+  /** Flags for node itself, e.g. ["--expose-gc"] (memory tests). */
+  nodeArgs?: string[];
 }
 
 /** A whole EBS setup on one machine: fake AWS, fake IMDS, simulated attach, the driver process. */
@@ -70,6 +72,7 @@ export async function startEbsEnv(options: EbsEnvOptions): Promise<EbsEnv> {
         mode: options.mode,
         args: ["--device-dir", byIdDir, ...(options.extraArgs ?? [])],
         env: { ...aws.env, AWS_EC2_METADATA_SERVICE_ENDPOINT: imds.url },
+        nodeArgs: options.nodeArgs,
       },
       cleanups,
     );

@@ -154,6 +154,29 @@ describe("ClientToken idempotency", () => {
     expect(await volumeIds()).toHaveLength(1);
   });
 
+  it("replays CreateVolume for the same token and tags in another order", async () => {
+    const tagged = (...tags: { Key: string; Value: string }[]) =>
+      volumeInput({ ClientToken: "token-tags", TagSpecifications: [{ ResourceType: "volume", Tags: tags }] });
+    const name = { Key: "CSIVolumeName", Value: "pvc-1" };
+    const cluster = { Key: "ebs.csi.aws.com/cluster", Value: "true" };
+    const first = await ec2.send(new CreateVolumeCommand(tagged(name, cluster)));
+    const second = await ec2.send(new CreateVolumeCommand(tagged(cluster, name)));
+    expect(second.VolumeId).toBe(first.VolumeId);
+    expect(await volumeIds()).toEqual([first.VolumeId]);
+  });
+
+  it("answers IdempotentParameterMismatch for the same token with another tag value", async () => {
+    const tagged = (value: string) =>
+      volumeInput({
+        ClientToken: "token-tag-value",
+        TagSpecifications: [{ ResourceType: "volume", Tags: [{ Key: "CSIVolumeName", Value: value }] }],
+      });
+    await ec2.send(new CreateVolumeCommand(tagged("pvc-1")));
+    const error = await errorOf(ec2.send(new CreateVolumeCommand(tagged("pvc-2"))));
+    expect(error.name).toBe("IdempotentParameterMismatch");
+    expect(await volumeIds()).toHaveLength(1);
+  });
+
   it("lets concurrent calls with one token create one volume", async () => {
     const answers = await Promise.all(
       Array.from({ length: 5 }, () =>
@@ -484,6 +507,50 @@ describe("IMDS", () => {
       region: "us-east-1",
     });
     expect((await get("/latest/meta-data/nothing-here", t)).status).toBe(404);
+  });
+
+  it("answers every directory with and without a trailing slash, listing sub-directories with one", async () => {
+    const { token: t } = await token();
+    const directories = [
+      "/latest/meta-data",
+      "/latest/meta-data/block-device-mapping",
+      "/latest/meta-data/network/interfaces/macs",
+      "/latest/meta-data/network/interfaces/macs/02:00:00:00:00:02",
+      "/latest/meta-data/placement",
+      "/latest/dynamic/instance-identity",
+    ];
+    for (const directory of directories) {
+      const withSlash = await get(`${directory}/`, t);
+      expect(withSlash.status, directory).toBe(200);
+      expect(await get(directory, t), directory).toEqual(withSlash);
+    }
+    expect((await get("/latest/meta-data/network/interfaces/macs", t)).body).toBe(
+      "02:00:00:00:00:01/\n02:00:00:00:00:02/\n02:00:00:00:00:03/",
+    );
+    expect((await get("/latest/meta-data", t)).body.split("\n")).toEqual(
+      expect.arrayContaining(["instance-id", "block-device-mapping/", "network/", "placement/"]),
+    );
+    expect(
+      (await get("/latest/meta-data/network/interfaces/macs/02:00:00:00:00:02/device-number", t)).body,
+    ).toBe("1");
+  });
+
+  it("answers what the official Go EBS driver reads at start-up, and 404 for outpost-arn", async () => {
+    // kubernetes-sigs/aws-ebs-csi-driver v1.44 (pkg/cloud/metadata/imds.go) through the Go SDK imds client.
+    const response = await fetch(`${imds.url}/latest/api/token`, {
+      method: "PUT",
+      headers: { "X-Aws-Ec2-Metadata-Token-Ttl-Seconds": "300" },
+    });
+    expect(response.status).toBe(200);
+    expect(response.headers.get("x-aws-ec2-metadata-token-ttl-seconds")).toBe("300");
+    const t = await response.text();
+    const document = JSON.parse((await get("/latest/dynamic/instance-identity/document", t)).body);
+    expect(document).toMatchObject({ instanceId: "i-0123456789abcdef0", availabilityZone: "us-east-1c" });
+    const macs = await get("/latest/meta-data/network/interfaces/macs", t);
+    expect(macs.body.match(/([0-9a-f]{2}:){5}[0-9a-f]{2}/g)).toHaveLength(3);
+    const mappings = await get("/latest/meta-data/block-device-mapping", t);
+    expect(mappings.body.match(/ebs/g)).toHaveLength(1);
+    expect((await get("/latest/meta-data/outpost-arn", t)).status).toBe(404);
   });
 
   it("serves changes made to its metadata", async () => {

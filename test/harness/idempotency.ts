@@ -48,8 +48,7 @@ function tokenedCreate(call: AwsCall): { clientToken: string; fingerprint: strin
   if (call.service === "ec2" && call.action === "CreateVolume") {
     const clientToken = call.params.get("ClientToken");
     if (!clientToken) return undefined;
-    const others = [...call.params].filter(([name]) => name !== "ClientToken").sort(compareEntries);
-    return { clientToken, fingerprint: sha256(JSON.stringify(others)) };
+    return { clientToken, fingerprint: sha256(canonicalJson(ec2Parameters(call.params))) };
   }
   if (call.service === "efs" && call.action === "CreateAccessPoint") {
     const { ClientToken, ...others } = call.body;
@@ -67,8 +66,46 @@ function mismatch(call: AwsCall, clientToken: string, earlier: WireResponse): Wi
   return awsError("efs", 409, "AccessPointAlreadyExists", message, { AccessPointId: accessPointId });
 }
 
-function compareEntries(a: [string, string], b: [string, string]): number {
-  return a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : a[1] < b[1] ? -1 : a[1] > b[1] ? 1 : 0;
+/** Query parameters that are not part of what a create asks for: protocol, token, query-string auth. */
+const notParameters = new Set(["Action", "Version", "ClientToken"]);
+const authParameter = /^(X-Amz-|AWSAccessKeyId$|Signature|Timestamp$|Expires$)/;
+/** Numbered lists whose order EC2 ignores: the tags of a resource, and tag specifications (one per type). */
+const unorderedLists = new Set(["TagSpecification", "Tag"]);
+
+type QueryValue = string | { [member: string]: QueryValue };
+
+/**
+ * The parameters as EC2 reads them: `TagSpecification.1.Tag.2.Key=k` becomes nested values, numbered
+ * lists become arrays (sorted where EC2 ignores the order), and auth and protocol parameters are dropped.
+ */
+function ec2Parameters(params: URLSearchParams): unknown {
+  // Without a prototype, a parameter named __proto__ is only a name.
+  const root: { [member: string]: QueryValue } = Object.create(null);
+  for (const [name, value] of params) {
+    if (notParameters.has(name) || authParameter.test(name)) continue;
+    const path = name.split(".");
+    let node = root;
+    for (const member of path.slice(0, -1)) {
+      if (typeof node[member] !== "object") node[member] = Object.create(null);
+      node = node[member] as { [member: string]: QueryValue };
+    }
+    node[path.at(-1)!] = value;
+  }
+  return listsAsArrays(root, "");
+}
+
+function listsAsArrays(value: QueryValue, name: string): unknown {
+  if (typeof value === "string") return value;
+  const members = Object.keys(value);
+  if (members.length > 0 && members.every((member) => /^\d+$/.test(member))) {
+    const items = members
+      .sort((a, b) => Number(a) - Number(b))
+      .map((member) => listsAsArrays(value[member]!, name));
+    if (!unorderedLists.has(name)) return items;
+    const keyed = items.map((item) => [canonicalJson(item), item] as const);
+    return keyed.sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)).map(([, item]) => item);
+  }
+  return Object.fromEntries(members.map((member) => [member, listsAsArrays(value[member]!, member)]));
 }
 
 /** JSON with object keys sorted at every level, so equal values always hash the same. */

@@ -2,6 +2,7 @@
 import { randomBytes } from "node:crypto";
 import { createServer, type IncomingMessage, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
+import { FAKE_AMI } from "./fake-aws.ts";
 
 export interface InstanceMetadata {
   instanceId: string;
@@ -30,6 +31,7 @@ interface Answer {
 
 const MAX_TOKEN_TTL_SECONDS = 21_600;
 const defaultBlockDevices: Record<string, string> = { ami: "xvda", root: "/dev/xvda" };
+const PRIVATE_IP = "10.0.0.10";
 
 export async function startImds(metadata: InstanceMetadata): Promise<Imds> {
   const tokens = new Map<string, number>(); // token -> expiry (ms since epoch)
@@ -46,7 +48,7 @@ export async function startImds(metadata: InstanceMetadata): Promise<Imds> {
     if (req.method !== "GET" && req.method !== "HEAD") return { status: 405 };
     const expiry = tokens.get(String(req.headers["x-aws-ec2-metadata-token"] ?? ""));
     if (expiry === undefined || expiry < Date.now()) return { status: 401 };
-    const body = lookup(metadata, path);
+    const body = lookup(metadataTree(metadata), path);
     return body === undefined ? { status: 404 } : { status: 200, body };
   }
 
@@ -63,36 +65,67 @@ export async function startImds(metadata: InstanceMetadata): Promise<Imds> {
   };
 }
 
-function lookup(metadata: InstanceMetadata, path: string): string | undefined {
-  const blockDevices = metadata.blockDevices ?? defaultBlockDevices;
+/** A metadata directory: each name holds a value or a sub-directory. */
+interface Directory {
+  [name: string]: string | Directory;
+}
+
+/** What the instance serves, built per request so that changes to `metadata` show. */
+function metadataTree(metadata: InstanceMetadata): Directory {
   const macs = Array.from({ length: metadata.enis ?? 1 }, (_, index) => macAddress(index));
-  const documents: Record<string, string> = {
-    "/latest/meta-data/instance-id": metadata.instanceId,
-    "/latest/meta-data/instance-type": metadata.instanceType,
-    "/latest/meta-data/placement/availability-zone": metadata.zone,
-    "/latest/meta-data/placement/region": metadata.region,
-    "/latest/meta-data/block-device-mapping/": Object.keys(blockDevices).join("\n"),
-    "/latest/meta-data/network/interfaces/macs/": macs.map((mac) => `${mac}/`).join("\n"),
-    "/latest/dynamic/instance-identity/document": JSON.stringify(
-      {
-        accountId: "123456789012",
-        architecture: "x86_64",
-        availabilityZone: metadata.zone,
-        imageId: "ami-12c6146b",
-        instanceId: metadata.instanceId,
-        instanceType: metadata.instanceType,
-        pendingTime: "2026-01-01T00:00:00Z",
-        privateIp: "10.0.0.10",
-        region: metadata.region,
-        version: "2017-09-30",
+  const interfaces = macs.map((mac, index) => [mac, { "device-number": String(index), mac }] as const);
+  // No outpost-arn: instances outside an Outpost answer 404 for it.
+  return {
+    latest: {
+      "meta-data": {
+        "ami-id": FAKE_AMI,
+        "block-device-mapping": { ...(metadata.blockDevices ?? defaultBlockDevices) },
+        "instance-id": metadata.instanceId,
+        "instance-type": metadata.instanceType,
+        "local-ipv4": PRIVATE_IP,
+        mac: macs[0] ?? "",
+        network: { interfaces: { macs: Object.fromEntries(interfaces) } },
+        placement: { "availability-zone": metadata.zone, region: metadata.region },
       },
-      null,
-      2,
-    ),
+      dynamic: {
+        "instance-identity": {
+          document: JSON.stringify(
+            {
+              accountId: "123456789012",
+              architecture: "x86_64",
+              availabilityZone: metadata.zone,
+              imageId: FAKE_AMI,
+              instanceId: metadata.instanceId,
+              instanceType: metadata.instanceType,
+              pendingTime: "2026-01-01T00:00:00Z",
+              privateIp: PRIVATE_IP,
+              region: metadata.region,
+              version: "2017-09-30",
+            },
+            null,
+            2,
+          ),
+        },
+      },
+    },
   };
-  const mapping = /^\/latest\/meta-data\/block-device-mapping\/([^/]+)$/.exec(path);
-  if (mapping) return Object.hasOwn(blockDevices, mapping[1]!) ? blockDevices[mapping[1]!] : undefined;
-  return Object.hasOwn(documents, path) ? documents[path] : undefined;
+}
+
+/**
+ * A value, or a directory's listing (one name a line, sub-directories ending in "/"). As on EC2, a
+ * directory answers with and without a trailing slash; a value answers only without one (the strict reading).
+ */
+function lookup(tree: Directory, path: string): string | undefined {
+  const names = path.replace(/^\//, "").replace(/\/$/, "").split("/");
+  let node: string | Directory = tree;
+  for (const name of names) {
+    if (typeof node === "string" || !Object.hasOwn(node, name)) return undefined;
+    node = node[name]!;
+  }
+  if (typeof node === "string") return path.endsWith("/") ? undefined : node;
+  return Object.entries(node)
+    .map(([name, child]) => (typeof child === "string" ? name : `${name}/`))
+    .join("\n");
 }
 
 /** Stable, locally administered MAC addresses: 02:00:00:00:00:01, ...:02, ... */

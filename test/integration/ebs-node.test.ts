@@ -83,6 +83,14 @@ function blkid(device: string): Record<string, string> {
   );
 }
 
+/** The loop devices set up over `device` now (a read-only view of it is one). */
+const loopsOver = (device: string): string[] =>
+  execFileSync("losetup", ["--list", "--noheadings", "--raw", "--output", "NAME,BACK-FILE"], {
+    encoding: "utf8",
+  })
+    .split("\n")
+    .filter((line) => line.split(" ")[1] === device);
+
 const blockdevSize = (path: string): number =>
   Number(execFileSync("blockdev", ["--getsize64", path], { encoding: "utf8" }).trim());
 
@@ -516,6 +524,20 @@ describe.skipIf(skip !== undefined)("EBS node service (driver process, loop devi
       await pwrite(targetB, 1.5 * GiB, beyond);
       expect(await pread(targetA, 1.5 * GiB, beyond.length)).toEqual(beyond);
       expect(await pread(targetA, offset, data.length)).toEqual(data);
+
+      // Read-only: the same bytes, but a write through the target fails. A read-only bind mount
+      // alone would not stop it (device nodes ignore it): the driver publishes a read-only view.
+      const targetRo = blockTargetOf(volume.pv);
+      await publish(volume, publishContext, staging, targetRo, true);
+      expect(loopsOver(device), "one read-only view of the device").toHaveLength(1);
+      expect(await pread(targetRo, offset, data.length)).toEqual(data);
+      const write = pwrite(targetRo, offset, Buffer.from("must not land"));
+      await expect(write, "a write through a read-only block publication").rejects.toMatchObject({
+        code: expect.stringMatching(/^(EPERM|EROFS|EACCES)$/),
+      });
+      expect(await pread(targetA, offset, data.length), "the volume's bytes are unchanged").toEqual(data);
+      await unpublish(volume, targetRo);
+      expect(loopsOver(device), "the read-only view is gone after NodeUnpublishVolume").toEqual([]);
 
       await unpublish(volume, targetA);
       await unpublish(volume, targetB);

@@ -1,6 +1,7 @@
 // The EFS node service as kubelet drives it, through the driver process: real `mount -t efs`
 // commands, served by the test-only mount helper (fake-mount-efs.ts) from local directories, since
 // this machine has no NFS client. Needs root (mounts, /sbin/mount.efs).
+
 import { randomBytes } from "node:crypto";
 import { existsSync } from "node:fs";
 import { mkdir, open, readdir, readFile, stat, statfs, writeFile } from "node:fs/promises";
@@ -13,6 +14,7 @@ import { parseVolumeHandle } from "../../src/efs/handle.ts";
 import { EfsNode } from "../../src/efs/node.ts";
 import { TAG_CAPACITY } from "../../src/efs/tags.ts";
 import { findMountsAt } from "../../src/host/mounts.ts";
+import { KubeletDirs } from "../../src/host/paths.ts";
 import { createLogger } from "../../src/log.ts";
 import type { Reply } from "../harness/csi-client.ts";
 import { type EfsEnv, MOUNT_EFS_PATH, startEfsEnv } from "../harness/efs-mount-helper.ts";
@@ -38,7 +40,8 @@ describe.skipIf(!isRoot)("EFS node (driver process, fake mount.efs)", () => {
   beforeAll(async () => {
     env = await startEfsEnv({ extraArgs: ["--delete-access-point-root-dir"] });
     fsDir = env.helper!.fileSystemDir(env.fileSystemId);
-  }, 120_000);
+    // Long: the one mount.efs path may be another test file's (the fuzz test's) for minutes.
+  }, 900_000);
 
   afterAll(async () => {
     await env?.stop();
@@ -303,6 +306,7 @@ describe.skipIf(!isRoot)("EFS node (driver process, fake mount.efs)", () => {
       instanceId: env.instanceId,
       zone: env.zone,
       region: env.aws.region,
+      kubeletDirs: await KubeletDirs.open([env.dir]),
       log: createLogger("silent"),
       efs: { describeAccessPoint: describeAccessPointDirectly },
       capacityTtlMs: 0,

@@ -8,6 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { CsiError } from "../../src/csi/errors.ts";
 import type { NodePublishVolumeRequest } from "../../src/csi/types.ts";
 import { EfsNode, statFilesystem } from "../../src/efs/node.ts";
+import { KubeletDirs } from "../../src/host/paths.ts";
 import { createLogger } from "../../src/log.ts";
 import type { RpcContext } from "../../src/server/rpc.ts";
 
@@ -21,6 +22,8 @@ const node = new EfsNode({
   instanceId: "i-0123456789abcdef0",
   zone: "us-east-1a",
   region: "us-east-1",
+  // Every test path lies in a directory below tmpdir(): it stands in for /var/lib/kubelet.
+  kubeletDirs: await KubeletDirs.open([tmpdir()]),
   log: ctx.log,
   efsHelperPath: "/nonexistent/mount.efs",
 });
