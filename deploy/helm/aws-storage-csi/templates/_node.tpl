@@ -70,6 +70,7 @@ spec:
             - --driver={{ $driver }}
             - --mode=node
             - --endpoint=unix:///csi/csi.sock
+            - --kubelet-dir={{ $root.Values.node.kubeletPath }}
             {{- if and (not $efs) (ne $values.node.volumeAttachLimit nil) }}
             - --volume-attach-limit={{ $values.node.volumeAttachLimit }}
             {{- end }}
@@ -101,7 +102,7 @@ spec:
             readOnlyRootFilesystem: true
           volumeMounts:
             - name: kubelet-dir
-              mountPath: /var/lib/kubelet
+              mountPath: {{ $root.Values.node.kubeletPath }}
               # Mounts made here must be seen by kubelet and the pods on the host.
               mountPropagation: Bidirectional
             - name: plugin-dir
@@ -117,7 +118,7 @@ spec:
           imagePullPolicy: IfNotPresent
           args:
             - --csi-address=/csi/csi.sock
-            - --kubelet-registration-path=/var/lib/kubelet/plugins/{{ $driver }}.csi.aws.com/csi.sock
+            - --kubelet-registration-path={{ $root.Values.node.kubeletPath }}/plugins/{{ $driver }}.csi.aws.com/csi.sock
             - --http-endpoint={{ $registrarAddr }}
             - --v=2
           {{- if not $efs }}
@@ -162,15 +163,15 @@ spec:
       volumes:
         - name: kubelet-dir
           hostPath:
-            path: /var/lib/kubelet
+            path: {{ $root.Values.node.kubeletPath }}
             type: Directory
         - name: plugin-dir
           hostPath:
-            path: /var/lib/kubelet/plugins/{{ $driver }}.csi.aws.com/
+            path: {{ $root.Values.node.kubeletPath }}/plugins/{{ $driver }}.csi.aws.com/
             type: DirectoryOrCreate
         - name: registration-dir
           hostPath:
-            path: /var/lib/kubelet/plugins_registry/
+            path: {{ $root.Values.node.kubeletPath }}/plugins_registry/
             type: Directory
         {{- if not $efs }}
         # NVMe block devices and their /dev/disk/by-id links appear here after an attach.
