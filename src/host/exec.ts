@@ -91,41 +91,17 @@ export function run(cmd: string, args: string[], opts: RunOptions = {}): Promise
         reject(new CommandError({ cmd, args, exitCode, signal, stdout, stderr, timedOut: false, why }));
       },
     );
-    const timer = setTimeout(() => {
-      if (settled) return;
-      settled = true;
-      child.kill("SIGKILL");
-      reject(
-        new CommandError({
-          cmd,
-          args,
-          exitCode: null,
-          signal: "SIGKILL",
-          stdout: "",
-          stderr: "",
-          timedOut: true,
-          why: `timed out after ${formatMs(timeoutMs)}`,
-        }),
-      );
-    }, timeoutMs);
-    const onAbort = () => {
+    /** Kills the command and fails without waiting for it: one stuck in the kernel never exits. */
+    const stop = (why: string) => {
       if (settled) return;
       settled = true;
       clearTimeout(timer);
       child.kill("SIGKILL");
-      reject(
-        new CommandError({
-          cmd,
-          args,
-          exitCode: null,
-          signal: "SIGKILL",
-          stdout: "",
-          stderr: "",
-          timedOut: true,
-          why: "was stopped: the caller's deadline passed",
-        }),
-      );
+      const o = { cmd, args, exitCode: null, signal: "SIGKILL", stdout: "", stderr: "", timedOut: true, why };
+      reject(new CommandError(o));
     };
+    const timer = setTimeout(() => stop(`timed out after ${formatMs(timeoutMs)}`), timeoutMs);
+    const onAbort = () => stop("was stopped: the caller's deadline passed");
     if (opts.signal?.aborted) onAbort();
     opts.signal?.addEventListener("abort", onAbort, { once: true });
     child.once("exit", () => opts.signal?.removeEventListener("abort", onAbort));

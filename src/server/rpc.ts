@@ -132,7 +132,10 @@ async function handleCall(
   } catch (err) {
     const { code: errCode, message, expected } = shortMessage(err);
     code = errCode;
-    if (expected) log.info({ code: statusName(code), error: message }, "call failed");
+    // A host call that hung, or a caller that gave up, is worth a look: warn, with what hung.
+    if (expected && (code === status.UNAVAILABLE || code === status.DEADLINE_EXCEEDED))
+      log.warn({ code: statusName(code), error: message }, "call failed");
+    else if (expected) log.info({ code: statusName(code), error: message }, "call failed");
     else log.error({ err }, "unexpected error");
     callback({ code, details: message, message });
   } finally {

@@ -92,4 +92,17 @@ describe("run", () => {
     const r = await run(node, script("process.stdout.write(process.env.LC_ALL ?? '')"));
     expect(r.stdout).toBe("C");
   });
+
+  it("kills the command when the caller's deadline passes (its signal aborts)", async () => {
+    const abort = new AbortController();
+    setTimeout(() => abort.abort(), 100);
+    const started = Date.now();
+    const err = (await run(node, script("setTimeout(() => {}, 60000)"), { signal: abort.signal }).catch(
+      (e: unknown) => e,
+    )) as CommandError;
+    expect(err).toBeInstanceOf(CommandError);
+    expect(err.timedOut).toBe(true);
+    expect(err.message).toMatch(/was stopped: the caller's deadline passed/);
+    expect(Date.now() - started).toBeLessThan(5000);
+  });
 });
