@@ -19,7 +19,7 @@ export function csiSanityBinary(): string {
   const fromGo = gopath ? join(gopath, "bin/csi-sanity") : "";
   if (fromGo && existsSync(fromGo)) return fromGo;
   throw new Error(
-    "csi-sanity is not installed: run scripts/setup.sh (it runs `go install ...csi-sanity@v5.5.0`)",
+    "csi-sanity is not installed: run scripts/setup.sh (it runs `go install ...csi-sanity@v5.6.0`)",
   );
 }
 

@@ -26,9 +26,18 @@ if [ ! -x .cache/venv/bin/moto_server ]; then
   .cache/venv/bin/pip install --quiet --disable-pip-version-check 'moto[server]==5.2.1'
 fi
 
-if [ ! -x .cache/bin/csi-sanity ]; then
-  step "csi-sanity v5.5.0"
-  GOBIN="$PWD/.cache/bin" go install github.com/kubernetes-csi/csi-test/v5/cmd/csi-sanity@v5.5.0
+CSI_SANITY_VERSION=v5.6.0
+if [ ! -x .cache/bin/csi-sanity ] || [ "$(cat .cache/csi-sanity.stamp 2>/dev/null)" != "$CSI_SANITY_VERSION" ]; then
+  step "csi-sanity $CSI_SANITY_VERSION"
+  GOBIN="$PWD/.cache/bin" go install "github.com/kubernetes-csi/csi-test/v5/cmd/csi-sanity@$CSI_SANITY_VERSION"
+  echo "$CSI_SANITY_VERSION" > .cache/csi-sanity.stamp
+fi
+
+# The official csi.proto that test/unit/proto.test.ts compares ours with (a no-op when cached).
+CSI_SPEC_VERSION=v1.14.0
+if [ ! -f "$(go env GOMODCACHE)/github.com/container-storage-interface/spec@$CSI_SPEC_VERSION/csi.proto" ]; then
+  step "CSI spec $CSI_SPEC_VERSION (official csi.proto)"
+  go mod download "github.com/container-storage-interface/spec@$CSI_SPEC_VERSION"
 fi
 
 missing=()

@@ -6,8 +6,12 @@ export type { ControllerExpandVolumeRequest__Output as ControllerExpandVolumeReq
 export type { ControllerExpandVolumeResponse } from "./gen/csi/v1/ControllerExpandVolumeResponse.ts";
 export type { ControllerGetCapabilitiesRequest__Output as ControllerGetCapabilitiesRequest } from "./gen/csi/v1/ControllerGetCapabilitiesRequest.ts";
 export type { ControllerGetCapabilitiesResponse } from "./gen/csi/v1/ControllerGetCapabilitiesResponse.ts";
+export type { ControllerGetVolumeHealthRequest__Output as ControllerGetVolumeHealthRequest } from "./gen/csi/v1/ControllerGetVolumeHealthRequest.ts";
+export type { ControllerGetVolumeHealthResponse } from "./gen/csi/v1/ControllerGetVolumeHealthResponse.ts";
 export type { ControllerGetVolumeRequest__Output as ControllerGetVolumeRequest } from "./gen/csi/v1/ControllerGetVolumeRequest.ts";
 export type { ControllerGetVolumeResponse } from "./gen/csi/v1/ControllerGetVolumeResponse.ts";
+export type { ControllerListVolumeHealthRequest__Output as ControllerListVolumeHealthRequest } from "./gen/csi/v1/ControllerListVolumeHealthRequest.ts";
+export type { ControllerListVolumeHealthResponse } from "./gen/csi/v1/ControllerListVolumeHealthResponse.ts";
 export type { ControllerModifyVolumeRequest__Output as ControllerModifyVolumeRequest } from "./gen/csi/v1/ControllerModifyVolumeRequest.ts";
 export type { ControllerModifyVolumeResponse } from "./gen/csi/v1/ControllerModifyVolumeResponse.ts";
 export type { ControllerPublishVolumeRequest__Output as ControllerPublishVolumeRequest } from "./gen/csi/v1/ControllerPublishVolumeRequest.ts";
@@ -40,6 +44,10 @@ export type { NodeGetCapabilitiesRequest__Output as NodeGetCapabilitiesRequest }
 export type { NodeGetCapabilitiesResponse } from "./gen/csi/v1/NodeGetCapabilitiesResponse.ts";
 export type { NodeGetInfoRequest__Output as NodeGetInfoRequest } from "./gen/csi/v1/NodeGetInfoRequest.ts";
 export type { NodeGetInfoResponse } from "./gen/csi/v1/NodeGetInfoResponse.ts";
+export type { NodeGetStorageHealthRequest__Output as NodeGetStorageHealthRequest } from "./gen/csi/v1/NodeGetStorageHealthRequest.ts";
+export type { NodeGetStorageHealthResponse } from "./gen/csi/v1/NodeGetStorageHealthResponse.ts";
+export type { NodeGetVolumeHealthRequest__Output as NodeGetVolumeHealthRequest } from "./gen/csi/v1/NodeGetVolumeHealthRequest.ts";
+export type { NodeGetVolumeHealthResponse } from "./gen/csi/v1/NodeGetVolumeHealthResponse.ts";
 export type { NodeGetVolumeStatsRequest__Output as NodeGetVolumeStatsRequest } from "./gen/csi/v1/NodeGetVolumeStatsRequest.ts";
 export type { NodeGetVolumeStatsResponse } from "./gen/csi/v1/NodeGetVolumeStatsResponse.ts";
 export type { NodePublishVolumeRequest__Output as NodePublishVolumeRequest } from "./gen/csi/v1/NodePublishVolumeRequest.ts";

@@ -16,8 +16,12 @@ import type {
   ControllerExpandVolumeRequest,
   ControllerExpandVolumeResponse,
   ControllerGetCapabilitiesResponse,
+  ControllerGetVolumeHealthRequest,
+  ControllerGetVolumeHealthResponse,
   ControllerGetVolumeRequest,
   ControllerGetVolumeResponse,
+  ControllerListVolumeHealthRequest,
+  ControllerListVolumeHealthResponse,
   ControllerModifyVolumeRequest,
   ControllerModifyVolumeResponse,
   ControllerPublishVolumeRequest,
@@ -157,7 +161,8 @@ export class EbsController {
       "LIST_VOLUMES_PUBLISHED_NODES",
       "EXPAND_VOLUME",
       "GET_VOLUME",
-      "VOLUME_CONDITION",
+      "GET_VOLUME_HEALTH",
+      "LIST_VOLUME_HEALTH",
       "MODIFY_VOLUME",
     ] as const;
     return { capabilities: types.map((type) => ({ rpc: { type } })) };
@@ -288,7 +293,12 @@ export class EbsController {
     );
     for (const attachment of targets) {
       if (attachment.state !== "detaching") {
-        ctx.log.info({ volumeId, nodeId: attachment.instanceId, device: attachment.device }, "detaching");
+        // The CO's reason (CSI 1.14; UNKNOWN when it gave none) is only logged: a detach is the same either way.
+        const reason = req.reason === "UNKNOWN" ? undefined : req.reason;
+        ctx.log.info(
+          { volumeId, nodeId: attachment.instanceId, device: attachment.device, reason },
+          "detaching",
+        );
         await this.#ec2.detachVolume(volumeId, attachment.instanceId).catch((err) => {
           if (isCloudError(err, "NotFound")) return;
           mapCloudError(err, `detaching volume ${volumeId} from ${attachment.instanceId}`);
@@ -358,6 +368,42 @@ export class EbsController {
     const disk = VOLUME_ID.test(volumeId) ? await this.#getDisk(volumeId) : undefined;
     if (!disk) throw notFound(`volume_id ${volumeId}: no such volume`);
     return { volume: toCsiVolume(disk, {}), status: volumeStatus(disk) };
+  }
+
+  /** The volume's health from its EC2 state (see volumeHealth). */
+  async ControllerGetVolumeHealth(
+    req: ControllerGetVolumeHealthRequest,
+  ): Promise<ControllerGetVolumeHealthResponse> {
+    const volumeId = requireString(req.volume_id, "volume_id");
+    checkMap(req.secrets, "secrets");
+    const disk = VOLUME_ID.test(volumeId) ? await this.#getDisk(volumeId) : undefined;
+    if (!disk) throw notFound(`volume_id ${volumeId}: no such volume`);
+    return { volume_health: volumeHealth(disk) };
+  }
+
+  /**
+   * The driver's volumes with an adverse condition, one EC2 page (of at most max_entries volumes)
+   * per call: a page may hold none and still carry a next_token, which the spec allows.
+   */
+  async ControllerListVolumeHealth(
+    req: ControllerListVolumeHealthRequest,
+  ): Promise<ControllerListVolumeHealthResponse> {
+    const max = Number(req.max_entries ?? 0);
+    if (max < 0) throw invalidArgument("max_entries", "must not be negative");
+    checkMap(req.secrets, "secrets");
+    const token = req.starting_token || undefined;
+    let page: Awaited<ReturnType<Ec2["listVolumesWithTag"]>>;
+    try {
+      page = await this.#ec2.listVolumesWithTag(VOLUME_NAME_TAG, max > 0 ? Math.min(max, 1000) : 1000, token);
+    } catch (err) {
+      if (token && isCloudError(err, "InvalidParameter"))
+        throw aborted(`starting_token "${token}" is not valid`);
+      mapCloudError(err, "listing volumes");
+    }
+    return {
+      entries: page.disks.map(volumeHealth).filter((h) => h.health_statuses.length > 0),
+      next_token: page.nextToken ?? "",
+    };
   }
 
   async ControllerExpandVolume(
@@ -666,15 +712,27 @@ function toCsiVolume(disk: Disk, volumeContext: Record<string, string>): Volume 
   };
 }
 
+/**
+ * The volume as EC2 sees it. State "error" is, in EC2's words, "the underlying hardware related
+ * to your EBS volume has failed, and the data associated with the volume is unrecoverable": no
+ * node can read it (INACCESSIBLE) and its data is gone (DATA_LOSS).
+ */
+function volumeHealth(disk: Disk) {
+  if (disk.state !== "error") return { volume_id: disk.id, health_statuses: [] };
+  const message = `EC2 reports volume ${disk.id} in state "error": its hardware failed, its data is unrecoverable`;
+  return {
+    volume_id: disk.id,
+    health_statuses: [
+      { status: "INACCESSIBLE" as const, reason: "VolumeError", message },
+      { status: "DATA_LOSS" as const, reason: "VolumeError", message },
+    ],
+  };
+}
+
 function volumeStatus(disk: Disk) {
-  const abnormal = disk.state === "error";
   return {
     published_node_ids: disk.attachments
       .filter((a) => a.state === "attached" || a.state === "attaching")
       .map((a) => a.instanceId),
-    volume_condition: {
-      abnormal,
-      message: abnormal ? `EC2 reports volume ${disk.id} in state "error"` : `volume is ${disk.state}`,
-    },
   };
 }

@@ -1,4 +1,4 @@
-import { readdir, readFile, realpath, stat } from "node:fs/promises";
+import { readFile, realpath, stat } from "node:fs/promises";
 import { basename, join } from "node:path";
 import { status } from "@grpc/grpc-js";
 import { waitUntil } from "../backoff.ts";
@@ -16,6 +16,10 @@ import type {
   NodeExpandVolumeResponse,
   NodeGetCapabilitiesResponse,
   NodeGetInfoResponse,
+  NodeGetStorageHealthRequest,
+  NodeGetStorageHealthResponse,
+  NodeGetVolumeHealthRequest,
+  NodeGetVolumeHealthResponse,
   NodeGetVolumeStatsRequest,
   NodeGetVolumeStatsResponse,
   NodePublishVolumeRequest,
@@ -47,7 +51,7 @@ import {
   safeFormatAndMount,
 } from "../host/blockdev.ts";
 import { bounded } from "../host/bounded.ts";
-import { checkFilesystemCondition } from "../host/condition.ts";
+import { checkFilesystemHealth, type HealthIssue } from "../host/health.ts";
 import {
   bindMount,
   findMountsAt,
@@ -70,8 +74,8 @@ import type { RpcContext } from "../server/rpc.ts";
 import { attachLimitFromTable, volumesPerNode } from "./attach-limits.ts";
 import type { Ec2 } from "./cloud.ts";
 import { VOLUME_ID, ZONE_KEYS } from "./controller.ts";
+import { attachmentIssues, linkName, listDeviceLinks } from "./device-links.ts";
 
-const NVME_LINK_PREFIX = "nvme-Amazon_Elastic_Block_Store_";
 const FS_TYPE_CONTEXT_KEY = "csi.storage.k8s.io/fstype";
 /** How long start-up waits for DescribeInstanceTypes before using the built-in table. */
 const INSTANCE_TYPE_LOOKUP_MS = 5000;
@@ -126,7 +130,8 @@ export class EbsNode {
       "STAGE_UNSTAGE_VOLUME",
       "GET_VOLUME_STATS",
       "EXPAND_VOLUME",
-      "VOLUME_CONDITION",
+      "GET_VOLUME_HEALTH",
+      "GET_STORAGE_HEALTH",
       "SINGLE_NODE_MULTI_WRITER",
     ] as const;
     return { capabilities: types.map((type) => ({ rpc: { type } })) };
@@ -302,45 +307,96 @@ export class EbsNode {
 
   async NodeGetVolumeStats(req: NodeGetVolumeStatsRequest): Promise<NodeGetVolumeStatsResponse> {
     const volumeId = requireString(req.volume_id, "volume_id");
-    const {
-      path: volumePath,
-      mount,
-      device,
-    } = await this.#findPublished(volumeId, requireString(req.volume_path, "volume_path", MAX_PATH_BYTES));
-    if (!device) {
-      return {
-        usage: [],
-        volume_condition: {
-          abnormal: true,
-          message: `the block device of volume ${volumeId} is gone (detached?)`,
-        },
-      };
-    }
-    // On a filesystem the kernel shut down, stat and even statfs may fail (EIO): that is what
-    // VOLUME_CONDITION must report, not an error of this call.
+    const { path: volumePath } = await this.#findPublished(
+      volumeId,
+      requireString(req.volume_path, "volume_path", MAX_PATH_BYTES),
+    );
+    // stat fails (EIO) on a filesystem the kernel shut down while statfs may still answer: the
+    // figures are reported as long as they can be read, NodeGetVolumeHealth says what is wrong.
     const info = await bounded(`stat ${volumePath}`, () => stat(volumePath)).catch(() => undefined);
-    if (info?.isBlockDevice()) {
-      const total = await deviceSizeBytes(volumePath);
+    try {
+      if (info?.isBlockDevice()) {
+        const total = await deviceSizeBytes(volumePath);
+        return { usage: [{ unit: "BYTES", total, available: 0, used: 0 }] };
+      }
+      const stats = await fsStats(volumePath);
       return {
-        usage: [{ unit: "BYTES", total, available: 0, used: 0 }],
-        volume_condition: { abnormal: false, message: "" },
+        usage: [
+          { unit: "BYTES", total: stats.totalBytes, available: stats.availableBytes, used: stats.usedBytes },
+          { unit: "INODES", total: stats.totalInodes, available: stats.freeInodes, used: stats.usedInodes },
+        ],
       };
+    } catch (err) {
+      throw asInternal(err, `volume ${volumeId} at ${volumePath} (see NodeGetVolumeHealth)`);
     }
-    const [stats, condition] = await Promise.all([
-      fsStats(volumePath).catch(() => undefined),
-      checkFilesystemCondition(volumePath, { readOnlyRequested: mount.mountOptions.includes("ro"), mount }),
-    ]);
-    if (!stats) {
-      const message = condition.abnormal ? condition.message : `statfs of ${volumePath} failed`;
-      return { usage: [], volume_condition: { abnormal: true, message } };
+  }
+
+  /**
+   * What this node sees of the volume: its device gone, its filesystem shut down or made read-only
+   * by an error, ext4 errors awaiting fsck. The paths are optional (kubelet sends them, csi-sanity
+   * does not): without a mounted one, the volume's device and its mounts in the kubelet directory
+   * are looked up. An attached volume that is not mounted (yet) is healthy; one that is neither
+   * attached nor mounted here is NOT_FOUND.
+   */
+  async NodeGetVolumeHealth(req: NodeGetVolumeHealthRequest): Promise<NodeGetVolumeHealthResponse> {
+    const volumeId = requireString(req.volume_id, "volume_id");
+    const answer = (issues: HealthIssue[]) => ({
+      volume_health: { volume_id: volumeId, health_statuses: issues },
+    });
+    if (!VOLUME_ID.test(volumeId)) throw notFound(`volume_id ${volumeId}: not an EBS volume id`);
+    for (const [field, value] of [
+      ["volume_publish_path", req.volume_publish_path],
+      ["staging_target_path", req.staging_target_path],
+    ] as const) {
+      if (value === "") continue;
+      const given = requireString(value, field, MAX_PATH_BYTES);
+      const confined = await this.#o.kubeletDirs.confine(given);
+      if (!confined.ok) throw notFound(`${field} ${given}: volume ${volumeId} is not mounted there`);
+      // Not mounted (yet, or any more): the other path or the device may still tell.
+      if ((await findMountsAt(confined.path)).length === 0) continue;
+      const { path: volumePath, mount, device } = await this.#findPublished(volumeId, given);
+      return answer(await this.#healthAt(volumeId, volumePath, mount, device));
     }
-    return {
-      usage: [
-        { unit: "BYTES", total: stats.totalBytes, available: stats.availableBytes, used: stats.usedBytes },
-        { unit: "INODES", total: stats.totalInodes, available: stats.freeInodes, used: stats.usedInodes },
-      ],
-      volume_condition: condition,
-    };
+    const device = await this.#findDevice(volumeId, undefined);
+    if (!device) throw notFound(`volume_id ${volumeId}: not attached to this node and not mounted here`);
+    const { major, minor } = splitDevNumber((await stat(device, { bigint: true })).rdev);
+    for (const mount of await listMounts()) {
+      if (mount.major !== major || mount.minor !== minor) continue;
+      if (!(await this.#o.kubeletDirs.confine(mount.mountPoint)).ok) continue;
+      return answer(await this.#healthAt(volumeId, mount.mountPoint, mount, device));
+    }
+    return answer([]);
+  }
+
+  /**
+   * The node's EBS attachments as a whole, from its by-id links: links leading nowhere, a device
+   * two volumes' links claim, no attachment slot left. Instance metadata is not asked: kubelet
+   * calls this every minute, and a node needs none of it to serve its volumes.
+   */
+  async NodeGetStorageHealth(req: NodeGetStorageHealthRequest): Promise<NodeGetStorageHealthResponse> {
+    checkMap(req.secrets ?? {}, "secrets");
+    const links = await listDeviceLinks(this.#o.deviceDir);
+    return { backend_health: attachmentIssues(links, this.#o.maxVolumesPerNode) };
+  }
+
+  async #healthAt(
+    volumeId: string,
+    volumePath: string,
+    mount: MountEntry,
+    device: string | undefined,
+  ): Promise<HealthIssue[]> {
+    if (!device) {
+      return [
+        {
+          status: "INACCESSIBLE",
+          reason: "DeviceGone",
+          message: `the block device of volume ${volumeId} is gone (detached?) while still mounted at ${volumePath}`,
+        },
+      ];
+    }
+    const info = await bounded(`stat ${volumePath}`, () => stat(volumePath)).catch(() => undefined);
+    if (info?.isBlockDevice()) return [];
+    return checkFilesystemHealth(volumePath, { readOnlyRequested: mount.mountOptions.includes("ro"), mount });
   }
 
   async NodeExpandVolume(req: NodeExpandVolumeRequest, ctx: RpcContext): Promise<NodeExpandVolumeResponse> {
@@ -388,7 +444,7 @@ export class EbsNode {
     const device = await this.#findDevice(volumeId, undefined);
     const elsewhere = `volume_path ${volumePath}: another volume is mounted there, not ${volumeId}`;
     if (device && !(await sameDeviceNumber(mount, device))) throw notFound(elsewhere);
-    // No device for this volume: either its disk is gone (an abnormal condition to report), or
+    // No device for this volume: either its disk is gone (NodeGetVolumeHealth reports it), or
     // the path holds another volume that is still attached (NOT_FOUND: this one is not there).
     if (!device) {
       const owner = await this.#volumeOfMount(mount);
@@ -509,14 +565,9 @@ export class EbsNode {
 
   /** Every EBS volume with a by-id link here, and the device the link resolves to. */
   async #linkedDevices(): Promise<[string, string][]> {
-    const entries = await readdir(this.#o.deviceDir).catch(() => [] as string[]);
-    const linked: [string, string][] = [];
-    for (const entry of entries) {
-      if (!entry.startsWith(`${NVME_LINK_PREFIX}vol`)) continue;
-      const target = await realpath(join(this.#o.deviceDir, entry)).catch(() => undefined);
-      if (target) linked.push([`vol-${entry.slice(NVME_LINK_PREFIX.length + 3).split("-")[0]}`, target]);
-    }
-    return linked;
+    return (await listDeviceLinks(this.#o.deviceDir)).flatMap(({ volumeId, device }) =>
+      device ? [[volumeId, device] as [string, string]] : [],
+    );
   }
 
   /** The volume whose by-id link points at device, if any. */
@@ -524,8 +575,6 @@ export class EbsNode {
     return (await this.#linkedDevices()).find(([, target]) => target === device)?.[0];
   }
 }
-
-const linkName = (volumeId: string) => `${NVME_LINK_PREFIX}${volumeId.replace("-", "")}`;
 
 /** EC2 device names: /dev/xvdaa may show up as /dev/sdaa and the other way round. */
 function aliases(devicePath: string): string[] {

@@ -11,10 +11,12 @@
  */
 import { constants } from "node:fs";
 import { access, rmdir } from "node:fs/promises";
-import { alreadyExists, asInternal, CsiError, notFound } from "../csi/errors.ts";
+import { alreadyExists, asInternal, CsiError, notFound, unavailable } from "../csi/errors.ts";
 import type {
   NodeGetCapabilitiesResponse,
   NodeGetInfoResponse,
+  NodeGetVolumeHealthRequest,
+  NodeGetVolumeHealthResponse,
   NodeGetVolumeStatsRequest,
   NodeGetVolumeStatsResponse,
   NodePublishVolumeRequest,
@@ -34,9 +36,9 @@ import {
 } from "../csi/validate.ts";
 import { type FsStats, fsStats } from "../host/blockdev.ts";
 import { bounded } from "../host/bounded.ts";
-import { conditionFromMount, type FilesystemCondition } from "../host/condition.ts";
 import { CommandError, run } from "../host/exec.ts";
-import { findMountsAt, removeMountTarget, unmountAll } from "../host/mounts.ts";
+import { type HealthIssue, healthFromMount } from "../host/health.ts";
+import { findMountsAt, listMounts, type MountEntry, removeMountTarget, unmountAll } from "../host/mounts.ts";
 import { type KubeletDirs, MAX_PATH_BYTES, makeDirectories } from "../host/paths.ts";
 import type { Logger } from "../log.ts";
 import type { RpcContext } from "../server/rpc.ts";
@@ -70,7 +72,7 @@ export interface EfsNodeOptions {
   mountTimeoutMs?: number;
   /** An unmount that takes longer is forced (the server is gone): `umount --force --lazy`. */
   unmountTimeoutMs?: number;
-  /** A statfs that takes longer marks the volume abnormal (the server does not answer). */
+  /** A statfs that takes longer marks the volume INACCESSIBLE (the server does not answer). */
   statsTimeoutMs?: number;
   /** How long an access point's capacity is reused before it is read again: an expansion shows up within it. */
   capacityTtlMs?: number;
@@ -138,7 +140,7 @@ export class EfsNode {
 
   async NodeGetCapabilities(): Promise<NodeGetCapabilitiesResponse> {
     // No STAGE_UNSTAGE_VOLUME: like the official driver, each pod gets its own mount.
-    const types = ["GET_VOLUME_STATS", "VOLUME_CONDITION"] as const;
+    const types = ["GET_VOLUME_STATS", "GET_VOLUME_HEALTH"] as const;
     return { capabilities: types.map((type) => ({ rpc: { type } })) };
   }
 
@@ -228,7 +230,7 @@ export class EfsNode {
    *   background walk of its tree, since EFS's statfs counts the whole file system.
    * - inodes: total is statfs's (EFS reports a huge number), used is the walk's entry count.
    * Until the first walk has finished, used is 0 and available the whole total. An empty usage
-   * list would be worse: kubelet before 1.32 drops the volume's stats (and its condition) for an
+   * list would be worse: kubelet before 1.32 drops the volume's stats for an
    * empty list, and from 1.32 (kubernetes#127021) reports every figure as 0, the capacity too.
    */
   async NodeGetVolumeStats(req: NodeGetVolumeStatsRequest): Promise<NodeGetVolumeStatsResponse> {
@@ -246,7 +248,8 @@ export class EfsNode {
     if (!entry) throw notThere;
 
     const probed = await statFilesystem(volumePath, this.#o.statsTimeoutMs);
-    if ("abnormal" in probed) return { usage: [], volume_condition: probed };
+    // A server that does not answer: NodeGetVolumeHealth reports it, kubelet retries this.
+    if ("status" in probed) throw unavailable(probed.message);
     // After a plugin restart nothing is tracked: the first stats call starts the walks.
     this.#usage.track(volumeId, volumePath);
     const capacity = handle.accessPointId ? await this.#capacity?.get(handle.accessPointId) : undefined;
@@ -267,8 +270,47 @@ export class EfsNode {
           used: used.inodes,
         },
       ],
-      volume_condition: conditionFromMount(entry),
     };
+  }
+
+  /**
+   * The volume as this node sees it: a server that does not answer statfs within statsTimeoutMs
+   * (probed in a child process, so a dead server costs a killed `stat`), or a mount the kernel
+   * made read-only. The paths are optional (csi-sanity sends none): without a mounted one, the
+   * NFS mounts of the volume's file system in the kubelet directory are probed; with none, nothing
+   * adverse is known, as EFS is a network file system that any node may mount.
+   */
+  async NodeGetVolumeHealth(req: NodeGetVolumeHealthRequest): Promise<NodeGetVolumeHealthResponse> {
+    const volumeId = requireString(req.volume_id, "volume_id");
+    const handle = tryParseVolumeHandle(volumeId);
+    if (!handle) throw notFound(`volume ${volumeId} does not exist: it is not an EFS volume handle`);
+    const answer = (issues: HealthIssue[]) => ({
+      volume_health: { volume_id: volumeId, health_statuses: issues },
+    });
+    for (const [field, value] of [
+      ["volume_publish_path", req.volume_publish_path],
+      ["staging_target_path", req.staging_target_path],
+    ] as const) {
+      if (value === "") continue;
+      const given = requireString(value, field, MAX_PATH_BYTES);
+      // Outside the kubelet directory nothing of ours is mounted, and nothing there is looked at.
+      const confined = await this.#o.kubeletDirs.confine(given);
+      if (!confined.ok) throw notFound(`${field} ${given}: volume ${volumeId} is not published there`);
+      const entry = (await findMountsAt(confined.path)).at(-1);
+      if (entry) return answer(await this.#probeHealth(entry));
+    }
+    for (const entry of await listMounts()) {
+      if (!mountsFileSystem(entry, handle.fileSystemId)) continue;
+      if (!(await this.#o.kubeletDirs.confine(entry.mountPoint)).ok) continue;
+      return answer(await this.#probeHealth(entry));
+    }
+    return answer([]);
+  }
+
+  async #probeHealth(entry: MountEntry): Promise<HealthIssue[]> {
+    const probed = await statFilesystem(entry.mountPoint, this.#o.statsTimeoutMs);
+    if ("status" in probed) return [probed];
+    return healthFromMount(entry);
   }
 
   /** Unmounts everything at target; a server that stopped answering gets a forced, lazy unmount. */
@@ -290,10 +332,7 @@ export class EfsNode {
  * killed `stat`, not one of this process's few I/O threads. Without GNU stat it falls back to an
  * in-process statfs.
  */
-export async function statFilesystem(
-  path: string,
-  timeoutMs: number,
-): Promise<FsStats | FilesystemCondition> {
+export async function statFilesystem(path: string, timeoutMs: number): Promise<FsStats | HealthIssue> {
   let stdout: string;
   try {
     ({ stdout } = await run("stat", ["--file-system", "--format=%S %b %f %a %c %d", "--", path], {
@@ -303,13 +342,15 @@ export async function statFilesystem(
     if (!(err instanceof CommandError)) throw err;
     if (err.timedOut) {
       return {
-        abnormal: true,
+        status: "INACCESSIBLE",
+        reason: "ServerNotResponding",
         message: `the file system at ${path} did not answer statfs within ${timeoutMs / 1000} s: is the EFS server reachable?`,
       };
     }
     if (err.exitCode === null && err.signal === null) return fsStats(path);
     return {
-      abnormal: true,
+      status: "INACCESSIBLE",
+      reason: "FilesystemUnusable",
       message: `the file system at ${path} is not usable: ${err.stderr.trim() || err.message}`,
     };
   }
@@ -325,6 +366,13 @@ export async function statFilesystem(
     freeInodes: freeFiles,
     usedInodes: files - freeFiles,
   };
+}
+
+/** An NFS mount of the EFS file system (as efs-utils or mount -t nfs4 by DNS name shows it). */
+function mountsFileSystem(entry: MountEntry, fileSystemId: string): boolean {
+  if (!/^(nfs4?|efs)$/.test(entry.fsType)) return false;
+  const host = entry.source.slice(0, entry.source.lastIndexOf(":"));
+  return host === fileSystemId || host.startsWith(`${fileSystemId}.`);
 }
 
 async function isExecutable(path: string): Promise<boolean> {

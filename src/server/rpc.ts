@@ -35,6 +35,10 @@ const READ_ONLY = new Set([
   "ListVolumes",
   "GetCapacity",
   "NodeGetVolumeStats",
+  "NodeGetVolumeHealth",
+  "NodeGetStorageHealth",
+  "ControllerGetVolumeHealth",
+  "ControllerListVolumeHealth",
 ]);
 
 /**

@@ -362,7 +362,7 @@ describe("ListVolumes and ControllerGetVolume", () => {
     }
   });
 
-  it("ControllerGetVolume answers size, topology, published nodes and condition; unknown ids are NOT_FOUND", async () => {
+  it("ControllerGetVolume answers size, topology and published nodes, the health RPCs no issue; unknown ids are NOT_FOUND", async () => {
     const volumeId = await createVolume(uniqueName("get"), 2);
     try {
       await publish(volumeId);
@@ -371,10 +371,24 @@ describe("ListVolumes and ControllerGetVolume", () => {
       expect(Number(reply.volume.capacity_bytes)).toBe(2 * GiB);
       expect(reply.volume.accessible_topology[0].segments["topology.ebs.csi.aws.com/zone"]).toBe(env.zone);
       expect(reply.status.published_node_ids).toEqual([env.instanceId]);
-      expect(reply.status.volume_condition.abnormal).toBe(false);
+      expect(await controller("ControllerGetVolumeHealth", { volume_id: volumeId })).toEqual({
+        volume_health: { volume_id: volumeId, health_statuses: [] },
+      });
 
       const err = await failure(controller("ControllerGetVolume", { volume_id: "vol-0123456789abcdef0" }));
       expect(err.code).toBe(status.NOT_FOUND);
+      const gone = await failure(
+        controller("ControllerGetVolumeHealth", { volume_id: "vol-0123456789abcdef0" }),
+      );
+      expect(gone.code).toBe(status.NOT_FOUND);
+      // Healthy volumes are left out of the list.
+      const listed = await controller("ControllerListVolumeHealth", {});
+      // biome-ignore lint/suspicious/noExplicitAny: decoded protobuf reply.
+      expect(listed.entries.map((e: any) => e.volume_id)).not.toContain(volumeId);
+      const badToken = await failure(
+        controller("ControllerListVolumeHealth", { starting_token: "invalid-token" }),
+      );
+      expect(badToken.code).toBe(status.ABORTED);
     } finally {
       await deleteQuietly([volumeId]);
     }

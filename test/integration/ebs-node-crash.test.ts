@@ -139,7 +139,13 @@ describe.skipIf(skip !== undefined)("EBS node plugin killed between kubelet's ca
       { volume_id: volumeId, volume_path: podA },
       "after a crash",
     );
-    expect(stats.volume_condition).toEqual({ abnormal: false, message: "" });
+    const health = await ok(
+      "Node",
+      "NodeGetVolumeHealth",
+      { volume_id: volumeId, volume_publish_path: podA },
+      "after a crash",
+    );
+    expect(health.volume_health).toEqual({ volume_id: volumeId, health_statuses: [] });
     // biome-ignore lint/suspicious/noExplicitAny: decoded protobuf reply.
     const bytes = stats.usage.find((u: any) => u.unit === "BYTES");
     expect(bytes.total).toBeGreaterThan(0.85 * GiB);
@@ -188,7 +194,13 @@ describe.skipIf(skip !== undefined)("EBS node plugin killed between kubelet's ca
       "after a crash",
     );
     expect(stats.usage[0]).toMatchObject({ unit: "BYTES", total: GiB });
-    expect(stats.volume_condition).toEqual({ abnormal: false, message: "" });
+    const health = await ok(
+      "Node",
+      "NodeGetVolumeHealth",
+      { volume_id: volumeId, volume_publish_path: target },
+      "after a crash",
+    );
+    expect(health.volume_health).toEqual({ volume_id: volumeId, health_statuses: [] });
 
     await ok("Node", "NodeUnpublishVolume", { volume_id: volumeId, target_path: target }, "after a crash");
     expect(await stat(target).catch(() => undefined), `${target} removed`).toBeUndefined();

@@ -151,14 +151,13 @@ const blockCapability = (): Capability => ({ access_mode: { mode: "SINGLE_NODE_W
 interface Usage {
   bytes: { total: number; available: number; used: number };
   inodes?: { total: number; available: number; used: number };
-  condition: { abnormal: boolean; message: string };
 }
 
 // biome-ignore lint/suspicious/noExplicitAny: decoded protobuf reply.
 function usageOf(reply: any): Usage {
   // biome-ignore lint/suspicious/noExplicitAny: decoded protobuf reply.
   const find = (unit: string) => reply.usage.find((u: any) => u.unit === unit);
-  return { bytes: find("BYTES"), inodes: find("INODES"), condition: reply.volume_condition };
+  return { bytes: find("BYTES"), inodes: find("INODES") };
 }
 
 describe.skipIf(skip !== undefined)("EBS node service (driver process, loop devices)", () => {
@@ -326,6 +325,18 @@ describe.skipIf(skip !== undefined)("EBS node service (driver process, loop devi
       }),
     );
 
+  /** NodeGetVolumeHealth as kubelet calls it (both paths), or as csi-sanity does (no path). */
+  const health = async (volume: Volume, publishPath = "", staging = "") => {
+    // biome-ignore lint/suspicious/noExplicitAny: decoded protobuf reply.
+    const reply: any = await call("Node", "NodeGetVolumeHealth", {
+      volume_id: volume.volumeId,
+      volume_publish_path: publishPath,
+      staging_target_path: staging,
+    });
+    expect(reply.volume_health.volume_id).toBe(volume.volumeId);
+    return reply.volume_health.health_statuses as { status: string; reason: string; message: string }[];
+  };
+
   describe("the kubelet sequence", () => {
     it.each(["ext4", "xfs"])(
       "%s: create, attach, stage, publish to two pods, stats, expand, tear down",
@@ -355,7 +366,7 @@ describe.skipIf(skip !== undefined)("EBS node service (driver process, loop devi
         expect(await readFile(join(podB, "hello.txt"), "utf8")).toBe("written through pod A\n");
 
         const before = await stats(volume, podA, staging);
-        expect(before.condition).toEqual({ abnormal: false, message: "" });
+        expect(await health(volume, podA, staging)).toEqual([]);
         expect(before.bytes.total, "BYTES total = what statfs (df) shows").toBe(await statfsBytes(podA));
         expect(before.bytes.total).toBeGreaterThan(0.85 * GiB);
         expect(before.bytes.total).toBeLessThanOrEqual(GiB);
@@ -502,7 +513,8 @@ describe.skipIf(skip !== undefined)("EBS node service (driver process, loop devi
 
       const usage = await stats(volume, targetA, staging);
       expect(usage.bytes.total).toBe(GiB);
-      expect(usage.condition).toEqual({ abnormal: false, message: "" });
+      expect(await health(volume, targetA, staging)).toEqual([]);
+      expect(await health(volume), "found from the device, no path given").toEqual([]);
 
       const expanded = await idempotent("Controller", "ControllerExpandVolume", {
         volume_id: volumeId,
@@ -873,8 +885,8 @@ describe.skipIf(skip !== undefined)("EBS node service (driver process, loop devi
     });
   });
 
-  describe("VOLUME_CONDITION", () => {
-    it("ext4 made read-only by a filesystem error (errors=remount-ro): abnormal with a message", async (ctx) => {
+  describe("NodeGetVolumeHealth", () => {
+    it("ext4 made read-only by a filesystem error (errors=remount-ro): DEGRADED, errors recorded", async (ctx) => {
       const volume = await createVolume(mountCapability("ext4", ["errors=remount-ro"]));
       const { publishContext, device } = await attach(volume);
       const trigger = `/sys/fs/ext4/${basename(device)}/trigger_fs_error`;
@@ -882,7 +894,7 @@ describe.skipIf(skip !== undefined)("EBS node service (driver process, loop devi
       expect(mountsAt(staging)[0]!.superOptions).toContain("errors=remount-ro");
       const target = podTargetOf(volume.pv);
       await publish(volume, publishContext, staging, target);
-      expect((await stats(volume, target, staging)).condition).toEqual({ abnormal: false, message: "" });
+      expect(await health(volume, target, staging)).toEqual([]);
       if (!existsSync(trigger)) {
         console.warn(
           `[ebs-node.test.ts] ${trigger} does not exist on this kernel: cannot provoke an ext4 error`,
@@ -892,35 +904,117 @@ describe.skipIf(skip !== undefined)("EBS node service (driver process, loop devi
 
       await writeFile(trigger, "1");
       await expect(writeFile(join(target, "after-error.txt"), "x")).rejects.toMatchObject({ code: "EROFS" });
-      const condition = (await stats(volume, target, staging)).condition;
-      expect(condition.abnormal).toBe(true);
-      expect(condition.message).toMatch(/read-only|error/);
+      for (const issues of [await health(volume, target, staging), await health(volume)]) {
+        expect(issues.map((i) => [i.status, i.reason])).toEqual([
+          ["DEGRADED", "ReadOnlyAfterError"],
+          ["DEGRADED", "FilesystemErrorsRecorded"],
+        ]);
+        expect(issues[0]!.message).toMatch(/read-only after a filesystem error/);
+      }
+      // Still readable: the figures are still reported.
+      expect((await stats(volume, target, staging)).bytes.total).toBeGreaterThan(0);
 
       await unpublish(volume, target);
       await unstage(volume, staging);
       await detachAndDelete(volume);
     });
 
-    it("the disk is lost while mounted (by-id link gone, loop device detached): abnormal; teardown still works", async () => {
+    it("xfs shut down (xfs_io -x -c shutdown): INACCESSIBLE, with or without paths", async () => {
+      const volume = await createVolume(mountCapability("xfs"));
+      const { publishContext } = await attach(volume);
+      const staging = await stage(volume, publishContext);
+      const target = podTargetOf(volume.pv);
+      await publish(volume, publishContext, staging, target);
+      expect(await health(volume, target, staging)).toEqual([]);
+
+      execFileSync("xfs_io", ["-x", "-c", "shutdown", staging]);
+      await expect(stat(join(target, "."))).rejects.toMatchObject({ code: "EIO" });
+      for (const issues of [
+        await health(volume, target, staging),
+        await health(volume, "", staging),
+        await health(volume),
+      ]) {
+        expect(issues).toEqual([
+          { status: "INACCESSIBLE", reason: "FilesystemShutDown", message: expect.stringMatching(/EIO/) },
+        ]);
+      }
+
+      await unpublish(volume, target);
+      await unstage(volume, staging);
+      await detachAndDelete(volume);
+    });
+
+    it("the disk is lost while mounted (by-id link gone, loop device detached): INACCESSIBLE; teardown still works", async () => {
       const volume = await createVolume(mountCapability("ext4"));
       const { publishContext, device } = await attach(volume);
       const staging = await stage(volume, publishContext);
       const target = podTargetOf(volume.pv);
       await publish(volume, publishContext, staging, target);
-      expect((await stats(volume, target, staging)).condition.abnormal).toBe(false);
+      expect(await health(volume, target, staging)).toEqual([]);
 
       await stat(env.sim!.linkPath(volume.volumeId)); // exists until now
       execFileSync("rm", ["--", env.sim!.linkPath(volume.volumeId)]);
       // Still mounted, so the kernel only marks it for autoclear: it goes away at the last unmount.
       execFileSync("losetup", ["--detach", device]);
-      const condition = (await stats(volume, target, staging)).condition;
-      expect(condition.abnormal).toBe(true);
-      expect(condition.message).toMatch(new RegExp(volume.volumeId));
+      expect(await health(volume, target, staging)).toEqual([
+        {
+          status: "INACCESSIBLE",
+          reason: "DeviceGone",
+          message: expect.stringMatching(new RegExp(volume.volumeId)),
+        },
+      ]);
+      // Without a path nothing on this node names the volume any more.
+      await expectCsiError(
+        call("Node", "NodeGetVolumeHealth", { volume_id: volume.volumeId }),
+        status.NOT_FOUND,
+        /not attached/,
+      );
 
       await unpublish(volume, target);
       await unstage(volume, staging);
       expect(await env.sim!.deviceOf(volume.volumeId), "autoclear freed the loop device").toBeUndefined();
       await detachAndDelete(volume);
+    });
+
+    it("refuses what is not a volume here: no id, a path outside the kubelet directory, another volume's path, an unknown volume", async () => {
+      const volume = await createVolume(mountCapability("ext4"));
+      const { publishContext } = await attach(volume);
+      const staging = await stage(volume, publishContext);
+      const target = podTargetOf(volume.pv);
+      await publish(volume, publishContext, staging, target);
+      const other = await createVolume(mountCapability("ext4"));
+
+      await expectCsiError(
+        call("Node", "NodeGetVolumeHealth", { volume_publish_path: target }),
+        status.INVALID_ARGUMENT,
+        /volume_id/,
+      );
+      for (const outside of ["/etc", "relative/path", staging.replace(root, "/tmp")]) {
+        await expectCsiError(
+          call("Node", "NodeGetVolumeHealth", { volume_id: volume.volumeId, volume_publish_path: outside }),
+          status.NOT_FOUND,
+          /volume_publish_path/,
+        );
+      }
+      for (const volumeId of [other.volumeId, UNKNOWN_VOLUME]) {
+        await expectCsiError(
+          call("Node", "NodeGetVolumeHealth", { volume_id: volumeId, volume_publish_path: target }),
+          status.NOT_FOUND,
+          new RegExp(volumeId),
+        );
+        await expectCsiError(
+          call("Node", "NodeGetVolumeHealth", { volume_id: volumeId }),
+          status.NOT_FOUND,
+          new RegExp(volumeId),
+        );
+      }
+      // Attached, not yet staged: nothing adverse known.
+      await unpublish(volume, target);
+      await unstage(volume, staging);
+      expect(await health(volume, target, staging)).toEqual([]);
+
+      await detachAndDelete(volume);
+      await call("Controller", "DeleteVolume", { volume_id: other.volumeId });
     });
   });
 });

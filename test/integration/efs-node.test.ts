@@ -2,9 +2,11 @@
 // commands, served by the test-only mount helper (fake-mount-efs.ts) from local directories, since
 // this machine has no NFS client. Needs root (mounts, /sbin/mount.efs).
 
+import { spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { existsSync } from "node:fs";
-import { mkdir, open, readdir, readFile, stat, statfs, writeFile } from "node:fs/promises";
+import { closeSync, existsSync, openSync } from "node:fs";
+import { mkdir, mkdtemp, open, readdir, readFile, rm, stat, statfs, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { CreateAccessPointCommand, DescribeAccessPointsCommand } from "@aws-sdk/client-efs";
 import { status } from "@grpc/grpc-js";
@@ -183,7 +185,7 @@ describe.skipIf(!isRoot)("EFS node (driver process, fake mount.efs)", () => {
     expect(existsSync(target)).toBe(false);
   });
 
-  it("reports a static volume's total from statfs, and its condition; NOT_FOUND where nothing is published", async () => {
+  it("reports a static volume's total from statfs, and its health; NOT_FOUND where nothing is published", async () => {
     const target = newTarget();
     await publish(env.fileSystemId, target);
     const reply = await env.client.call("Node", "NodeGetVolumeStats", {
@@ -197,7 +199,14 @@ describe.skipIf(!isRoot)("EFS node (driver process, fake mount.efs)", () => {
     expect(bytes.total).toBe(local.blocks * local.bsize);
     expect(bytes.available).toBe(bytes.total - bytes.used);
     expect(inodes.total).toBe(local.files);
-    expect(reply.volume_condition).toEqual({ abnormal: false, message: "" });
+    for (const publishPath of [target, ""]) {
+      expect(
+        await env.client.call("Node", "NodeGetVolumeHealth", {
+          volume_id: env.fileSystemId,
+          volume_publish_path: publishPath,
+        }),
+      ).toEqual({ volume_health: { volume_id: env.fileSystemId, health_statuses: [] } });
+    }
 
     const stats = (volumeId: string, path: string) =>
       codeOf(env.client.call("Node", "NodeGetVolumeStats", { volume_id: volumeId, volume_path: path }));
@@ -432,3 +441,109 @@ function usageOf(reply: { usage: { unit: string; total: unknown; used: unknown; 
   };
   return { bytes: entry("BYTES"), inodes: entry("INODES") };
 }
+
+/**
+ * A file system whose server never answers, for real: a FUSE mount whose daemon never reads
+ * /dev/fuse. Every statfs on it blocks, as on an NFS mount of an EFS server that went away.
+ */
+async function mountDeadServer(target: string): Promise<() => Promise<void>> {
+  const fuse = openSync("/dev/fuse", "r+");
+  const mount = spawnSync(
+    "mount",
+    ["-t", "fuse", "-o", "fd=3,rootmode=40000,user_id=0,group_id=0", "dead-efs-server", target],
+    { stdio: ["ignore", "pipe", "pipe", fuse], timeout: 10_000 },
+  );
+  if (mount.status !== 0) {
+    closeSync(fuse);
+    throw new Error(`mounting a FUSE file system failed: ${mount.stderr}`);
+  }
+  return async () => {
+    spawnSync("umount", ["--lazy", "--", target], { timeout: 10_000 });
+    closeSync(fuse); // aborts the connection: anything still waiting on it fails
+  };
+}
+
+describe.skipIf(!isRoot || !existsSync("/dev/fuse"))(
+  "EFS node health (in process, a FUSE mount that never answers)",
+  () => {
+    it("NodeGetVolumeHealth: INACCESSIBLE within the statfs deadline; stats UNAVAILABLE; NOT_FOUND and INVALID_ARGUMENT where due", async () => {
+      const kubelet = await mkdtemp(join(tmpdir(), "efs-health-"));
+      const node = new EfsNode({
+        instanceId: "i-0123456789abcdef0",
+        zone: "us-east-1a",
+        region: "us-east-1",
+        kubeletDirs: await KubeletDirs.open([kubelet]),
+        log: createLogger("silent"),
+        efsHelperPath: "/nonexistent/mount.efs",
+        statsTimeoutMs: 1000,
+      });
+      const FS = "fs-0123456789abcdef0";
+      const target = join(kubelet, "pods", "p", "volumes", "kubernetes.io~csi", "pv", "mount");
+      await mkdir(target, { recursive: true });
+      const codeOf = (p: Promise<unknown>) =>
+        p.then(
+          () => "OK",
+          (err: { code: number }) => status[err.code],
+        );
+      try {
+        // Nothing mounted yet, nothing else known: healthy.
+        expect(
+          await node.NodeGetVolumeHealth({
+            volume_id: FS,
+            volume_publish_path: target,
+            staging_target_path: "",
+          }),
+        ).toEqual({
+          volume_health: { volume_id: FS, health_statuses: [] },
+        });
+        const release = await mountDeadServer(target);
+        try {
+          const started = Date.now();
+          const reply = await node.NodeGetVolumeHealth({
+            volume_id: FS,
+            volume_publish_path: target,
+            staging_target_path: "",
+          });
+          const tookMs = Date.now() - started;
+          expect(reply.volume_health?.health_statuses).toEqual([
+            {
+              status: "INACCESSIBLE",
+              reason: "ServerNotResponding",
+              message: expect.stringMatching(/did not answer statfs within 1 s/),
+            },
+          ]);
+          expect(tookMs, "answered within the statfs deadline").toBeLessThan(5000);
+          expect(
+            await codeOf(
+              node.NodeGetVolumeStats({ volume_id: FS, volume_path: target, staging_target_path: "" }),
+            ),
+          ).toBe("UNAVAILABLE");
+        } finally {
+          await release();
+        }
+        expect(
+          await codeOf(
+            node.NodeGetVolumeHealth({ volume_id: "", volume_publish_path: "", staging_target_path: "" }),
+          ),
+        ).toBe("INVALID_ARGUMENT");
+        expect(
+          await codeOf(
+            node.NodeGetVolumeHealth({
+              volume_id: "not-a-handle",
+              volume_publish_path: "",
+              staging_target_path: "",
+            }),
+          ),
+        ).toBe("NOT_FOUND");
+        expect(
+          await codeOf(
+            node.NodeGetVolumeHealth({ volume_id: FS, volume_publish_path: "/etc", staging_target_path: "" }),
+          ),
+        ).toBe("NOT_FOUND");
+      } finally {
+        await node.close();
+        await rm(kubelet, { recursive: true, force: true });
+      }
+    });
+  },
+);

@@ -25,8 +25,8 @@ import {
   resizeFilesystem,
   safeFormatAndMount,
 } from "../../src/host/blockdev.ts";
-import { checkFilesystemCondition } from "../../src/host/condition.ts";
 import { run } from "../../src/host/exec.ts";
+import { checkFilesystemHealth } from "../../src/host/health.ts";
 import {
   bindMount,
   findMountsAt,
@@ -363,20 +363,23 @@ describe.skipIf(skip !== undefined)("host on real loop devices", { timeout: 120_
     });
   });
 
-  describe("filesystem condition", () => {
-    it("is abnormal when nothing is mounted", async () => {
+  describe("filesystem health", () => {
+    it("is INACCESSIBLE when nothing is mounted", async () => {
       const dir = await newDir("nothing");
-      expect(await checkFilesystemCondition(dir)).toMatchObject({
-        abnormal: true,
-        message: expect.stringMatching(/nothing is mounted/),
-      });
+      expect(await checkFilesystemHealth(dir)).toEqual([
+        {
+          status: "INACCESSIBLE",
+          reason: "NotMounted",
+          message: expect.stringMatching(/nothing is mounted/),
+        },
+      ]);
     });
 
-    it("sees ext4 made read-only by errors=remount-ro", async () => {
+    it("sees ext4 made read-only by errors=remount-ro (DEGRADED), and its recorded error until fsck", async () => {
       const { link } = await sim.attach(newVolumeId(), 1);
       const dir = await newDir("remount-ro");
       await safeFormatAndMount(link, dir, "ext4", ["errors=remount-ro"]);
-      expect(await checkFilesystemCondition(dir)).toEqual({ abnormal: false, message: "" });
+      expect(await checkFilesystemHealth(dir)).toEqual([]);
 
       // ext4's own test hook raises a filesystem error without corrupting anything.
       const trigger = `/sys/fs/ext4/${path.basename(await realpath(link))}/trigger_fs_error`;
@@ -388,29 +391,34 @@ describe.skipIf(skip !== undefined)("host on real loop devices", { timeout: 120_
       }
       await writeFile(trigger, "aws-storage-csi test");
       await expect(writeFile(path.join(dir, "after-error"), "x")).rejects.toMatchObject({ code: "EROFS" });
-      const c = await checkFilesystemCondition(dir);
-      expect(c.abnormal).toBe(true);
-      expect(c.message).toMatch(/read-only after a filesystem error/);
+      const issues = await checkFilesystemHealth(dir);
+      expect(issues.map((i) => [i.status, i.reason])).toEqual([
+        ["DEGRADED", "ReadOnlyAfterError"],
+        ["DEGRADED", "FilesystemErrorsRecorded"],
+      ]);
+      expect(issues[0]!.message).toMatch(/read-only after a filesystem error/);
 
-      // The error stays recorded in the superblock: a clean remount is still abnormal until fsck.
+      // The error stays recorded in the superblock: a clean remount is still DEGRADED until fsck.
       await unmount(dir);
       await mount(link, dir, "ext4", []);
-      expect(await checkFilesystemCondition(dir)).toMatchObject({
-        abnormal: true,
-        message: expect.stringMatching(/recorded 1 error/),
-      });
+      expect(await checkFilesystemHealth(dir)).toEqual([
+        {
+          status: "DEGRADED",
+          reason: "FilesystemErrorsRecorded",
+          message: expect.stringMatching(/recorded 1 error/),
+        },
+      ]);
     });
 
-    it.skipIf(!hasXfsIo)("sees an xfs shutdown (stat gives EIO)", async () => {
+    it.skipIf(!hasXfsIo)("sees an xfs shutdown (stat gives EIO): INACCESSIBLE", async () => {
       const { link } = await sim.attach(newVolumeId(), 1);
       const dir = await newDir("xfs-shutdown");
       await safeFormatAndMount(link, dir, "xfs");
-      expect(await checkFilesystemCondition(dir)).toEqual({ abnormal: false, message: "" });
+      expect(await checkFilesystemHealth(dir)).toEqual([]);
       await run("xfs_io", ["-x", "-c", "shutdown", dir]);
-      expect(await checkFilesystemCondition(dir)).toMatchObject({
-        abnormal: true,
-        message: expect.stringMatching(/EIO/),
-      });
+      expect(await checkFilesystemHealth(dir)).toEqual([
+        { status: "INACCESSIBLE", reason: "FilesystemShutDown", message: expect.stringMatching(/EIO/) },
+      ]);
       await unmount(dir); // a shut-down filesystem still unmounts
       expect(await isMountPoint(dir)).toBe(false);
     });

@@ -255,8 +255,14 @@ describe("EBS controller", () => {
       expect(again.publish_context).toEqual(first.publish_context);
       expect(ec2.calls.attachVolume).toBe(1);
 
-      await controller.ControllerUnpublishVolume({ volume_id: id, node_id: node, secrets: {} }, ctx());
-      await controller.ControllerUnpublishVolume({ volume_id: id, node_id: node, secrets: {} }, ctx());
+      await controller.ControllerUnpublishVolume(
+        { volume_id: id, node_id: node, secrets: {}, reason: "NODE_CLEANUP_SUCCEEDED" },
+        ctx(),
+      );
+      await controller.ControllerUnpublishVolume(
+        { volume_id: id, node_id: node, secrets: {}, reason: "NODE_CLEANUP_SUCCEEDED" },
+        ctx(),
+      );
       expect(ec2.disks.get(id)!.attachments).toEqual([]);
       expect(ec2.calls.detachVolume).toBe(1);
     });
@@ -344,7 +350,10 @@ describe("EBS controller", () => {
       ).toBe("/dev/xvdaa");
       // The first ControllerUnpublish timed out after EC2 detached: its retry finds nothing attached.
       await ec2.detachVolume(first, node);
-      await controller.ControllerUnpublishVolume({ volume_id: first, node_id: node, secrets: {} }, ctx());
+      await controller.ControllerUnpublishVolume(
+        { volume_id: first, node_id: node, secrets: {}, reason: "NODE_CLEANUP_SUCCEEDED" },
+        ctx(),
+      );
       expect(
         (await controller.ControllerPublishVolume(publishReq(second, node), ctx())).publish_context!
           .devicePath,
@@ -510,10 +519,84 @@ describe("EBS controller", () => {
       const { volume } = await controller.CreateVolume(createReq(), ctx());
       const got = await controller.ControllerGetVolume({ volume_id: volume!.volume_id! });
       expect(got.volume!.capacity_bytes).toBe(10 * GiB);
-      expect(got.status!.volume_condition!.abnormal).toBe(false);
+      expect(got.status).toEqual({ published_node_ids: [] });
       await expectCode(
         controller.ControllerGetVolume({ volume_id: "vol-00000000000000099" }),
         status.NOT_FOUND,
+      );
+    });
+
+    it("advertises GET_VOLUME_HEALTH and LIST_VOLUME_HEALTH, and nothing csi-sanity v5.6.0 does not know (GET_NODE_INFO)", async () => {
+      const types = (await controller.ControllerGetCapabilities()).capabilities!.map((c) => c.rpc!.type);
+      expect(types).toEqual(expect.arrayContaining(["GET_VOLUME_HEALTH", "LIST_VOLUME_HEALTH"]));
+      expect(types).not.toContain("GET_NODE_INFO");
+    });
+
+    it("ControllerListVolumeHealth lists only volumes in trouble, pages by max_entries, ABORTED for a bad token", async () => {
+      const ids: string[] = [];
+      for (let i = 0; i < 5; i++)
+        ids.push((await controller.CreateVolume(createReq({ name: `h${i}` }), ctx())).volume!.volume_id!);
+      expect(
+        (await controller.ControllerListVolumeHealth({ max_entries: 0, starting_token: "", secrets: {} }))
+          .entries,
+      ).toEqual([]);
+      ec2.disks.get(ids[1]!)!.state = "error";
+      ec2.disks.get(ids[4]!)!.state = "error";
+      const seen: string[] = [];
+      let token = "";
+      let pages = 0;
+      do {
+        const page = await controller.ControllerListVolumeHealth({
+          max_entries: 2,
+          starting_token: token,
+          secrets: {},
+        });
+        expect(page.entries!.length).toBeLessThanOrEqual(2);
+        for (const e of page.entries!) {
+          seen.push(e.volume_id!);
+          expect(e.health_statuses!.map((h) => h.status)).toEqual(["INACCESSIBLE", "DATA_LOSS"]);
+        }
+        token = page.next_token ?? "";
+        pages++;
+      } while (token);
+      expect(pages).toBe(3);
+      expect(seen.sort()).toEqual([ids[1]!, ids[4]!].sort());
+      await expectCode(
+        controller.ControllerListVolumeHealth({
+          max_entries: 0,
+          starting_token: "invalid-token",
+          secrets: {},
+        }),
+        status.ABORTED,
+      );
+      await expectCode(
+        controller.ControllerListVolumeHealth({ max_entries: -1, starting_token: "", secrets: {} }),
+        status.INVALID_ARGUMENT,
+      );
+    });
+
+    it("ControllerGetVolumeHealth: healthy, then INACCESSIBLE and DATA_LOSS once EC2 says error; NOT_FOUND, INVALID_ARGUMENT", async () => {
+      const id = (await controller.CreateVolume(createReq(), ctx())).volume!.volume_id!;
+      expect(await controller.ControllerGetVolumeHealth({ volume_id: id, secrets: {} })).toEqual({
+        volume_health: { volume_id: id, health_statuses: [] },
+      });
+      // What EC2 shows when the volume's hardware failed.
+      ec2.disks.get(id)!.state = "error";
+      const health = (await controller.ControllerGetVolumeHealth({ volume_id: id, secrets: {} }))
+        .volume_health!;
+      expect(health.volume_id).toBe(id);
+      expect(health.health_statuses!.map((h) => [h.status, h.reason])).toEqual([
+        ["INACCESSIBLE", "VolumeError"],
+        ["DATA_LOSS", "VolumeError"],
+      ]);
+      expect(health.health_statuses![0]!.message).toMatch(/state "error"/);
+      await expectCode(
+        controller.ControllerGetVolumeHealth({ volume_id: "vol-00000000000000099", secrets: {} }),
+        status.NOT_FOUND,
+      );
+      await expectCode(
+        controller.ControllerGetVolumeHealth({ volume_id: "", secrets: {} }),
+        status.INVALID_ARGUMENT,
       );
     });
 

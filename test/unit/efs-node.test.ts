@@ -71,9 +71,9 @@ describe("EfsNode", () => {
     });
   });
 
-  it("advertises volume stats and volume condition, and no staging", async () => {
+  it("advertises volume stats and volume health, and no staging", async () => {
     const { capabilities } = await node.NodeGetCapabilities();
-    expect(capabilities?.map((c) => c.rpc?.type)).toEqual(["GET_VOLUME_STATS", "VOLUME_CONDITION"]);
+    expect(capabilities?.map((c) => c.rpc?.type)).toEqual(["GET_VOLUME_STATS", "GET_VOLUME_HEALTH"]);
   });
 
   it("refuses a publish without volume id, target path or capability, a bad handle or block access", async () => {
@@ -138,8 +138,8 @@ describe("statFilesystem", () => {
     );
   });
 
-  it("reports a path it cannot statfs as an abnormal condition", async () => {
+  it("reports a path it cannot statfs as INACCESSIBLE", async () => {
     const result = await statFilesystem(join(dir, "missing"), 10_000);
-    expect(result).toMatchObject({ abnormal: true });
+    expect(result).toMatchObject({ status: "INACCESSIBLE", reason: "FilesystemUnusable" });
   });
 });

@@ -9,9 +9,9 @@ import * as protoLoader from "@grpc/proto-loader";
 import protobuf from "protobufjs";
 import { describe, expect, it } from "vitest";
 
-// Structural equivalence between our hand-written proto/csi.proto and the official CSI v1.12.0 csi.proto.
+// Structural equivalence between our hand-written proto/csi.proto and the official CSI v1.14.0 csi.proto.
 
-const CSI_VERSION = "v1.12.0";
+const CSI_VERSION = "v1.14.0";
 const PACKAGE = "csi.v1";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
