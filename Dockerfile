@@ -54,6 +54,11 @@ ENV NODE_ENV=production
 # A 4 MiB young generation (V8's default grows to 16 MiB per semi-space) lowers the controller's
 # peak memory by about 45 MiB under npm run bench's load, at no measurable cost in speed.
 ENV NODE_OPTIONS=--max-semi-space-size=4
+# glibc malloc serves blocks of 32 KiB and more with mmap and returns them on free. Its default
+# threshold rises as big buffers come and go, so they land in the heap, which keeps its high-water
+# mark: after 20,000 random requests (test/fuzz) the EBS plugin's RSS was 171 MiB with the
+# default and 117 MiB with this, the EFS plugin's 143 MiB and 108 MiB, and stopped growing.
+ENV MALLOC_MMAP_THRESHOLD_=32768
 COPY --from=deps /app/node_modules/ node_modules/
 COPY --from=build /src/dist/ dist/
 COPY proto/ proto/

@@ -55,6 +55,7 @@ import { checkFilesystemHealth, type HealthIssue } from "../host/health.ts";
 import {
   bindMount,
   findMountsAt,
+  findMountsOfSource,
   listMounts,
   type MountEntry,
   removeMountTarget,
@@ -77,6 +78,8 @@ import { VOLUME_ID, ZONE_KEYS } from "./controller.ts";
 import { attachmentIssues, linkName, listDeviceLinks } from "./device-links.ts";
 
 const FS_TYPE_CONTEXT_KEY = "csi.storage.k8s.io/fstype";
+/** The device names EC2 attaches volumes as (the controller allocates /dev/xvdXX). */
+const EC2_DEVICE_NAME = /^\/dev\/(xvd|sd)[a-z]{1,3}$/;
 /** How long start-up waits for DescribeInstanceTypes before using the built-in table. */
 const INSTANCE_TYPE_LOOKUP_MS = 5000;
 const DEFAULT_FS_TYPE: FsType = "ext4";
@@ -164,6 +167,15 @@ export class EbsNode {
 
     const mkfs = mkfsArgsFromVolumeContext(fsType, context);
     if (!mkfs.ok) throw invalidArgument(`volume_context.${mkfs.key}`, mkfs.reason);
+    // One staging per volume on a node: kubelet never stages a volume twice.
+    const stagedElsewhere = (await findMountsOfSource(device)).find(
+      (m) => m.root === "/" && m.fsType !== "devtmpfs",
+    );
+    if (stagedElsewhere) {
+      throw failedPrecondition(
+        `volume_id ${volumeId}: already staged at ${stagedElsewhere.mountPoint}, not at ${stagingPath}`,
+      );
+    }
     try {
       await makeDirectories(stagingPath);
       const result = await safeFormatAndMount(device, stagingPath, fsType, cap.mountFlags, mkfs.args);
@@ -171,6 +183,14 @@ export class EbsNode {
     } catch (err) {
       if (err instanceof FormatRefusedError)
         throw failedPrecondition(`volume_id ${volumeId}: ${err.message}`);
+      // The volume was detached meanwhile (its device gone or empty): retry once it is back.
+      const size = await deviceSizeBytes(device).catch(() => 0);
+      if (size === 0) {
+        throw new CsiError(
+          status.UNAVAILABLE,
+          `volume_id ${volumeId}: its device ${device} went away while it was being staged: ${err instanceof Error ? err.message : String(err)}`,
+        );
+      }
       throw asInternal(err, `staging volume ${volumeId}`);
     }
     // A volume expanded while it was detached comes back bigger than its filesystem.
@@ -228,7 +248,10 @@ export class EbsNode {
       source = await this.#waitForDevice(volumeId, publishContext.devicePath);
     } else {
       source = await confinePath(stagingField, "staging_target_path", dirs);
-      if (!(await findMountsAt(source)).length) {
+      // Staged means this volume's filesystem is mounted there, not anything else (a block target).
+      const staged = (await findMountsAt(source)).at(-1);
+      const device = VOLUME_ID.test(volumeId) ? await this.#findDevice(volumeId, undefined) : undefined;
+      if (!staged || staged.fsType === "devtmpfs" || !device || !(await sameDeviceNumber(staged, device))) {
         throw failedPrecondition(`staging_target_path ${source}: volume ${volumeId} is not staged there`);
       }
     }
@@ -463,6 +486,10 @@ export class EbsNode {
       ctx.log.info({ device, mountPath, fsType, fsBytes, deviceBytes }, "growing filesystem");
       await resizeFilesystem(device, mountPath, fsType);
     } catch (err) {
+      // A node plugin without CAP_SYS_RESOURCE cannot grow a mounted ext4: the node must change.
+      if (err instanceof Error && /CAP_SYS_RESOURCE/.test(err.message)) {
+        throw failedPrecondition(`growing the filesystem on ${device}: ${err.message}`);
+      }
       throw asInternal(err, `growing the filesystem on ${device}`);
     }
   }
@@ -504,6 +531,13 @@ export class EbsNode {
 
   async #waitForDevice(volumeId: string, devicePath: string | undefined): Promise<string> {
     if (!VOLUME_ID.test(volumeId)) throw notFound(`volume_id ${volumeId}: not an EBS volume id`);
+    // Only a name EC2 gives an attachment: never any other block device of the node.
+    if (devicePath && !EC2_DEVICE_NAME.test(devicePath)) {
+      throw invalidArgument(
+        "publish_context.devicePath",
+        `must be an EC2 device name such as /dev/xvdaa, not "${devicePath.slice(0, 64)}"`,
+      );
+    }
     const found = await waitUntil(`the device of ${volumeId}`, () => this.#findDevice(volumeId, devicePath), {
       initialMs: 100,
       factor: 2,

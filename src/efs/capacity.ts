@@ -10,6 +10,9 @@
  * access point and keeps the value read before, if any, else answers "unknown" and the caller
  * falls back to statfs; it is tried again after the TTL. Nothing is persisted: a restarted plugin
  * looks up again.
+ *
+ * Access point ids come from requests: at most maxEntries are kept, the one asked for least
+ * recently dropped first. The default is more EFS volumes than a node mounts.
  */
 import type { Logger } from "../log.ts";
 
@@ -20,7 +23,11 @@ export interface CapacityCacheOptions {
   log: Logger;
   /** Milliseconds on a monotonic clock. */
   now?: () => number;
+  /** Access points kept at most. */
+  maxEntries?: number;
 }
+
+const DEFAULT_MAX_ENTRIES = 1000;
 
 interface Entry {
   value: number | undefined;
@@ -34,20 +41,33 @@ interface Entry {
 export class CapacityCache {
   readonly #o: CapacityCacheOptions;
   readonly #now: () => number;
+  readonly #maxEntries: number;
+  /** In the order they were last asked for, least recent first. */
   readonly #entries = new Map<string, Entry>();
 
   constructor(options: CapacityCacheOptions) {
     this.#o = options;
     this.#now = options.now ?? performance.now.bind(performance);
+    this.#maxEntries = options.maxEntries ?? DEFAULT_MAX_ENTRIES;
+  }
+
+  /** Access points kept (tests and diagnostics). */
+  get size(): number {
+    return this.#entries.size;
   }
 
   /** The capacity in bytes, or undefined when the access point records none or AWS cannot tell. */
   async get(accessPointId: string): Promise<number | undefined> {
     let entry = this.#entries.get(accessPointId);
-    if (!entry) {
+    if (entry) {
+      this.#entries.delete(accessPointId);
+    } else {
       entry = { value: undefined, fetchedAt: undefined, inflight: undefined, reported: undefined };
-      this.#entries.set(accessPointId, entry);
+      // A lookup under way for a dropped entry still answers its callers; its result is not kept.
+      const oldest = this.#entries.keys().next();
+      if (this.#entries.size >= this.#maxEntries && !oldest.done) this.#entries.delete(oldest.value);
     }
+    this.#entries.set(accessPointId, entry);
     const expired = entry.fetchedAt === undefined || this.#now() - entry.fetchedAt >= this.#o.ttlMs;
     if (expired && !entry.inflight) entry.inflight = this.#lookup(accessPointId, entry);
     if (entry.fetchedAt === undefined) return entry.inflight;

@@ -103,7 +103,7 @@ export function createEfsController(deps: EfsControllerDeps) {
     await efs.describeFileSystem(fileSystemId);
     return efs.listAccessPoints(fileSystemId);
   });
-  const gids = new GidAllocator((fileSystemId) => listings.started(fileSystemId));
+  const gids = new GidAllocator(() => listings.started());
 
   async function listAccessPoints(fileSystemId: string): Promise<Fresh<AccessPoint[]>> {
     try {

@@ -6,52 +6,53 @@
  * Used to list a file system's access points: 100 CreateVolume calls arriving together need two
  * listings, not 100, and each still sees every access point created before it arrived.
  * (dataloader is not used: it batches keys within one tick and caches, where this needs freshness.)
+ *
+ * Memory: a key is kept only while its call runs, so the map holds the keys being called, not
+ * every key ever asked for (keys come from requests: file system ids in StorageClass parameters).
+ * Hence one sequence for all keys: a key's numbers survive its state being dropped.
  */
 
 export interface Fresh<T> {
   value: T;
-  /** Which call of this key produced it: 1 for the first one started, then 2, ... */
+  /** When the call that produced it started: a number above that of every call started before it. */
   seq: number;
 }
 
 interface KeyState<T> {
-  started: number;
-  running: boolean;
   next: PromiseWithResolvers<Fresh<T>> | undefined;
 }
 
 export class FreshCalls<T> {
   readonly #run: (key: string) => Promise<T>;
-  readonly #keys = new Map<string, KeyState<T>>();
+  /** Keys with a call running. */
+  readonly #running = new Map<string, KeyState<T>>();
+  #seq = 0;
 
   constructor(run: (key: string) => Promise<T>) {
     this.#run = run;
   }
 
-  /** How many calls of this key have started so far (the seq of the latest). */
-  started(key: string): number {
-    return this.#keys.get(key)?.started ?? 0;
+  /** The seq of the latest call started so far (of any key): a call started later gets a greater one. */
+  started(): number {
+    return this.#seq;
+  }
+
+  /** Keys with a call running (tests and diagnostics). */
+  get size(): number {
+    return this.#running.size;
   }
 
   get(key: string): Promise<Fresh<T>> {
-    const state = this.#state(key);
-    if (!state.running) return this.#start(key, state);
+    const state = this.#running.get(key);
+    if (!state) return this.#start(key);
     state.next ??= Promise.withResolvers<Fresh<T>>();
     return state.next.promise;
   }
 
-  #state(key: string): KeyState<T> {
-    let state = this.#keys.get(key);
-    if (!state) {
-      state = { started: 0, running: false, next: undefined };
-      this.#keys.set(key, state);
-    }
-    return state;
-  }
-
-  #start(key: string, state: KeyState<T>): Promise<Fresh<T>> {
-    state.running = true;
-    const seq = ++state.started;
+  #start(key: string): Promise<Fresh<T>> {
+    const state: KeyState<T> = { next: undefined };
+    this.#running.set(key, state);
+    const seq = ++this.#seq;
     let call: Promise<T>;
     try {
       call = this.#run(key);
@@ -60,11 +61,9 @@ export class FreshCalls<T> {
     }
     const result = call.then((value) => ({ value, seq }));
     const startNext = () => {
-      state.running = false;
+      this.#running.delete(key);
       const waiting = state.next;
-      if (!waiting) return;
-      state.next = undefined;
-      this.#start(key, state).then(waiting.resolve, waiting.reject);
+      if (waiting) this.#start(key).then(waiting.resolve, waiting.reject);
     };
     result.then(startNext, startNext);
     return result;

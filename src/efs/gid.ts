@@ -51,14 +51,15 @@ interface Entry {
 }
 
 export class GidAllocator {
+  /** Per file system, its entries; a file system with none has no key (ids come from requests). */
   readonly #entries = new Map<string, Set<Entry>>();
   /** The GIDs of a listing, computed once for all the calls that share it. */
   readonly #listedGids = new WeakMap<AccessPoint[], Set<number>>();
-  readonly #listingsStarted: (fileSystemId: string) => number;
+  readonly #listingsStarted: () => number;
   readonly #now: () => number;
 
-  /** `listingsStarted`: how many listings of the file system have started (FreshCalls.started). */
-  constructor(listingsStarted: (fileSystemId: string) => number, now: () => number = Date.now) {
+  /** `listingsStarted`: the seq of the latest listing started (FreshCalls.started). */
+  constructor(listingsStarted: () => number, now: () => number = Date.now) {
     this.#listingsStarted = listingsStarted;
     this.#now = now;
   }
@@ -88,12 +89,12 @@ export class GidAllocator {
       release: () => {
         if (done) return;
         done = true;
-        entries.delete(entry);
+        this.#remove(fileSystemId, entries, entry);
       },
       keep: (created) => {
         if (done) return;
         done = true;
-        entry.settledAfter = this.#listingsStarted(fileSystemId);
+        entry.settledAfter = this.#listingsStarted();
         entry.settledTime = this.#now();
         entry.accessPoint = created;
       },
@@ -123,6 +124,16 @@ export class GidAllocator {
     return [...(this.#entries.get(fileSystemId) ?? [])].map((e) => e.gid);
   }
 
+  #remove(fileSystemId: string, entries: Set<Entry>, entry: Entry): void {
+    entries.delete(entry);
+    if (entries.size === 0 && this.#entries.get(fileSystemId) === entries) this.#entries.delete(fileSystemId);
+  }
+
+  /** File systems with GIDs held (tests and diagnostics). */
+  get fileSystems(): number {
+    return this.#entries.size;
+  }
+
   /** Entries a listing with this seq may lack: in flight, or settled after the listing started. */
   *#unlisted(fileSystemId: string, listingSeq: number): Generator<Entry> {
     const entries = this.#entries.get(fileSystemId);
@@ -132,7 +143,7 @@ export class GidAllocator {
       if (entry.settledAfter === undefined) {
         yield entry;
       } else if (entry.settledTime < expired) {
-        entries.delete(entry);
+        this.#remove(fileSystemId, entries, entry);
       } else if (listingSeq <= entry.settledAfter) {
         yield entry;
       }

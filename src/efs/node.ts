@@ -11,7 +11,14 @@
  */
 import { constants } from "node:fs";
 import { access, rmdir } from "node:fs/promises";
-import { alreadyExists, asInternal, CsiError, notFound, unavailable } from "../csi/errors.ts";
+import {
+  alreadyExists,
+  asInternal,
+  CsiError,
+  notFound,
+  permissionDenied,
+  unavailable,
+} from "../csi/errors.ts";
 import type {
   NodeGetCapabilitiesResponse,
   NodeGetInfoResponse,
@@ -392,6 +399,11 @@ function mountError(err: unknown, volumeId: string, handle: VolumeHandle, target
     const output = `${err.stderr}\n${err.stdout}`;
     if (/Failed to resolve/i.test(output)) {
       return notFound(`volume ${volumeId}: file system ${handle.fileSystemId} was not found: ${err.message}`);
+    }
+    if (/access denied by server/i.test(output)) {
+      return permissionDenied(
+        `volume ${volumeId}: ${handle.fileSystemId} refused the mount (does access point ${handle.accessPointId ?? "-"} exist, and does the file system policy allow this node?): ${err.message}`,
+      );
     }
     if (/reason given by server: No such file or directory/i.test(output)) {
       return notFound(

@@ -7,6 +7,9 @@
  * first stats call for it; it is walked at once, then every refreshMs. Walks queue for a node-wide
  * limit (one at a time by default). NodeUnpublishVolume stops a walk of the target it unmounts (an
  * open directory would keep the mount busy) and forgets the volume when no target is left.
+ *
+ * A target holds one volume: tracking another volume id at a target moves the target to it. So the
+ * volumes tracked are at most the targets mounted, whatever volume ids stats calls name.
  */
 import type { Logger } from "../log.ts";
 import type { WalkResult } from "./usage-walk.ts";
@@ -51,6 +54,8 @@ interface Tracked {
 export class VolumeUsageTracker {
   readonly #o: VolumeUsageOptions;
   readonly #volumes = new Map<string, Tracked>();
+  /** Target -> the volume tracked there. */
+  readonly #owners = new Map<string, string>();
   readonly #queue: string[] = [];
   #walking = 0;
 
@@ -63,8 +68,16 @@ export class VolumeUsageTracker {
     return this.#volumes.get(volumeId)?.usage;
   }
 
+  /** Volumes tracked (tests and diagnostics). */
+  get size(): number {
+    return this.#volumes.size;
+  }
+
   /** Adds a published target of the volume; a volume not measured yet is queued for a walk. */
   track(volumeId: string, target: string): void {
+    const owner = this.#owners.get(target);
+    if (owner !== undefined && owner !== volumeId) void this.untrack(owner, target);
+    this.#owners.set(target, volumeId);
     let v = this.#volumes.get(volumeId);
     if (!v) {
       v = {
@@ -89,7 +102,7 @@ export class VolumeUsageTracker {
   async untrack(volumeId: string, target: string): Promise<void> {
     const v = this.#volumes.get(volumeId);
     if (!v) return;
-    v.targets.delete(target);
+    this.#dropTarget(volumeId, v, target);
     const walk = v.walk;
     const last = v.targets.size === 0;
     if (last) this.#forget(volumeId, v);
@@ -115,7 +128,13 @@ export class VolumeUsageTracker {
     await Promise.all(walks);
   }
 
+  #dropTarget(volumeId: string, v: Tracked, target: string): void {
+    v.targets.delete(target);
+    if (this.#owners.get(target) === volumeId) this.#owners.delete(target);
+  }
+
   #forget(volumeId: string, v: Tracked): void {
+    for (const target of v.targets) this.#dropTarget(volumeId, v, target);
     clearTimeout(v.timer);
     v.timer = undefined;
     if (v.queued) this.#queue.splice(this.#queue.indexOf(volumeId), 1);
@@ -149,7 +168,7 @@ export class VolumeUsageTracker {
     const { log } = this.#o;
     const signal = walk.abort.signal;
     try {
-      walk.target = await this.#mountedTarget(v);
+      walk.target = await this.#mountedTarget(volumeId, v);
       if (signal.aborted) return;
       if (walk.target === undefined) {
         // Every target was unmounted behind our back: nothing to walk until a publish or stats call.
@@ -186,13 +205,13 @@ export class VolumeUsageTracker {
   }
 
   /** The oldest target still mounted; targets found unmounted are dropped. */
-  async #mountedTarget(v: Tracked): Promise<string | undefined> {
+  async #mountedTarget(volumeId: string, v: Tracked): Promise<string | undefined> {
     // Iterates the live set: a target published while this looks is looked at too.
     for (const target of v.targets) {
       if (await this.#o.isMounted(target).catch(() => false)) {
         if (v.targets.has(target)) return target;
-      } else {
-        v.targets.delete(target);
+      } else if (v.targets.has(target)) {
+        this.#dropTarget(volumeId, v, target);
       }
     }
     return undefined;

@@ -172,4 +172,8 @@ export async function makeFile(file: string): Promise<void> {
   await handle.close();
 }
 
-const shorten = (p: string): string => (p.length > 200 ? `${p.slice(0, 200)}...` : p);
+/** Cut on code points, never inside a surrogate pair: gRPC cannot send a malformed string. */
+const shorten = (p: string): string => {
+  const points = [...p];
+  return points.length > 200 ? `${points.slice(0, 200).join("")}...` : p;
+};

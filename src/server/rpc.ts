@@ -53,9 +53,24 @@ export function inflightKey(method: string, req: Record<string, unknown>): strin
   const volumeId = text("volume_id");
   if (!volumeId) return undefined;
   if (method === "NodePublishVolume" || method === "NodeUnpublishVolume") {
-    return `node/${volumeId}/${text("target_path") ?? ""}`;
+    // By target alone: two calls on one target conflict whatever volume they name.
+    return `target/${text("target_path") ?? ""}`;
   }
   return `${method.startsWith("Node") ? "node" : "controller"}/${volumeId}`;
+}
+
+/** Answers the call; a throw from the transport is logged, never allowed to end the process. */
+function reply(
+  callback: sendUnaryData<unknown>,
+  error: Parameters<sendUnaryData<unknown>>[0],
+  response: unknown,
+  log: Logger,
+): void {
+  try {
+    callback(error, response);
+  } catch (err) {
+    log.error({ err }, "could not send the reply");
+  }
 }
 
 function shortMessage(err: unknown): { code: status; message: string; expected: boolean } {
@@ -132,7 +147,7 @@ async function handleCall(
     const response = await runInCallScope(abort.signal, () =>
       fn(req, { requestId, log, signal: abort.signal }),
     );
-    callback(null, response);
+    reply(callback, null, response, log);
   } catch (err) {
     const { code: errCode, message, expected } = shortMessage(err);
     code = errCode;
@@ -141,7 +156,9 @@ async function handleCall(
       log.warn({ code: statusName(code), error: message }, "call failed");
     else if (expected) log.info({ code: statusName(code), error: message }, "call failed");
     else log.error({ err }, "unexpected error");
-    callback({ code, details: message, message });
+    // Well formed: grpc-js percent-encodes details and throws on a lone surrogate.
+    const details = message.toWellFormed();
+    reply(callback, { code, details, message: details }, undefined, log);
   } finally {
     clearTimeout(deadlineTimer);
     release?.();

@@ -1,8 +1,10 @@
-import { mkdir, mkdtemp, rm } from "node:fs/promises";
+import { mkdir, mkdtemp, realpath, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { DescribeVolumesCommand } from "@aws-sdk/client-ec2";
+import { run } from "../../src/host/exec.ts";
 import { listMounts, unmount } from "../../src/host/mounts.ts";
+import { releaseUnusedReadOnlyDevices } from "../../src/host/readonly-block.ts";
 import { type AttachSim, createAttachSim } from "./attach-sim.ts";
 import type { CsiClient } from "./csi-client.ts";
 import { type DriverProcess, runAll, startDriverWithClient } from "./driver-process.ts";
@@ -18,6 +20,8 @@ export interface EbsEnvOptions {
   instanceType?: string;
   /** Flags for node itself, e.g. ["--expose-gc"] (memory tests). */
   nodeArgs?: string[];
+  /** More environment for the driver process. */
+  env?: Record<string, string>;
 }
 
 /** A whole EBS setup on one machine: fake AWS, fake IMDS, simulated attach, the driver process. */
@@ -60,6 +64,8 @@ export async function startEbsEnv(options: EbsEnvOptions): Promise<EbsEnv> {
     if (sim) {
       cleanups.unshift(
         () => unmountUnder(dir),
+        // Read-only views of published block volumes hold the simulated disks open, as on a node.
+        () => releaseViewsOfSimDisks(join(dir, "volumes")),
         () => sim.cleanup(),
       );
       wireAttachSimulation(aws, sim, instanceId);
@@ -71,7 +77,7 @@ export async function startEbsEnv(options: EbsEnvOptions): Promise<EbsEnv> {
         driver: "ebs",
         mode: options.mode,
         args: ["--device-dir", byIdDir, ...(options.extraArgs ?? [])],
-        env: { ...aws.env, AWS_EC2_METADATA_SERVICE_ENDPOINT: imds.url },
+        env: { ...options.env, ...aws.env, AWS_EC2_METADATA_SERVICE_ENDPOINT: imds.url },
         nodeArgs: options.nodeArgs,
       },
       cleanups,
@@ -115,6 +121,18 @@ function wireAttachSimulation(aws: FakeAws, sim: AttachSim, nodeId: string): voi
     await sim.resize(volumeId, sizeGiB ?? (await sizeOf(volumeId)));
   };
   aws.proxy.hooks.onDelete = (volumeId) => sim.remove(volumeId);
+}
+
+/** Detaches the driver's read-only views (src/host/readonly-block.ts) of the disks the simulation made. */
+async function releaseViewsOfSimDisks(stateDir: string): Promise<void> {
+  const { stdout } = await run("losetup", ["--list", "--json", "--output", "NAME,BACK-FILE"]);
+  if (stdout.trim() === "") return;
+  const devices = (JSON.parse(stdout) as { loopdevices: { name: string; "back-file": string | null }[] })
+    .loopdevices;
+  const real = await realpath(stateDir).catch(() => stateDir);
+  for (const disk of devices.filter((d) => d["back-file"]?.startsWith(`${real}/`))) {
+    await releaseUnusedReadOnlyDevices(disk.name);
+  }
 }
 
 /** Unmounts everything below dir, deepest first (publish mounts before their staging mounts). */

@@ -41,11 +41,26 @@ export interface InstallOptions {
 }
 
 /**
- * Installs the fake helper. Refuses when another live process's fake is installed (two test runs
- * at once would take it from each other); a fake left by a dead process is replaced.
+ * Installs the fake helper. Test files run in parallel workers and the machine has one helper
+ * path: while another live process's fake is installed this waits its turn (up to
+ * HELPER_WAIT_MS); a fake left by a dead process is replaced.
  */
 export async function installFakeEfsMountHelper(options: InstallOptions): Promise<FakeEfsMountHelper> {
   const path = options.path ?? MOUNT_EFS_PATH;
+  const unlock = await lockHelperPath(path);
+  try {
+    return await install(options, path, unlock);
+  } catch (err) {
+    await unlock();
+    throw err;
+  }
+}
+
+async function install(
+  options: InstallOptions,
+  path: string,
+  unlock: () => Promise<void>,
+): Promise<FakeEfsMountHelper> {
   const dir = options.dir ?? (await mkdtemp(join(tmpdir(), "fake-efs-")));
   const root = join(dir, "file-systems");
   await mkdir(root, { recursive: true });
@@ -100,9 +115,47 @@ export async function installFakeEfsMountHelper(options: InstallOptions): Promis
       const now = await readFile(path, "utf8").catch(() => undefined);
       if (now?.includes(`owner-pid=${process.pid}`)) await rm(path, { force: true });
       if (existsSync(backup) && !existsSync(path)) await rename(backup, path);
+      await unlock();
       if (!options.dir) await removeUnmounted(dir);
     },
   };
+}
+
+/** How long an install waits for another test file's helper to be uninstalled. */
+const HELPER_WAIT_MS = 15 * 60_000;
+
+/**
+ * Takes the helper path for this process: a lock file created exclusively, holding the owner's
+ * pid; a lock whose owner died is taken over. Resolves with the function that releases it.
+ */
+async function lockHelperPath(path: string): Promise<() => Promise<void>> {
+  const lock = `${path}.aws-storage-csi-lock`;
+  const mine = String(process.pid);
+  const deadline = Date.now() + HELPER_WAIT_MS;
+  const release = async () => {
+    if ((await readFile(lock, "utf8").catch(() => "")) === mine) await rm(lock, { force: true });
+  };
+  for (;;) {
+    try {
+      await writeFile(lock, mine, { flag: "wx" });
+      return release;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== "EEXIST") throw err;
+    }
+    const owner = await readFile(lock, "utf8").catch(() => "");
+    const pid = Number(owner);
+    // An empty lock is being written: wait for its owner's pid like for any other.
+    if (owner === mine || (pid > 0 && Number.isInteger(pid) && !isAlive(pid))) {
+      await rm(lock, { force: true });
+      continue;
+    }
+    if (Date.now() > deadline) {
+      throw new Error(
+        `${path} is the test mount helper of another running test (pid ${owner}) since ${HELPER_WAIT_MS / 60_000} minutes`,
+      );
+    }
+    await new Promise((resolve) => setTimeout(resolve, 500));
+  }
 }
 
 function isAlive(pid: number): boolean {
@@ -122,6 +175,10 @@ export interface EfsEnvOptions {
   extraArgs?: string[];
   /** Install the fake mount.efs (needs root). Default: true. */
   mountHelper?: boolean;
+  /** Flags for node itself, e.g. ["--expose-gc"] (memory tests). */
+  nodeArgs?: string[];
+  /** More environment for the driver process. */
+  env?: Record<string, string>;
 }
 
 /** A whole EFS setup on one machine: fake AWS with one file system, fake IMDS, the helper, the driver. */
@@ -173,7 +230,13 @@ export async function startEfsEnv(options: EfsEnvOptions = {}): Promise<EfsEnv> 
         driver: "efs",
         mode: options.mode ?? "all",
         args: options.extraArgs ?? [],
-        env: { ...aws.env, AWS_EC2_METADATA_SERVICE_ENDPOINT: imds.url, TMPDIR: join(dir, "tmp") },
+        env: {
+          ...options.env,
+          ...aws.env,
+          AWS_EC2_METADATA_SERVICE_ENDPOINT: imds.url,
+          TMPDIR: join(dir, "tmp"),
+        },
+        nodeArgs: options.nodeArgs,
       },
       cleanups,
     );

@@ -138,4 +138,29 @@ describe("CapacityCache", () => {
     expect(lookups()).toBe(2);
     expect(await cache.get(ap.id)).toBe(5 * GiB);
   });
+
+  it("keeps at most maxEntries access points, dropping the one asked for least recently", async () => {
+    const { efs, ap, lookups } = await setup();
+    const cache = new CapacityCache({
+      lookup: async (id) => {
+        const found = await efs.describeAccessPoint(id).catch(() => undefined);
+        return found && recordedCapacity(found);
+      },
+      ttlMs: TTL,
+      log: createLogger("silent"),
+      now: () => 0,
+      maxEntries: 3,
+    });
+    expect(await cache.get(ap.id)).toBe(5 * GiB);
+    // Ids from garbage requests: each is looked up once, and the cache stays at its bound.
+    for (let i = 0; i < 100; i++) {
+      await cache.get(`fsap-${String(i).padStart(17, "0")}`);
+      if (i % 2 === 0) await cache.get(ap.id);
+    }
+    expect(cache.size).toBe(3);
+    // Asked for every other time, the real access point stayed and was looked up once.
+    const before = lookups();
+    expect(await cache.get(ap.id)).toBe(5 * GiB);
+    expect(lookups()).toBe(before);
+  });
 });

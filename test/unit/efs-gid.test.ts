@@ -46,8 +46,7 @@ describe("FreshCalls", () => {
       { value: 2, seq: 2 },
       { value: 2, seq: 2 },
     ]);
-    expect(calls.started("k")).toBe(2);
-    expect(calls.started("other")).toBe(0);
+    expect(calls.started()).toBe(2);
   });
 
   it("hands a failure to the callers of that call only", async () => {
@@ -63,12 +62,26 @@ describe("FreshCalls", () => {
     await expect(next).resolves.toEqual({ value: 2, seq: 2 });
   });
 
-  it("keeps keys apart", async () => {
+  it("keeps keys apart, numbering the calls of all keys in the order they started", async () => {
     const calls = new FreshCalls<string>(async (key) => key);
     expect(await Promise.all([calls.get("a"), calls.get("b")])).toEqual([
       { value: "a", seq: 1 },
-      { value: "b", seq: 1 },
+      { value: "b", seq: 2 },
     ]);
+    expect(await calls.get("a")).toEqual({ value: "a", seq: 3 });
+  });
+
+  it("keeps no key whose call ended: 10,000 file system ids asked for once leave nothing behind", async () => {
+    const calls = new FreshCalls<number>(async (key) => {
+      if (key.endsWith("7")) throw new Error("no such file system");
+      return 1;
+    });
+    const asked = Array.from({ length: 10_000 }, (_, i) => calls.get(`fs-${i}`).catch(() => undefined));
+    expect(calls.size).toBe(10_000);
+    await Promise.all(asked);
+    await new Promise((resolve) => setImmediate(resolve));
+    expect(calls.size).toBe(0);
+    expect(calls.started()).toBe(10_000);
   });
 });
 
@@ -105,6 +118,21 @@ describe("GidAllocator", () => {
     // Listing 2 started after: it shows the access point, or it was deleted since.
     expect(gids.unlistedAccessPoints(FS, 2)).toEqual([]);
     expect(gids.reserve(FS, range, { value: [], seq: 2 }).gid).toBe(100);
+  });
+
+  it("keeps nothing for a file system once its GIDs are released or expired", () => {
+    let now = 0;
+    const gids = new GidAllocator(
+      () => 1,
+      () => now,
+    );
+    for (let i = 0; i < 100; i++) gids.reserve(`fs-${i}`, range, { value: [], seq: 1 }).release();
+    expect(gids.fileSystems).toBe(0);
+    gids.reserve(FS, range, { value: [], seq: 1 }).keep(ap(100));
+    expect(gids.fileSystems).toBe(1);
+    now += 11 * 60_000;
+    expect(gids.unlistedAccessPoints(FS, 1)).toEqual([]);
+    expect(gids.fileSystems).toBe(0);
   });
 
   it("says which range and file system are full", () => {

@@ -171,4 +171,21 @@ describe("VolumeUsageTracker", () => {
     expect(warnings[0]).toMatch(/entry limit: partial/);
     await tracker.close();
   });
+
+  it("tracks one volume per target, however many volume ids stats calls name for it", async () => {
+    const { tracker, walks, running, finish } = setup();
+    tracker.track("vol-real", "/pods/real");
+    for (let i = 0; i < 1000; i++) tracker.track(`vol-garbage-${i}`, "/pods/a");
+    await vi.advanceTimersByTimeAsync(0);
+    expect(tracker.size).toBe(2);
+    expect(walks.map((w) => w.target)).toEqual(["/pods/real"]);
+    await finish(walks[0]!, { bytes: 1, inodes: 1 });
+    // The last id named at /pods/a is the one walked there; the others were never walked.
+    expect(running().map((w) => w.target)).toEqual(["/pods/a"]);
+    expect(tracker.usage("vol-real")).toEqual({ bytes: 1, inodes: 1, partial: false });
+    await tracker.untrack("vol-garbage-999", "/pods/a");
+    expect(tracker.size).toBe(1);
+    await tracker.close();
+    expect(tracker.size).toBe(0);
+  });
 });
