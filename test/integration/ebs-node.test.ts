@@ -550,7 +550,8 @@ describe.skipIf(skip !== undefined)("EBS node service (driver process, loop devi
       expect(await pread(targetA, offset, data.length), "the volume's bytes are unchanged").toEqual(data);
       await unpublish(volume, targetRo);
       // The kernel lets go of a detached loop device a moment after its last user closed it.
-      for (let i = 0; i < 50 && loopsOver(device).length > 0; i++) await new Promise((r) => setTimeout(r, 100));
+      for (let i = 0; i < 50 && loopsOver(device).length > 0; i++)
+        await new Promise((r) => setTimeout(r, 100));
       expect(loopsOver(device), "the read-only view is gone after NodeUnpublishVolume").toEqual([]);
 
       await unpublish(volume, targetA);
