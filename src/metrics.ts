@@ -9,6 +9,8 @@ export interface Metrics {
   awsErrors: Counter<"request" | "error">;
   awsThrottles: Counter<"request">;
   awsAttempts: Counter<"request">;
+  /** ControllerUnpublishVolume calls by the CO's reason (CSI 1.14; UNKNOWN when none given). */
+  unpublishReasons: Counter<"reason">;
 }
 
 /** prefix: `aws_ebs_csi` or `aws_efs_csi`; the AWS metric names are the official EBS driver's. */
@@ -48,6 +50,12 @@ export function createMetrics(prefix: string, withProcessMetrics = false): Metri
       name: `${prefix}_api_request_attempts_total`,
       help: "HTTP requests sent to AWS, retries included",
       labelNames: ["request"],
+      registers,
+    }),
+    unpublishReasons: new Counter({
+      name: "csi_controller_unpublish_reason_total",
+      help: "ControllerUnpublishVolume calls, by the reason the CO gave",
+      labelNames: ["reason"],
       registers,
     }),
   };

@@ -6,6 +6,8 @@ export type { ControllerExpandVolumeRequest__Output as ControllerExpandVolumeReq
 export type { ControllerExpandVolumeResponse } from "./gen/csi/v1/ControllerExpandVolumeResponse.ts";
 export type { ControllerGetCapabilitiesRequest__Output as ControllerGetCapabilitiesRequest } from "./gen/csi/v1/ControllerGetCapabilitiesRequest.ts";
 export type { ControllerGetCapabilitiesResponse } from "./gen/csi/v1/ControllerGetCapabilitiesResponse.ts";
+export type { ControllerGetNodeInfoRequest__Output as ControllerGetNodeInfoRequest } from "./gen/csi/v1/ControllerGetNodeInfoRequest.ts";
+export type { ControllerGetNodeInfoResponse } from "./gen/csi/v1/ControllerGetNodeInfoResponse.ts";
 export type { ControllerGetVolumeHealthRequest__Output as ControllerGetVolumeHealthRequest } from "./gen/csi/v1/ControllerGetVolumeHealthRequest.ts";
 export type { ControllerGetVolumeHealthResponse } from "./gen/csi/v1/ControllerGetVolumeHealthResponse.ts";
 export type { ControllerGetVolumeRequest__Output as ControllerGetVolumeRequest } from "./gen/csi/v1/ControllerGetVolumeRequest.ts";

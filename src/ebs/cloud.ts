@@ -127,7 +127,8 @@ export interface Ec2 {
   /** Volumes carrying tag `key` (any value), a page at a time. */
   listVolumesWithTag(key: string, maxResults: number, nextToken?: string): Promise<DiskPage>;
   attachVolume(volumeId: string, instanceId: string, device: string): Promise<void>;
-  detachVolume(volumeId: string, instanceId: string): Promise<void>;
+  /** force: EC2's forced detach, for an instance known to be gone (may lose unflushed writes). */
+  detachVolume(volumeId: string, instanceId: string, options?: { force?: boolean }): Promise<void>;
   modifyVolume(volumeId: string, input: ModifyDiskInput): Promise<void>;
   /** Adds or overwrites tags on a volume. */
   tagVolume(volumeId: string, tags: Record<string, string>): Promise<void>;

@@ -16,6 +16,8 @@ import type {
   ControllerExpandVolumeRequest,
   ControllerExpandVolumeResponse,
   ControllerGetCapabilitiesResponse,
+  ControllerGetNodeInfoRequest,
+  ControllerGetNodeInfoResponse,
   ControllerGetVolumeHealthRequest,
   ControllerGetVolumeHealthResponse,
   ControllerGetVolumeRequest,
@@ -54,6 +56,7 @@ import {
 } from "../csi/validate.ts";
 import type { Logger } from "../log.ts";
 import type { RpcContext } from "../server/rpc.ts";
+import { attachLimitFromTable, volumesPerNode } from "./attach-limits.ts";
 import {
   type Disk,
   type Ec2,
@@ -93,12 +96,20 @@ export interface EbsControllerOptions {
   createWait: Omit<BackoffOptions, "signal">;
   /** Waits for attachments, detachments and modifications. */
   attachWait: Omit<BackoffOptions, "signal">;
+  /**
+   * How long a detach with reason NODE_OUT_OF_SERVICE may take before it is forced: the CO says
+   * the node is down, so EC2's plain detach would otherwise hang for minutes.
+   */
+  forceDetachAfterMs: number;
+  /** Counts ControllerUnpublishVolume calls by reason (Metrics.unpublishReasons). */
+  unpublishReasons?: { inc(labels: { reason: string }): void };
 }
 
 export const DEFAULT_CONTROLLER_OPTIONS: EbsControllerOptions = {
   extraTags: {},
   createWait: { initialMs: 1000, factor: 1.5, maxDelayMs: 10_000, timeoutMs: 300_000 },
   attachWait: { initialMs: 1000, factor: 1.8, maxDelayMs: 10_000, timeoutMs: 300_000 },
+  forceDetachAfterMs: 30_000,
 };
 
 /** The EC2 ClientToken of a volume name: retries after a crash or a lost answer get the same volume. */
@@ -146,6 +157,8 @@ export class EbsController {
   readonly #devices = new DeviceNames();
   /** Names whose volume went to "error" and was deleted: their next create takes a new token. */
   readonly #tokenGenerations = new Map<string, number>();
+  /** "volume/instance" -> when an out-of-service detach was first asked: CO retries keep the clock running. */
+  readonly #detachStarted = new Map<string, number>();
 
   constructor(ec2: Ec2, log: Logger, options: Partial<EbsControllerOptions> = {}) {
     this.#ec2 = ec2;
@@ -291,25 +304,47 @@ export class EbsController {
     const targets = (disk?.attachments ?? []).filter(
       (a) => (nodeId === "" || a.instanceId === nodeId) && a.state !== "detached",
     );
+    const reason = req.reason || "UNKNOWN";
+    this.#options.unpublishReasons?.inc({ reason });
     for (const attachment of targets) {
+      const instanceId = attachment.instanceId;
       if (attachment.state !== "detaching") {
-        // The CO's reason (CSI 1.14; UNKNOWN when it gave none) is only logged: a detach is the same either way.
-        const reason = req.reason === "UNKNOWN" ? undefined : req.reason;
-        ctx.log.info(
-          { volumeId, nodeId: attachment.instanceId, device: attachment.device, reason },
-          "detaching",
-        );
-        await this.#ec2.detachVolume(volumeId, attachment.instanceId).catch((err) => {
-          if (isCloudError(err, "NotFound")) return;
-          mapCloudError(err, `detaching volume ${volumeId} from ${attachment.instanceId}`);
-        });
+        ctx.log.info({ volumeId, nodeId: instanceId, device: attachment.device, reason }, "detaching");
+        await this.#detach(volumeId, instanceId, false);
       }
-      await this.#waitAttachment(volumeId, attachment.instanceId, "detached", ctx);
+      // Only a CO that declared the node out of service may have it forced: the instance may still write.
+      if (reason === "NODE_OUT_OF_SERVICE") await this.#waitDetachedOrForce(volumeId, instanceId, ctx);
+      else await this.#waitAttachment(volumeId, instanceId, "detached", ctx);
     }
     // Also when an earlier call did the detach and this retry found nothing left to do.
     if (nodeId === "") this.#devices.releaseEverywhere(volumeId);
     else this.#devices.release(nodeId, volumeId);
     return {};
+  }
+
+  /**
+   * Not advertised (GET_NODE_INFO): csi-sanity v5.6.0 is built on CSI 1.13 and fails any capability it
+   * does not know. Reports every volume EC2 has attached, root and launch volumes included, and the
+   * type's whole limit: the spec makes max_volumes_per_node the limit on that union.
+   */
+  async ControllerGetNodeInfo(req: ControllerGetNodeInfoRequest): Promise<ControllerGetNodeInfoResponse> {
+    const nodeId = requireString(req.node_id, "node_id");
+    // As ControllerPublishVolume: an id that cannot be an instance names no instance.
+    if (!INSTANCE_ID.test(nodeId)) throw notFound(`node_id ${nodeId}: no such instance`);
+    const instance = await this.#getInstance(nodeId);
+    if (!instance) throw notFound(`node_id ${nodeId}: no such instance`);
+    const info =
+      (await this.#ec2.getInstanceTypeEbsInfo(instance.type).catch(() => undefined)) ??
+      attachLimitFromTable(instance.type);
+    const volumeIds = [...new Set(instance.devices.values())].sort();
+    return {
+      max_volumes_per_node: volumesPerNode(info, {
+        networkInterfaces: instance.networkInterfaces,
+        reservedVolumes: 0,
+      }),
+      accessible_topology: zoneTopology(instance.zone),
+      published_volumes: volumeIds.map((volume_id) => ({ volume_id })),
+    };
   }
 
   async ValidateVolumeCapabilities(
@@ -608,6 +643,42 @@ export class EbsController {
     const info = await this.#ec2.getInstanceTypeEbsInfo(instance.type).catch(() => undefined);
     if (!info) return undefined;
     return info.maxAttachments - (info.limitType === "dedicated" ? 0 : instance.networkInterfaces);
+  }
+
+  async #detach(volumeId: string, instanceId: string, force: boolean): Promise<void> {
+    await this.#ec2.detachVolume(volumeId, instanceId, { force }).catch((err) => {
+      if (isCloudError(err, "NotFound")) return;
+      mapCloudError(err, `detaching volume ${volumeId} from ${instanceId}`);
+    });
+  }
+
+  /** Waits forceDetachAfterMs for the detach, then forces it and waits for that as usual. */
+  async #waitDetachedOrForce(volumeId: string, instanceId: string, ctx: RpcContext): Promise<void> {
+    const key = `${volumeId}/${instanceId}`;
+    const started = this.#detachStarted.get(key) ?? Date.now();
+    this.#detachStarted.set(key, started);
+    const bound = Math.min(this.#options.forceDetachAfterMs, this.#options.attachWait.timeoutMs);
+    const within = Math.max(0, started + bound - Date.now());
+    try {
+      await waitUntil(
+        `volume ${volumeId} to be detached from ${instanceId}`,
+        async () => ((await this.#attachmentState(volumeId, instanceId)) === "detached" ? true : undefined),
+        { ...this.#options.attachWait, timeoutMs: within, signal: ctx.signal },
+      );
+      this.#detachStarted.delete(key);
+      return;
+    } catch (err) {
+      if (!(err instanceof WaitTimeoutError)) mapCloudError(err, `waiting for volume ${volumeId}`);
+    }
+    ctx.log.warn({ volumeId, nodeId: instanceId, afterMs: within }, "node out of service: forcing detach");
+    await this.#detach(volumeId, instanceId, true);
+    await this.#waitAttachment(volumeId, instanceId, "detached", ctx);
+    this.#detachStarted.delete(key);
+  }
+
+  async #attachmentState(volumeId: string, instanceId: string): Promise<string> {
+    const disk = await this.#getDisk(volumeId);
+    return disk?.attachments.find((a) => a.instanceId === instanceId)?.state ?? "detached";
   }
 
   async #waitAttachment(

@@ -28,6 +28,7 @@ export async function createEbsDriver({ options, log, metrics }: DriverDeps): Pr
     controller = new EbsController(ec2, log.child({ service: "controller" }), {
       extraTags: options.extraTags,
       clusterId: options.clusterId,
+      unpublishReasons: metrics.unpublishReasons,
     });
   }
   let node: ServiceImpl | undefined;

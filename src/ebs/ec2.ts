@@ -182,10 +182,11 @@ export class SdkEc2 implements Ec2 {
     );
   }
 
-  async detachVolume(volumeId: string, instanceId: string): Promise<void> {
+  async detachVolume(volumeId: string, instanceId: string, options: { force?: boolean } = {}): Promise<void> {
+    const force = options.force === true ? { Force: true } : {};
     await mapErrors(() =>
       this.#for("DetachVolume").send(
-        new DetachVolumeCommand({ VolumeId: volumeId, InstanceId: instanceId }),
+        new DetachVolumeCommand({ VolumeId: volumeId, InstanceId: instanceId, ...force }),
         callOptions(),
       ),
     );

@@ -31,6 +31,11 @@ export interface Faults {
   errorRate: number;
   /** Share (0..1) of those errors whose call reached moto first: the operation happened, its answer was lost. */
   lostAnswerShare: number;
+  /**
+   * A plain DetachVolume is not passed on: the volume shows "detaching" in DescribeVolumes until a
+   * DetachVolume with Force=true arrives, as with an instance that went away. Default off.
+   */
+  stuckDetach: boolean;
 }
 
 export interface Hooks {
@@ -62,6 +67,7 @@ export function defaultFaults(): Faults {
     latencyMs: undefined,
     errorRate: 0,
     lostAnswerShare: 0.5,
+    stuckDetach: false,
   };
 }
 
@@ -80,6 +86,8 @@ export async function startFaultProxy(options: { target: string }): Promise<Faul
   const idempotency = createIdempotencyMemory();
   const throttle = createThrottle();
   const serializedPerVolume = createKeyedSerializer();
+  /** Volume id -> instance id of detaches held back by faults.stuckDetach. */
+  const stuckDetaches = new Map<string, string>();
 
   async function answer(incoming: Incoming): Promise<WireResponse> {
     const call = recognizeCall(incoming.method, incoming.url, incoming.headers, incoming.body);
@@ -102,6 +110,17 @@ export async function startFaultProxy(options: { target: string }): Promise<Faul
   }
 
   async function execute(call: AwsCall, incoming: Incoming): Promise<WireResponse> {
+    if (call.service === "ec2" && call.action === "DetachVolume") {
+      const volumeId = call.params.get("VolumeId") ?? "";
+      if (call.params.get("Force") === "true") stuckDetaches.delete(volumeId);
+      else if (faults.stuckDetach || stuckDetaches.has(volumeId)) {
+        stuckDetaches.set(volumeId, call.params.get("InstanceId") ?? "");
+        return detachingAnswer(volumeId, call.params.get("InstanceId") ?? "");
+      }
+    }
+    if (call.service === "ec2" && call.action === "DescribeVolumes" && stuckDetaches.size > 0) {
+      return showDetaching(await forward(target, incoming), stuckDetaches);
+    }
     const response =
       faults.volumeInUse && call.service === "ec2" && call.action === "AttachVolume"
         ? await attachUnlessInUse(call.params.get("VolumeId") ?? "", incoming)
@@ -154,6 +173,7 @@ export async function startFaultProxy(options: { target: string }): Promise<Faul
       for (const name of Object.keys(hooks) as (keyof Hooks)[]) delete hooks[name];
       idempotency.clear();
       throttle.reset();
+      stuckDetaches.clear();
       counts.clear();
     },
     stop() {
@@ -207,6 +227,27 @@ async function attachedInstance(
   if (answer.status !== 200) return undefined;
   const attachments = /<attachmentSet>([\s\S]*?)<\/attachmentSet>/.exec(answer.body.toString())?.[1] ?? "";
   return xmlValue(attachments, "instanceId");
+}
+
+function detachingAnswer(volumeId: string, instanceId: string): WireResponse {
+  const xml =
+    '<DetachVolumeResponse xmlns="http://ec2.amazonaws.com/doc/2016-11-15/">' +
+    `<requestId>fault-proxy-stuck-detach</requestId><volumeId>${volumeId}</volumeId>` +
+    `<instanceId>${instanceId}</instanceId><status>detaching</status></DetachVolumeResponse>`;
+  return { status: 200, headers: { "content-type": "text/xml" }, body: Buffer.from(xml) };
+}
+
+/** Rewrites the held-back volumes' attachments in a DescribeVolumes answer from attached to detaching. */
+function showDetaching(response: WireResponse, stuck: Map<string, string>): WireResponse {
+  if (response.status !== 200) return response;
+  const xml = response.body
+    .toString()
+    .replace(/<attachmentSet>[\s\S]*?<\/attachmentSet>/g, (set) =>
+      [...stuck.keys()].some((id) => set.includes(`<volumeId>${id}</volumeId>`))
+        ? set.replace(/<status>attached<\/status>/g, "<status>detaching</status>")
+        : set,
+    );
+  return { ...response, body: Buffer.from(xml) };
 }
 
 function xmlValue(xml: string, element: string): string | undefined {

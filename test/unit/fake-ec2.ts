@@ -22,6 +22,10 @@ export class FakeEc2 implements Ec2 {
   readonly tokens = new Map<string, { input: string; id: string }>();
   zones = ["us-east-1a", "us-east-1b"];
   ebsLimit: number | undefined = 28;
+  /** Volumes whose plain detach stays "detaching" until a forced DetachVolume. */
+  readonly stuckDetaches = new Set<string>();
+  /** Volume ids of every forced DetachVolume, in order. */
+  readonly forcedDetaches: string[] = [];
   /** The account setting that encrypts every new volume, whatever the request says. */
   encryptByDefault = false;
   /** Set to make the next call of that method throw. */
@@ -142,13 +146,19 @@ export class FakeEc2 implements Ec2 {
     disk.state = "in-use";
   }
 
-  async detachVolume(volumeId: string, instanceId: string): Promise<void> {
+  async detachVolume(volumeId: string, instanceId: string, options: { force?: boolean } = {}): Promise<void> {
     this.#count("detachVolume");
+    if (options.force) this.forcedDetaches.push(volumeId);
     const disk = this.disks.get(volumeId);
     if (!disk) throw new CloudError("NotFound", "InvalidVolume.NotFound", `no volume ${volumeId}`);
     const attachment = disk.attachments.find((a) => a.instanceId === instanceId);
     if (!attachment)
       throw new CloudError("NotFound", "IncorrectState", `${volumeId} is not attached to ${instanceId}`);
+    // An unreachable instance never acknowledges a plain detach: only a forced one frees the volume.
+    if (this.stuckDetaches.has(volumeId) && !options.force) {
+      attachment.state = "detaching";
+      return;
+    }
     disk.attachments = disk.attachments.filter((a) => a !== attachment);
     this.instances.get(instanceId)?.devices.delete(attachment.device);
     if (disk.attachments.length === 0) disk.state = "available";
