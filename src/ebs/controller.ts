@@ -381,21 +381,25 @@ export class EbsController {
   }
 
   async ListVolumes(req: ListVolumesRequest): Promise<ListVolumesResponse> {
-    const max = Number(req.max_entries ?? 0);
-    if (max < 0) throw invalidArgument("max_entries", "must not be negative");
-    const token = req.starting_token || undefined;
-    let page: Awaited<ReturnType<Ec2["listVolumesWithTag"]>>;
-    try {
-      page = await this.#ec2.listVolumesWithTag(VOLUME_NAME_TAG, max > 0 ? Math.min(max, 1000) : 1000, token);
-    } catch (err) {
-      if (token && isCloudError(err, "InvalidParameter"))
-        throw aborted(`starting_token "${token}" is not valid`);
-      mapCloudError(err, "listing volumes");
-    }
+    const page = await this.#listPage(req);
     return {
       entries: page.disks.map((disk) => ({ volume: toCsiVolume(disk, {}), status: volumeStatus(disk) })),
       next_token: page.nextToken ?? "",
     };
+  }
+
+  /** One EC2 page of the driver's volumes, for ListVolumes and ControllerListVolumeHealth. */
+  async #listPage(req: { max_entries?: number; starting_token?: string }) {
+    const max = Number(req.max_entries ?? 0);
+    if (max < 0) throw invalidArgument("max_entries", "must not be negative");
+    const token = req.starting_token || undefined;
+    try {
+      return await this.#ec2.listVolumesWithTag(VOLUME_NAME_TAG, max > 0 ? Math.min(max, 1000) : 1000, token);
+    } catch (err) {
+      if (token && isCloudError(err, "InvalidParameter"))
+        throw aborted(`starting_token "${token}" is not valid`);
+      return mapCloudError(err, "listing volumes");
+    }
   }
 
   async ControllerGetVolume(req: ControllerGetVolumeRequest): Promise<ControllerGetVolumeResponse> {
@@ -423,18 +427,8 @@ export class EbsController {
   async ControllerListVolumeHealth(
     req: ControllerListVolumeHealthRequest,
   ): Promise<ControllerListVolumeHealthResponse> {
-    const max = Number(req.max_entries ?? 0);
-    if (max < 0) throw invalidArgument("max_entries", "must not be negative");
     checkMap(req.secrets, "secrets");
-    const token = req.starting_token || undefined;
-    let page: Awaited<ReturnType<Ec2["listVolumesWithTag"]>>;
-    try {
-      page = await this.#ec2.listVolumesWithTag(VOLUME_NAME_TAG, max > 0 ? Math.min(max, 1000) : 1000, token);
-    } catch (err) {
-      if (token && isCloudError(err, "InvalidParameter"))
-        throw aborted(`starting_token "${token}" is not valid`);
-      mapCloudError(err, "listing volumes");
-    }
+    const page = await this.#listPage(req);
     return {
       entries: page.disks.map(volumeHealth).filter((h) => h.health_statuses.length > 0),
       next_token: page.nextToken ?? "",
