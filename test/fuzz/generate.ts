@@ -9,6 +9,7 @@
  * failure found in a concurrent run is re-run alone from its seed and index.
  */
 import { join } from "node:path";
+import { ACCESS_MODES } from "../../src/csi/validate.ts";
 
 export type Service = "Identity" | "Controller" | "Node";
 
@@ -195,16 +196,8 @@ function randomString(rng: Rng): string {
 
 const GiB = 1024 ** 3;
 
-const MODE_NAMES = [
-  "SINGLE_NODE_WRITER",
-  "SINGLE_NODE_READER_ONLY",
-  "MULTI_NODE_READER_ONLY",
-  "MULTI_NODE_SINGLE_WRITER",
-  "MULTI_NODE_MULTI_WRITER",
-  "SINGLE_NODE_SINGLE_WRITER",
-  "SINGLE_NODE_MULTI_WRITER",
-  "UNKNOWN",
-];
+/** Every access mode of the spec, and UNKNOWN (0), which a well-formed request never carries. */
+const MODE_NAMES: readonly string[] = [...ACCESS_MODES, "UNKNOWN"];
 const FS_TYPES = ["", "ext4", "xfs", "ext3", "ext2", "efs", "nfs", "btrfs", "EXT4", "ext4; reboot"];
 const MOUNT_FLAGS = ["ro", "noatime", "nosuid", "tls", "iam", "rw", "bind", "remount", "nfsvers=4.1"];
 
@@ -402,7 +395,7 @@ class Fields {
     const rng = this.rng;
     if (this.ok()) {
       return this.t.driver === "efs"
-        ? rng.pick(MODE_NAMES.slice(0, 7))
+        ? rng.pick(ACCESS_MODES)
         : rng.pick(["SINGLE_NODE_WRITER", "SINGLE_NODE_READER_ONLY", "SINGLE_NODE_MULTI_WRITER"]);
     }
     return rng.oneOf<string | number>(
