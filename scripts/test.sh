@@ -26,6 +26,15 @@ if [ -f .cache/reports/vitest.json ]; then
     const r = JSON.parse(require("fs").readFileSync(".cache/reports/vitest.json", "utf8"));
     console.log(r.numPassedTests, r.numFailedTests, r.numPendingTests + r.numTodoTests);')
   passed=$((passed + p)) failed=$((failed + f)) skipped=$((skipped + s))
+  # CI shows the tail of the log: name every failed test there, with the first line of its error.
+  vitest_failures=$(node -e '
+    const r = JSON.parse(require("fs").readFileSync(".cache/reports/vitest.json", "utf8"));
+    for (const file of r.testResults) {
+      if (file.status === "failed" && file.assertionResults.every((a) => a.status !== "failed"))
+        console.log(`  ${file.name}: ${(file.message || "failed").split("\n")[0]}`);
+      for (const a of file.assertionResults.filter((a) => a.status === "failed"))
+        console.log(`  ${file.name} > ${a.fullName}: ${(a.failureMessages[0] || "").split("\n")[0]}`);
+    }')
 fi
 
 for driver in ebs efs; do
@@ -44,6 +53,7 @@ leftover_loops=$(losetup -a 2>/dev/null | grep -c -e ebs-env -e aws-storage-csi 
 echo
 if [ ${#failed_stages[@]} -gt 0 ]; then
   echo "failed stages: ${failed_stages[*]}"
+  [ -n "${vitest_failures:-}" ] && printf 'failed vitest tests:\n%s\n' "$vitest_failures"
   [ "$failed" -eq 0 ] && failed=${#failed_stages[@]}
 fi
 echo "total: $passed passed, $failed failed, $skipped skipped"

@@ -81,6 +81,21 @@ export interface InstanceTypeEbsInfo {
   limitType: "shared" | "dedicated" | undefined;
 }
 
+/**
+ * EC2's status checks of a volume (DescribeVolumeStatus). Values are EC2's words, kept as strings:
+ * EC2 adds new ones from time to time, and an unknown one must not break a health sweep.
+ */
+export interface DiskStatus {
+  /** ok, warning, impaired or insufficient-data. */
+  status: string;
+  /** The io-enabled check: passed, or failed when EC2 disabled I/O (potential data inconsistency). */
+  ioEnabled?: string;
+  /** The io-performance check (Provisioned IOPS volumes): normal, degraded, severely-degraded, stalled. */
+  ioPerformance?: string;
+  /** Scheduled and past events, e.g. potential-data-inconsistency. */
+  events: { type: string; description: string }[];
+}
+
 export interface DiskPage {
   disks: Disk[];
   nextToken?: string;
@@ -122,6 +137,11 @@ export interface Ec2 {
   deleteVolume(volumeId: string): Promise<void>;
   /** The volumes that exist among `ids`; unknown ids are simply absent (never an error). */
   getVolumes(ids: string[]): Promise<Map<string, Disk>>;
+  /**
+   * EC2's status checks of the volumes among `ids` that exist; unknown ids are absent (never an
+   * error), and so may be a volume EC2 has no checks for yet.
+   */
+  getVolumeStatuses(ids: string[]): Promise<Map<string, DiskStatus>>;
   /** Volumes carrying tag key=value (the idempotency lookup by CSIVolumeName). */
   findVolumesByTag(key: string, value: string): Promise<Disk[]>;
   /** Volumes carrying tag `key` (any value), a page at a time. */

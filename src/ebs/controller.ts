@@ -59,6 +59,7 @@ import type { RpcContext } from "../server/rpc.ts";
 import { attachLimitFromTable, volumesPerNode } from "./attach-limits.ts";
 import {
   type Disk,
+  type DiskStatus,
   type Ec2,
   type Instance,
   isCloudError,
@@ -157,6 +158,8 @@ export class EbsController {
   readonly #devices = new DeviceNames();
   /** Names whose volume went to "error" and was deleted: their next create takes a new token. */
   readonly #tokenGenerations = new Map<string, number>();
+  /** Logged once: the IAM policy does not allow ec2:DescribeVolumeStatus. */
+  #statusChecksDenied = false;
   /** "volume/instance" -> when an out-of-service detach was first asked: CO retries keep the clock running. */
   readonly #detachStarted = new Map<string, number>();
 
@@ -409,30 +412,62 @@ export class EbsController {
     return { volume: toCsiVolume(disk, {}), status: volumeStatus(disk) };
   }
 
-  /** The volume's health from its EC2 state (see volumeHealth). */
+  /** The volume's health from its EC2 state and EC2's status checks (see volumeHealth). */
   async ControllerGetVolumeHealth(
     req: ControllerGetVolumeHealthRequest,
   ): Promise<ControllerGetVolumeHealthResponse> {
     const volumeId = requireString(req.volume_id, "volume_id");
     checkMap(req.secrets, "secrets");
-    const disk = VOLUME_ID.test(volumeId) ? await this.#getDisk(volumeId) : undefined;
+    if (!VOLUME_ID.test(volumeId)) throw notFound(`volume_id ${volumeId}: no such volume`);
+    const [disk, statuses] = await Promise.all([
+      this.#getDisk(volumeId),
+      this.#statusChecks([volumeId], `reading the status checks of ${volumeId}`),
+    ]);
     if (!disk) throw notFound(`volume_id ${volumeId}: no such volume`);
-    return { volume_health: volumeHealth(disk) };
+    return { volume_health: volumeHealth(disk, statuses.get(volumeId)) };
   }
 
   /**
    * The driver's volumes with an adverse condition, one EC2 page (of at most max_entries volumes)
-   * per call: a page may hold none and still carry a next_token, which the spec allows.
+   * per call: a page may hold none and still carry a next_token, which the spec allows. A page
+   * costs its DescribeVolumes calls and one DescribeVolumeStatus per 500 volumes.
    */
   async ControllerListVolumeHealth(
     req: ControllerListVolumeHealthRequest,
   ): Promise<ControllerListVolumeHealthResponse> {
     checkMap(req.secrets, "secrets");
     const page = await this.#listPage(req);
+    const statuses = await this.#statusChecks(
+      page.disks.map((d) => d.id),
+      "reading volume status checks",
+    );
     return {
-      entries: page.disks.map(volumeHealth).filter((h) => h.health_statuses.length > 0),
+      entries: page.disks
+        .map((disk) => volumeHealth(disk, statuses.get(disk.id)))
+        .filter((h) => h.health_statuses.length > 0),
       next_token: page.nextToken ?? "",
     };
+  }
+
+  /**
+   * EC2's status checks of the volumes. AWS's managed policy for the official driver
+   * (AmazonEBSCSIDriverPolicy) does not allow DescribeVolumeStatus: without it, health comes from
+   * the volume state alone, and the missing permission is logged once, not failed on every call.
+   */
+  async #statusChecks(ids: string[], what: string): Promise<Map<string, DiskStatus>> {
+    try {
+      return await this.#ec2.getVolumeStatuses(ids);
+    } catch (err) {
+      if (!isCloudError(err, "Unauthorized")) return mapCloudError(err, what);
+      if (!this.#statusChecksDenied) {
+        this.#statusChecksDenied = true;
+        this.#log.warn(
+          { err: err.message },
+          "ec2:DescribeVolumeStatus is not allowed: volume health comes from the volume state only; grant it for I/O and data-consistency checks",
+        );
+      }
+      return new Map();
+    }
   }
 
   async ControllerExpandVolume(
@@ -777,21 +812,66 @@ function toCsiVolume(disk: Disk, volumeContext: Record<string, string>): Volume 
   };
 }
 
+type HealthEntry = { status: "DEGRADED" | "INACCESSIBLE" | "DATA_LOSS"; reason: string; message: string };
+
 /**
- * The volume as EC2 sees it. State "error" is, in EC2's words, "the underlying hardware related
- * to your EBS volume has failed, and the data associated with the volume is unrecoverable": no
- * node can read it (INACCESSIBLE) and its data is gone (DATA_LOSS).
+ * The volume as EC2 sees it, from its state and its status checks:
+ * - state "error": in EC2's words "the underlying hardware related to your EBS volume has failed,
+ *   and the data associated with the volume is unrecoverable": INACCESSIBLE and DATA_LOSS.
+ * - io-enabled "failed": EC2 disabled the volume's I/O because its data may be inconsistent; no
+ *   node can read or write it until someone checks it and calls EnableVolumeIO: INACCESSIBLE.
+ * - event potential-data-inconsistency: DATA_LOSS, the signal to check the filesystem or restore
+ *   from a snapshot, which is what AWS asks of the owner.
+ * - io-performance degraded or severely-degraded (Provisioned IOPS volumes): DEGRADED; stalled:
+ *   I/O does not progress at all, INACCESSIBLE.
+ * "insufficient-data" is no condition: EC2 has not finished its checks, nothing is known to be wrong.
  */
-function volumeHealth(disk: Disk) {
-  if (disk.state !== "error") return { volume_id: disk.id, health_statuses: [] };
-  const message = `EC2 reports volume ${disk.id} in state "error": its hardware failed, its data is unrecoverable`;
-  return {
-    volume_id: disk.id,
-    health_statuses: [
-      { status: "INACCESSIBLE" as const, reason: "VolumeError", message },
-      { status: "DATA_LOSS" as const, reason: "VolumeError", message },
-    ],
+function volumeHealth(disk: Disk, checks?: DiskStatus) {
+  const entries: HealthEntry[] = [];
+  const add = (entry: HealthEntry) => {
+    // The spec forbids two entries with the same (status, reason).
+    if (!entries.some((e) => e.status === entry.status && e.reason === entry.reason)) entries.push(entry);
   };
+  if (disk.state === "error") {
+    const message = `EC2 reports volume ${disk.id} in state "error": its hardware failed, its data is unrecoverable`;
+    add({ status: "INACCESSIBLE", reason: "VolumeError", message });
+    add({ status: "DATA_LOSS", reason: "VolumeError", message });
+  }
+  const described = (type: string) =>
+    checks?.events.find((e) => e.type === type && e.description)?.description ?? "";
+  if (checks?.ioEnabled === "failed") {
+    const why = described("potential-data-inconsistency");
+    add({
+      status: "INACCESSIBLE",
+      reason: "IoDisabled",
+      message:
+        `EC2 disabled I/O on volume ${disk.id}${why ? ` (${why})` : ""}; ` +
+        "check its data, then enable I/O with EnableVolumeIO",
+    });
+  }
+  for (const event of checks?.events ?? []) {
+    if (event.type !== "potential-data-inconsistency") continue;
+    add({
+      status: "DATA_LOSS",
+      reason: "PotentialDataInconsistency",
+      message: `EC2 reports a potential data inconsistency on volume ${disk.id}${event.description ? `: ${event.description}` : ""}`,
+    });
+  }
+  const performance = checks?.ioPerformance;
+  if (performance === "degraded" || performance === "severely-degraded") {
+    add({
+      status: "DEGRADED",
+      reason: performance === "degraded" ? "IoPerformanceDegraded" : "IoPerformanceSeverelyDegraded",
+      message: `EC2 reports the I/O performance of volume ${disk.id} ${performance.replace("-", " ")}`,
+    });
+  } else if (performance === "stalled") {
+    add({
+      status: "INACCESSIBLE",
+      reason: "IoStalled",
+      message: `EC2 reports the I/O of volume ${disk.id} stalled`,
+    });
+  }
+  return { volume_id: disk.id, health_statuses: entries };
 }
 
 function volumeStatus(disk: Disk) {

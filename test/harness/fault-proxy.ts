@@ -15,8 +15,10 @@ import {
 import { createIdempotencyMemory } from "./idempotency.ts";
 import { createKeyedSerializer } from "./serialize.ts";
 import { createThrottle, type ThrottleConfig } from "./throttle.ts";
+import { describeVolumeStatus, type VolumeStatusFault } from "./volume-status.ts";
 
 export type { BucketConfig, ThrottleConfig } from "./throttle.ts";
+export type { VolumeStatusFault } from "./volume-status.ts";
 
 export interface Faults {
   /** Replay creates with a known ClientToken (EC2 CreateVolume, EFS CreateAccessPoint). Default on. */
@@ -51,6 +53,11 @@ export interface FaultProxy {
   faults: Faults;
   /** Mutable: called after moto answered 2xx, awaited before the client gets the answer. */
   hooks: Hooks;
+  /**
+   * Mutable: EC2 status checks by volume id for DescribeVolumeStatus, which the proxy answers
+   * itself (moto does not implement it). A volume not listed reports "ok".
+   */
+  volumeStatuses: Map<string, VolumeStatusFault>;
   /** Calls received per action name (EC2 Action or EFS operation), refused ones included. */
   stats(): Record<string, number>;
   resetStats(): void;
@@ -88,6 +95,7 @@ export async function startFaultProxy(options: { target: string }): Promise<Faul
   const serializedPerVolume = createKeyedSerializer();
   /** Volume id -> instance id of detaches held back by faults.stuckDetach. */
   const stuckDetaches = new Map<string, string>();
+  const volumeStatuses = new Map<string, VolumeStatusFault>();
 
   async function answer(incoming: Incoming): Promise<WireResponse> {
     const call = recognizeCall(incoming.method, incoming.url, incoming.headers, incoming.body);
@@ -117,6 +125,9 @@ export async function startFaultProxy(options: { target: string }): Promise<Faul
         stuckDetaches.set(volumeId, call.params.get("InstanceId") ?? "");
         return detachingAnswer(volumeId, call.params.get("InstanceId") ?? "");
       }
+    }
+    if (call.service === "ec2" && call.action === "DescribeVolumeStatus") {
+      return describeVolumeStatus(call.params, volumeStatuses, (query) => askMoto(target, incoming, query));
     }
     if (call.service === "ec2" && call.action === "DescribeVolumes" && stuckDetaches.size > 0) {
       return showDetaching(await forward(target, incoming), stuckDetaches);
@@ -166,6 +177,7 @@ export async function startFaultProxy(options: { target: string }): Promise<Faul
     url: `http://127.0.0.1:${port}`,
     faults,
     hooks,
+    volumeStatuses,
     stats: () => Object.fromEntries(counts),
     resetStats: () => counts.clear(),
     reset() {
@@ -174,6 +186,7 @@ export async function startFaultProxy(options: { target: string }): Promise<Faul
       idempotency.clear();
       throttle.reset();
       stuckDetaches.clear();
+      volumeStatuses.clear();
       counts.clear();
     },
     stop() {
@@ -215,7 +228,15 @@ async function attachedInstance(
     Version: "2016-11-15",
     "VolumeId.1": volumeId,
   });
-  const answer = await forward(target, {
+  const answer = await askMoto(target, incoming, query);
+  if (answer.status !== 200) return undefined;
+  const attachments = /<attachmentSet>([\s\S]*?)<\/attachmentSet>/.exec(answer.body.toString())?.[1] ?? "";
+  return xmlValue(attachments, "instanceId");
+}
+
+/** An EC2 query sent to moto directly, in the region and account of the incoming call. */
+function askMoto(target: URL, incoming: Incoming, query: URLSearchParams): Promise<WireResponse> {
+  return forward(target, {
     method: "POST",
     url: "/",
     headers: {
@@ -224,9 +245,6 @@ async function attachedInstance(
     },
     body: Buffer.from(query.toString()),
   });
-  if (answer.status !== 200) return undefined;
-  const attachments = /<attachmentSet>([\s\S]*?)<\/attachmentSet>/.exec(answer.body.toString())?.[1] ?? "";
-  return xmlValue(attachments, "instanceId");
 }
 
 function detachingAnswer(volumeId: string, instanceId: string): WireResponse {

@@ -2,6 +2,7 @@ import { status } from "@grpc/grpc-js";
 import { beforeEach, describe, expect, it } from "vitest";
 import { CsiError } from "../../src/csi/errors.ts";
 import type { CreateVolumeRequest } from "../../src/csi/types.ts";
+import { CloudError } from "../../src/ebs/cloud.ts";
 import { clientTokenFor, EbsController } from "../../src/ebs/controller.ts";
 import { createLogger } from "../../src/log.ts";
 import type { RpcContext } from "../../src/server/rpc.ts";
@@ -598,6 +599,73 @@ describe("EBS controller", () => {
         controller.ControllerGetVolumeHealth({ volume_id: "", secrets: {} }),
         status.INVALID_ARGUMENT,
       );
+    });
+
+    it("health from EC2's status checks: one DescribeVolumeStatus per listed page, never one per volume", async () => {
+      const ids: string[] = [];
+      for (let i = 0; i < 6; i++)
+        ids.push((await controller.CreateVolume(createReq({ name: `s${i}` }), ctx())).volume!.volume_id!);
+      ec2.statuses.set(ids[0]!, {
+        status: "impaired",
+        ioEnabled: "failed",
+        events: [{ type: "potential-data-inconsistency", description: "writes may be lost" }],
+      });
+      ec2.statuses.set(ids[3]!, { status: "warning", ioPerformance: "severely-degraded", events: [] });
+      // Checks not finished add nothing to what the volume state says.
+      ec2.disks.get(ids[5]!)!.state = "error";
+      ec2.statuses.set(ids[5]!, { status: "insufficient-data", events: [] });
+      const before = ec2.calls["getVolumeStatuses"] ?? 0;
+      const seen = new Map<string, unknown>();
+      let token = "";
+      let pages = 0;
+      do {
+        const page = await controller.ControllerListVolumeHealth({
+          max_entries: 3,
+          starting_token: token,
+          secrets: {},
+        });
+        for (const e of page.entries!)
+          seen.set(
+            e.volume_id!,
+            e.health_statuses!.map((h) => [h.status, h.reason]),
+          );
+        token = page.next_token ?? "";
+        pages++;
+      } while (token);
+      expect(ec2.calls["getVolumeStatuses"]! - before).toBe(pages);
+      expect(seen).toEqual(
+        new Map<string, unknown>([
+          [
+            ids[0]!,
+            [
+              ["INACCESSIBLE", "IoDisabled"],
+              ["DATA_LOSS", "PotentialDataInconsistency"],
+            ],
+          ],
+          [ids[3]!, [["DEGRADED", "IoPerformanceSeverelyDegraded"]]],
+          [
+            ids[5]!,
+            [
+              ["INACCESSIBLE", "VolumeError"],
+              ["DATA_LOSS", "VolumeError"],
+            ],
+          ],
+        ]),
+      );
+      // EC2's status API failing is the caller's to retry, with the cause named.
+      ec2.failNext.getVolumeStatuses = new CloudError("Throttled", "RequestLimitExceeded", "slow down");
+      await expectCode(
+        controller.ControllerGetVolumeHealth({ volume_id: ids[0]!, secrets: {} }),
+        status.UNAVAILABLE,
+      );
+      // The managed IAM policy of the official driver does not allow DescribeVolumeStatus: the
+      // volume state still answers.
+      ec2.failNext.getVolumeStatuses = new CloudError("Unauthorized", "UnauthorizedOperation", "not allowed");
+      const denied = await controller.ControllerGetVolumeHealth({ volume_id: ids[5]!, secrets: {} });
+      expect(denied.volume_health!.health_statuses!.map((h) => h.reason)).toEqual([
+        "VolumeError",
+        "VolumeError",
+      ]);
     });
 
     it("confirms supported capabilities and explains unsupported ones", async () => {

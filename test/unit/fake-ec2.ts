@@ -4,6 +4,7 @@ import {
   type Disk,
   type DiskModification,
   type DiskPage,
+  type DiskStatus,
   type Ec2,
   type Instance,
   type InstanceTypeEbsInfo,
@@ -28,6 +29,8 @@ export class FakeEc2 implements Ec2 {
   readonly forcedDetaches: string[] = [];
   /** The account setting that encrypts every new volume, whatever the request says. */
   encryptByDefault = false;
+  /** EC2's status checks per volume; a volume not listed reports "ok". */
+  readonly statuses = new Map<string, DiskStatus>();
   /** Set to make the next call of that method throw. */
   failNext: Partial<Record<keyof Ec2, CloudError>> = {};
   #next = 1;
@@ -102,6 +105,14 @@ export class FakeEc2 implements Ec2 {
     this.#count("getVolumes");
     return new Map(
       ids.filter((id) => this.disks.has(id)).map((id) => [id, structuredClone(this.disks.get(id)!)]),
+    );
+  }
+
+  async getVolumeStatuses(ids: string[]): Promise<Map<string, DiskStatus>> {
+    this.#count("getVolumeStatuses");
+    const ok: DiskStatus = { status: "ok", ioEnabled: "passed", ioPerformance: "not-applicable", events: [] };
+    return new Map(
+      ids.filter((id) => this.disks.has(id)).map((id) => [id, structuredClone(this.statuses.get(id) ?? ok)]),
     );
   }
 
