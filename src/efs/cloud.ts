@@ -11,6 +11,14 @@ export interface FileSystem {
   availabilityZone?: string;
 }
 
+export interface MountTarget {
+  id: string;
+  /** The availability zone of its subnet: nodes there mount through it. */
+  zone: string;
+  /** creating, available, updating, deleting, deleted or error. */
+  lifeCycleState: string;
+}
+
 export interface PosixUser {
   uid: number;
   gid: number;
@@ -90,6 +98,8 @@ export const mayHaveTakenEffect = (err: unknown): boolean =>
 export interface Efs {
   /** Throws EfsError FileSystemNotFound for an unknown id. */
   describeFileSystem(fileSystemId: string): Promise<FileSystem>;
+  /** The file system's mount targets, all pages. Throws EfsError FileSystemNotFound for an unknown id. */
+  describeMountTargets(fileSystemId: string): Promise<MountTarget[]>;
   /** Every access point of the file system, all pages. */
   listAccessPoints(fileSystemId: string): Promise<AccessPoint[]>;
   /** Throws EfsError AccessPointNotFound for an unknown id. */

@@ -24,6 +24,8 @@ import type {
   ControllerExpandVolumeRequest,
   ControllerExpandVolumeResponse,
   ControllerGetCapabilitiesResponse,
+  ControllerGetVolumeHealthRequest,
+  ControllerGetVolumeHealthResponse,
   CreateVolumeRequest,
   DeleteVolumeRequest,
   DeleteVolumeResponse,
@@ -41,7 +43,14 @@ import {
 } from "../csi/validate.ts";
 import type { Logger } from "../log.ts";
 import type { RpcContext } from "../server/rpc.ts";
-import { type AccessPoint, type Efs, isEfsError, mayHaveTakenEffect } from "./cloud.ts";
+import {
+  type AccessPoint,
+  type Efs,
+  type FileSystem,
+  isEfsError,
+  type MountTarget,
+  mayHaveTakenEffect,
+} from "./cloud.ts";
 import { type Fresh, FreshCalls } from "./fresh-calls.ts";
 import { GidAllocator, type GidReservation } from "./gid.ts";
 import { formatVolumeHandle, tryParseVolumeHandle, type VolumeHandle } from "./handle.ts";
@@ -424,17 +433,123 @@ export function createEfsController(deps: EfsControllerDeps) {
     }
   }
 
+  /**
+   * The volume's health as EFS sees it: the file system's and the access point's lifecycle states,
+   * and the mount targets nodes reach it through (see efsVolumeHealth). Three EFS calls, made at once.
+   */
+  async function controllerGetVolumeHealth(
+    req: ControllerGetVolumeHealthRequest,
+  ): Promise<ControllerGetVolumeHealthResponse> {
+    const volumeId = requireString(req.volume_id, "volume_id");
+    checkMap(req.secrets, "secrets");
+    const handle = tryParseVolumeHandle(volumeId);
+    if (!handle) throw notFound(`volume ${volumeId} does not exist: it is not an EFS volume handle`);
+    const orMissing = <T>(call: Promise<T>) =>
+      call.catch((err: unknown) => {
+        if (isEfsError(err, "FileSystemNotFound") || isEfsError(err, "AccessPointNotFound")) return undefined;
+        throw toCsiError(err);
+      });
+    const [fileSystem, mountTargets, accessPoint] = await Promise.all([
+      orMissing(efs.describeFileSystem(handle.fileSystemId)),
+      orMissing(efs.describeMountTargets(handle.fileSystemId)),
+      handle.accessPointId ? describeAccessPoint(handle) : undefined,
+    ]);
+    if (!fileSystem)
+      throw notFound(`volume ${volumeId} does not exist: no file system ${handle.fileSystemId}`);
+    if (handle.accessPointId && !accessPoint) {
+      throw notFound(
+        `volume ${volumeId} does not exist: no access point ${handle.accessPointId} on ${handle.fileSystemId}`,
+      );
+    }
+    return {
+      volume_health: {
+        volume_id: volumeId,
+        health_statuses: efsVolumeHealth(fileSystem, mountTargets ?? [], accessPoint),
+      },
+    };
+  }
+
   return {
     CreateVolume: createVolume,
     DeleteVolume: deleteVolume,
     ValidateVolumeCapabilities: validateVolumeCapabilities,
     ControllerExpandVolume: controllerExpandVolume,
+    ControllerGetVolumeHealth: controllerGetVolumeHealth,
     async ControllerGetCapabilities(): Promise<ControllerGetCapabilitiesResponse> {
-      return {
-        capabilities: (["CREATE_DELETE_VOLUME", "EXPAND_VOLUME"] as const).map((type) => ({ rpc: { type } })),
-      };
+      // No LIST_VOLUME_HEALTH: static volumes (a file system, or a directory of one) leave no trace
+      // in EFS to list them by, so a list would miss them; the CO asks per volume instead.
+      const types = ["CREATE_DELETE_VOLUME", "EXPAND_VOLUME", "GET_VOLUME_HEALTH"] as const;
+      return { capabilities: types.map((type) => ({ rpc: { type } })) };
     },
   };
+}
+
+type HealthEntry = { status: "DEGRADED" | "INACCESSIBLE"; reason: string; message: string };
+
+/** Lifecycle states in which EFS serves no mount. */
+const NOT_SERVING: Record<string, string> = {
+  creating: "is still being created",
+  deleting: "is being deleted",
+  deleted: "was deleted",
+  error: "is in state error",
+};
+
+/**
+ * - The file system or the access point creating, deleting, deleted or in error: no node can
+ *   mount the volume, INACCESSIBLE.
+ * - No mount target available: nodes have no address to mount from, INACCESSIBLE. (A file system
+ *   without mount targets can only be mounted once they are made.)
+ * - Some mount targets available, others not: nodes in those zones cannot mount it, DEGRADED,
+ *   naming the zones. A zone without any mount target is the owner's choice, not a condition.
+ */
+export function efsVolumeHealth(
+  fs: FileSystem,
+  mountTargets: MountTarget[],
+  ap?: AccessPoint,
+): HealthEntry[] {
+  const entries: HealthEntry[] = [];
+  const fsState = NOT_SERVING[fs.lifeCycleState];
+  if (fsState) {
+    entries.push({
+      status: "INACCESSIBLE",
+      reason: "FileSystemUnavailable",
+      message: `file system ${fs.id} ${fsState}`,
+    });
+  }
+  const apState = ap?.lifeCycleState ? NOT_SERVING[ap.lifeCycleState] : undefined;
+  if (ap && apState) {
+    entries.push({
+      status: "INACCESSIBLE",
+      reason: "AccessPointUnavailable",
+      message: `access point ${ap.id} ${apState}`,
+    });
+  }
+  const available = mountTargets.filter((mt) => mt.lifeCycleState === "available");
+  const down = mountTargets.filter((mt) => mt.lifeCycleState !== "available");
+  const describe = (mts: MountTarget[]) =>
+    mts.map((mt) => `${mt.id} in ${mt.zone} (${mt.lifeCycleState})`).join(", ");
+  if (available.length === 0) {
+    entries.push({
+      status: "INACCESSIBLE",
+      reason: "NoMountTarget",
+      message:
+        mountTargets.length === 0
+          ? `file system ${fs.id} has no mount target: no node can mount it`
+          : `no mount target of file system ${fs.id} is available: ${describe(down)}`,
+    });
+  } else {
+    const zonesDown = [...new Set(down.map((mt) => mt.zone))].filter(
+      (zone) => !available.some((mt) => mt.zone === zone),
+    );
+    if (zonesDown.length > 0) {
+      entries.push({
+        status: "DEGRADED",
+        reason: "MountTargetUnavailable",
+        message: `nodes in ${zonesDown.join(", ")} cannot mount file system ${fs.id}: ${describe(down.filter((mt) => zonesDown.includes(mt.zone)))}`,
+      });
+    }
+  }
+  return entries;
 }
 
 interface Expected {

@@ -5,6 +5,7 @@ import {
   DeleteAccessPointCommand,
   DescribeAccessPointsCommand,
   DescribeFileSystemsCommand,
+  DescribeMountTargetsCommand,
   EFSClient,
   TagResourceCommand,
 } from "@aws-sdk/client-efs";
@@ -17,7 +18,7 @@ import {
 } from "../aws/sdk.ts";
 import type { Logger } from "../log.ts";
 import type { Metrics } from "../metrics.ts";
-import { type AccessPoint, type Efs, EfsError, type EfsErrorKind } from "./cloud.ts";
+import { type AccessPoint, type Efs, EfsError, type EfsErrorKind, type MountTarget } from "./cloud.ts";
 
 /** Access points per DescribeAccessPoints page; a file system holds at most 10,000. */
 const PAGE_SIZE = 1000;
@@ -62,6 +63,25 @@ export function createSdkEfs(o: SdkEfsOptions): SdkEfs {
         lifeCycleState: fs.LifeCycleState ?? "available",
         ...(fs.AvailabilityZoneName ? { availabilityZone: fs.AvailabilityZoneName } : {}),
       };
+    },
+
+    async describeMountTargets(fileSystemId) {
+      const all: MountTarget[] = [];
+      let marker: string | undefined;
+      do {
+        const out = await call(`describe mount targets of ${fileSystemId}`, () =>
+          client.send(new DescribeMountTargetsCommand({ FileSystemId: fileSystemId, Marker: marker })),
+        );
+        for (const mt of out.MountTargets ?? []) {
+          all.push({
+            id: mt.MountTargetId ?? "",
+            zone: mt.AvailabilityZoneName ?? "",
+            lifeCycleState: mt.LifeCycleState ?? "available",
+          });
+        }
+        marker = out.NextMarker || undefined;
+      } while (marker);
+      return all;
     },
 
     async listAccessPoints(fileSystemId) {

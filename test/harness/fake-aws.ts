@@ -5,11 +5,17 @@ import { randomUUID } from "node:crypto";
 import { promisify } from "node:util";
 import {
   type _InstanceType,
+  DescribeSubnetsCommand,
   DescribeVolumesCommand,
   EC2Client,
   RunInstancesCommand,
 } from "@aws-sdk/client-ec2";
-import { CreateFileSystemCommand, DescribeFileSystemsCommand, EFSClient } from "@aws-sdk/client-efs";
+import {
+  CreateFileSystemCommand,
+  CreateMountTargetCommand,
+  DescribeFileSystemsCommand,
+  EFSClient,
+} from "@aws-sdk/client-efs";
 import { type FaultProxy, startFaultProxy } from "./fault-proxy.ts";
 import { startMoto } from "./moto.ts";
 
@@ -37,7 +43,11 @@ export interface FakeAws {
   stop(): Promise<void>;
   /** A running instance tagged HARNESS_TAG=instance (its 8 GiB root volume: root-volume). */
   createInstance(options?: { zone?: string; instanceType?: string }): Promise<string>;
-  createFileSystem(): Promise<string>;
+  /**
+   * A file system tagged HARNESS_TAG=file-system, with a mount target in the default subnet of
+   * each of `mountTargetZones` (default: the region's zones a and b), as a cluster's would have.
+   */
+  createFileSystem(options?: { mountTargetZones?: string[] }): Promise<string>;
 }
 
 /** Thrown when the requested fake cannot run here; the message says why, for a skip reason. */
@@ -107,15 +117,29 @@ export async function startFakeAws(options: FakeAwsOptions = {}): Promise<FakeAw
       if (!instanceId) throw new Error("RunInstances answered without an instance id");
       return instanceId;
     },
-    async createFileSystem() {
+    async createFileSystem({ mountTargetZones = [`${region}a`, `${region}b`] } = {}) {
       const answer = await efs.send(
         new CreateFileSystemCommand({
           CreationToken: randomUUID(),
           Tags: [{ Key: HARNESS_TAG, Value: "file-system" }],
         }),
       );
-      if (!answer.FileSystemId) throw new Error("CreateFileSystem answered without a file system id");
-      return answer.FileSystemId;
+      const fileSystemId = answer.FileSystemId;
+      if (!fileSystemId) throw new Error("CreateFileSystem answered without a file system id");
+      for (const zone of mountTargetZones) {
+        const subnets = await ec2.send(
+          new DescribeSubnetsCommand({
+            Filters: [
+              { Name: "availability-zone", Values: [zone] },
+              { Name: "default-for-az", Values: ["true"] },
+            ],
+          }),
+        );
+        const subnetId = subnets.Subnets?.[0]?.SubnetId;
+        if (!subnetId) throw new Error(`no default subnet in ${zone} for a mount target`);
+        await efs.send(new CreateMountTargetCommand({ FileSystemId: fileSystemId, SubnetId: subnetId }));
+      }
+      return fileSystemId;
     },
   };
 }

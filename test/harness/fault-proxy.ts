@@ -58,6 +58,11 @@ export interface FaultProxy {
    * itself (moto does not implement it). A volume not listed reports "ok".
    */
   volumeStatuses: Map<string, VolumeStatusFault>;
+  /**
+   * Mutable: lifecycle states by EFS file system, access point or mount target id, shown in the
+   * Describe answers instead of moto's, which are always "available" (e.g. "error", "deleting").
+   */
+  efsStates: Map<string, string>;
   /** Calls received per action name (EC2 Action or EFS operation), refused ones included. */
   stats(): Record<string, number>;
   resetStats(): void;
@@ -96,6 +101,7 @@ export async function startFaultProxy(options: { target: string }): Promise<Faul
   /** Volume id -> instance id of detaches held back by faults.stuckDetach. */
   const stuckDetaches = new Map<string, string>();
   const volumeStatuses = new Map<string, VolumeStatusFault>();
+  const efsStates = new Map<string, string>();
 
   async function answer(incoming: Incoming): Promise<WireResponse> {
     const call = recognizeCall(incoming.method, incoming.url, incoming.headers, incoming.body);
@@ -137,6 +143,7 @@ export async function startFaultProxy(options: { target: string }): Promise<Faul
         ? await attachUnlessInUse(call.params.get("VolumeId") ?? "", incoming)
         : await forward(target, incoming);
     if (response.status >= 300) return response;
+    if (call.service === "efs" && efsStates.size > 0) return showEfsStates(call.action, response, efsStates);
     try {
       await runHooks(hooks, call, response);
     } catch (error) {
@@ -178,6 +185,7 @@ export async function startFaultProxy(options: { target: string }): Promise<Faul
     faults,
     hooks,
     volumeStatuses,
+    efsStates,
     stats: () => Object.fromEntries(counts),
     resetStats: () => counts.clear(),
     reset() {
@@ -187,6 +195,7 @@ export async function startFaultProxy(options: { target: string }): Promise<Faul
       throttle.reset();
       stuckDetaches.clear();
       volumeStatuses.clear();
+      efsStates.clear();
       counts.clear();
     },
     stop() {
@@ -266,6 +275,26 @@ function showDetaching(response: WireResponse, stuck: Map<string, string>): Wire
         : set,
     );
   return { ...response, body: Buffer.from(xml) };
+}
+
+/** The EFS Describe answers, the list each holds and the id field of its items. */
+const EFS_LISTS: Record<string, [list: string, id: string]> = {
+  DescribeFileSystems: ["FileSystems", "FileSystemId"],
+  DescribeAccessPoints: ["AccessPoints", "AccessPointId"],
+  DescribeMountTargets: ["MountTargets", "MountTargetId"],
+};
+
+/** Rewrites LifeCycleState of the listed resources in an EFS Describe answer. */
+function showEfsStates(action: string, response: WireResponse, states: Map<string, string>): WireResponse {
+  const shape = EFS_LISTS[action];
+  if (!shape) return response;
+  const [list, idField] = shape;
+  const body = JSON.parse(response.body.toString()) as Record<string, Record<string, unknown>[] | undefined>;
+  for (const item of body[list] ?? []) {
+    const state = states.get(String(item[idField]));
+    if (state) item["LifeCycleState"] = state;
+  }
+  return { ...response, body: Buffer.from(JSON.stringify(body)) };
 }
 
 function xmlValue(xml: string, element: string): string | undefined {

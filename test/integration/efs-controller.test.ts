@@ -210,3 +210,45 @@ describe("EFS controller on moto", () => {
     expect(await accessPointsInMoto()).toHaveLength(0);
   });
 });
+
+describe("ControllerGetVolumeHealth", () => {
+  const health = async (volume_id: string) =>
+    (await controller().ControllerGetVolumeHealth({ volume_id, secrets: {} })).volume_health!
+      .health_statuses!;
+  const conditions = async (volumeId: string) => (await health(volumeId)).map((h) => [h.status, h.reason]);
+
+  it("reports what EFS says of the file system, the access point and the mount targets", async () => {
+    const { volume } = await controller().CreateVolume(request("pvc-health"), ctx);
+    const accessPointId = parseVolumeHandle(volume.volume_id).accessPointId!;
+    const mountTargets = (await efs.describeMountTargets(fsId)).sort((a, b) => a.zone.localeCompare(b.zone));
+    expect(mountTargets.map((mt) => mt.zone)).toEqual([`${aws.region}a`, `${aws.region}b`]);
+    expect(await conditions(volume.volume_id)).toEqual([]);
+
+    aws.proxy.efsStates.set(mountTargets[1]!.id, "error");
+    const degraded = await health(volume.volume_id);
+    expect(degraded.map((h) => [h.status, h.reason])).toEqual([["DEGRADED", "MountTargetUnavailable"]]);
+    expect(degraded[0]!.message).toContain(`nodes in ${aws.region}b cannot mount`);
+
+    aws.proxy.efsStates.set(mountTargets[0]!.id, "deleting");
+    expect(await conditions(volume.volume_id)).toEqual([["INACCESSIBLE", "NoMountTarget"]]);
+    aws.proxy.efsStates.clear();
+
+    aws.proxy.efsStates.set(accessPointId, "error");
+    expect(await conditions(volume.volume_id)).toEqual([["INACCESSIBLE", "AccessPointUnavailable"]]);
+    aws.proxy.efsStates.set(fsId, "error");
+    expect(await conditions(fsId)).toEqual([["INACCESSIBLE", "FileSystemUnavailable"]]);
+    aws.proxy.efsStates.clear();
+    expect(await conditions(volume.volume_id)).toEqual([]);
+  });
+
+  it("a file system without mount targets cannot be mounted; a deleted volume is NOT_FOUND", async () => {
+    const bare = await aws.createFileSystem({ mountTargetZones: [] });
+    expect(await conditions(bare)).toEqual([["INACCESSIBLE", "NoMountTarget"]]);
+    const { volume } = await controller().CreateVolume(request("pvc-deleted"), ctx);
+    await controller().DeleteVolume({ volume_id: volume.volume_id, secrets: {} }, ctx);
+    const err = (await controller()
+      .ControllerGetVolumeHealth({ volume_id: volume.volume_id, secrets: {} })
+      .catch((e: unknown) => e)) as CsiError;
+    expect(err.code).toBe(status.NOT_FOUND);
+  });
+});

@@ -89,10 +89,76 @@ beforeEach(() => {
 });
 
 describe("ControllerGetCapabilities", () => {
-  it("offers create/delete and expansion", async () => {
+  it("offers create/delete, expansion and volume health (not listed: static volumes cannot be listed)", async () => {
     expect(await controller().ControllerGetCapabilities()).toEqual({
-      capabilities: [{ rpc: { type: "CREATE_DELETE_VOLUME" } }, { rpc: { type: "EXPAND_VOLUME" } }],
+      capabilities: [
+        { rpc: { type: "CREATE_DELETE_VOLUME" } },
+        { rpc: { type: "EXPAND_VOLUME" } },
+        { rpc: { type: "GET_VOLUME_HEALTH" } },
+      ],
     });
+  });
+});
+
+describe("ControllerGetVolumeHealth", () => {
+  const health = async (volume_id: string) =>
+    (
+      await controller().ControllerGetVolumeHealth({ volume_id, secrets: {} })
+    ).volume_health!.health_statuses!.map((h) => [h.status, h.reason]);
+
+  it("healthy, then from the file system's, the access point's and the mount targets' states", async () => {
+    const { volume } = await controller().CreateVolume(createRequest("pvc-health"), ctx);
+    const ap = accessPointOf(volume.volume_id);
+    expect(await health(volume.volume_id)).toEqual([]);
+    expect(await health(fsId)).toEqual([]);
+
+    efs.mountTargets.set(fsId, [
+      { id: "fsmt-a", zone: "us-east-1a", lifeCycleState: "available" },
+      { id: "fsmt-b", zone: "us-east-1b", lifeCycleState: "error" },
+    ]);
+    expect(await health(volume.volume_id)).toEqual([["DEGRADED", "MountTargetUnavailable"]]);
+    const message = (await controller().ControllerGetVolumeHealth({ volume_id: fsId, secrets: {} }))
+      .volume_health!.health_statuses![0]!.message;
+    expect(message).toMatch(/nodes in us-east-1b cannot mount/);
+
+    efs.mountTargets.set(fsId, [{ id: "fsmt-b", zone: "us-east-1b", lifeCycleState: "deleting" }]);
+    expect(await health(volume.volume_id)).toEqual([["INACCESSIBLE", "NoMountTarget"]]);
+    efs.mountTargets.set(fsId, []);
+    expect(await health(fsId)).toEqual([["INACCESSIBLE", "NoMountTarget"]]);
+    efs.mountTargets.delete(fsId);
+
+    ap.lifeCycleState = "error";
+    efs.fileSystems.get(fsId)!.lifeCycleState = "deleting";
+    expect(await health(volume.volume_id)).toEqual([
+      ["INACCESSIBLE", "FileSystemUnavailable"],
+      ["INACCESSIBLE", "AccessPointUnavailable"],
+    ]);
+    // A static volume is the file system: the access point's state is not its business.
+    expect(await health(`${fsId}:/data`)).toEqual([["INACCESSIBLE", "FileSystemUnavailable"]]);
+  });
+
+  it("NOT_FOUND for a volume that does not exist, INVALID_ARGUMENT without an id, UNAVAILABLE when EFS is", async () => {
+    const { volume } = await controller().CreateVolume(createRequest("pvc-gone"), ctx);
+    await controller().DeleteVolume(deleteRequest(volume.volume_id), ctx);
+    expect(
+      (await codeOf(controller().ControllerGetVolumeHealth({ volume_id: volume.volume_id, secrets: {} })))
+        .code,
+    ).toBe(status.NOT_FOUND);
+    for (const volume_id of ["fs-00000000000000000", "not-a-handle"]) {
+      expect((await codeOf(controller().ControllerGetVolumeHealth({ volume_id, secrets: {} }))).code).toBe(
+        status.NOT_FOUND,
+      );
+    }
+    expect((await codeOf(controller().ControllerGetVolumeHealth({ volume_id: "", secrets: {} }))).code).toBe(
+      status.INVALID_ARGUMENT,
+    );
+    efs.beforeCall = (method) => {
+      if (method === "describeMountTargets")
+        throw new EfsError("Throttled", "ThrottlingException", "slow down");
+    };
+    expect(
+      (await codeOf(controller().ControllerGetVolumeHealth({ volume_id: fsId, secrets: {} }))).code,
+    ).toBe(status.UNAVAILABLE);
   });
 });
 

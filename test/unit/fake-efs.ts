@@ -10,6 +10,7 @@ import {
   type Efs,
   EfsError,
   type FileSystem,
+  type MountTarget,
 } from "../../src/efs/cloud.ts";
 
 export type EfsMethod = keyof Efs;
@@ -17,6 +18,8 @@ export type EfsMethod = keyof Efs;
 export class MemoryEfs implements Efs {
   readonly fileSystems = new Map<string, FileSystem>();
   readonly accessPoints = new Map<string, AccessPoint>();
+  /** Mount targets by file system; a file system not listed has one available in us-east-1a. */
+  readonly mountTargets = new Map<string, MountTarget[]>();
   /** Calls made, by method. */
   readonly calls: Record<string, number> = {};
   /** Runs at the start of every call, after a macrotask turn; throw from it to make the call fail. */
@@ -47,6 +50,17 @@ export class MemoryEfs implements Efs {
     if (!fs)
       throw new EfsError("FileSystemNotFound", "FileSystemNotFound", `file system ${fileSystemId} not found`);
     return { ...fs };
+  }
+
+  async describeMountTargets(fileSystemId: string): Promise<MountTarget[]> {
+    await this.#enter("describeMountTargets", fileSystemId);
+    if (!this.fileSystems.has(fileSystemId)) {
+      throw new EfsError("FileSystemNotFound", "FileSystemNotFound", `file system ${fileSystemId} not found`);
+    }
+    const fallback = [
+      { id: `fsmt-${fileSystemId.slice(3)}`, zone: "us-east-1a", lifeCycleState: "available" },
+    ];
+    return (this.mountTargets.get(fileSystemId) ?? fallback).map((mt) => ({ ...mt }));
   }
 
   async listAccessPoints(fileSystemId: string): Promise<AccessPoint[]> {
