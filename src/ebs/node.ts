@@ -419,7 +419,7 @@ export class EbsNode {
     }
     const info = await bounded(`stat ${volumePath}`, () => stat(volumePath)).catch(() => undefined);
     if (info?.isBlockDevice()) return [];
-    return checkFilesystemHealth(volumePath, { readOnlyRequested: mount.mountOptions.includes("ro"), mount });
+    return checkFilesystemHealth(volumePath, { mount });
   }
 
   async NodeExpandVolume(req: NodeExpandVolumeRequest, ctx: RpcContext): Promise<NodeExpandVolumeResponse> {

@@ -25,12 +25,8 @@ const BROKEN_FS_ERRORS = new Set(["EIO", "ENOTCONN", "ESTALE", "EUCLEAN", "ENODE
  * - errors=remount-ro made the kernel mark the filesystem read-only. Older kernels show that as
  *   "ro" in the super options while the mount itself still says "rw"; recent ones (seen on 6.18)
  *   keep "rw" and add "emergency_ro".
- * - a mount that the caller asked read-write but shows "ro".
  */
-export function healthFromMount(
-  entry: MountEntry,
-  opts: { readOnlyRequested?: boolean } = {},
-): HealthIssue[] {
+export function healthFromMount(entry: MountEntry): HealthIssue[] {
   const where = `${entry.fsType} on ${entry.source} at ${entry.mountPoint}`;
   if (entry.superOptions.includes("shutdown")) {
     return [
@@ -51,15 +47,6 @@ export function healthFromMount(
       },
     ];
   }
-  if (opts.readOnlyRequested === false && entry.mountOptions.includes("ro")) {
-    return [
-      {
-        status: "DEGRADED",
-        reason: "MountedReadOnly",
-        message: `${where} is mounted read-only, read-write was requested`,
-      },
-    ];
-  }
   return [];
 }
 
@@ -72,7 +59,6 @@ export function healthFromMount(
 export async function checkFilesystemHealth(
   mountPath: string,
   opts: {
-    readOnlyRequested?: boolean;
     /** The mount at mountPath, when the caller has read it already. */
     mount?: MountEntry;
   } = {},
@@ -94,7 +80,7 @@ export async function checkFilesystemHealth(
       },
     ];
   }
-  const issues = healthFromMount(top, opts);
+  const issues = healthFromMount(top);
   if (issues.some((i) => i.status === "INACCESSIBLE")) return issues;
   if (top.fsType.startsWith("ext")) {
     const errors = await ext4ErrorCount(top);

@@ -14,11 +14,7 @@ describe("healthFromMount", () => {
       healthFromMount(entry("42 27 7:0 / /stage rw,relatime - ext4 /dev/loop0 rw,errors=remount-ro")),
     ).toEqual([]);
     // A read-only bind of a read-write filesystem: ro per mount, rw superblock.
-    expect(
-      healthFromMount(entry("43 27 7:0 / /pod ro,relatime - ext4 /dev/loop0 rw"), {
-        readOnlyRequested: true,
-      }),
-    ).toEqual([]);
+    expect(healthFromMount(entry("43 27 7:0 / /pod ro,relatime - ext4 /dev/loop0 rw"))).toEqual([]);
     // Mounted read-only on purpose: both say ro.
     expect(healthFromMount(entry("44 27 7:0 / /ro ro,relatime - xfs /dev/loop0 ro,attr2"))).toEqual([]);
   });
@@ -42,20 +38,6 @@ describe("healthFromMount", () => {
   it("sees an ext4 shutdown: INACCESSIBLE", () => {
     expect(healthFromMount(entry("42 27 7:0 / /stage rw,relatime - ext4 /dev/loop0 rw,shutdown"))).toEqual([
       { status: "INACCESSIBLE", reason: "FilesystemShutDown", message: expect.stringMatching(/shut down/) },
-    ]);
-  });
-
-  it("flags a read-only mount where read-write was requested: DEGRADED", () => {
-    expect(
-      healthFromMount(entry("45 27 7:0 / /pod ro,relatime - ext4 /dev/loop0 ro"), {
-        readOnlyRequested: false,
-      }),
-    ).toEqual([
-      {
-        status: "DEGRADED",
-        reason: "MountedReadOnly",
-        message: expect.stringMatching(/read-write was requested/),
-      },
     ]);
   });
 });
