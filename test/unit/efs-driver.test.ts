@@ -37,6 +37,7 @@ describe("createEfsDriver", () => {
     expect(Object.keys(driver.controller ?? {}).sort()).toEqual([
       "ControllerExpandVolume",
       "ControllerGetCapabilities",
+      "ControllerGetVolumeHealth",
       "CreateVolume",
       "DeleteVolume",
       "ValidateVolumeCapabilities",
