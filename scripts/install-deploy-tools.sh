@@ -13,17 +13,26 @@ set -euo pipefail
 KUSTOMIZE_VERSION=v5.8.2 # v5.8.3 needs Go 1.27
 HELM_VERSION=v4.3.1
 HADOLINT_VERSION=2.15.1
+# A cold k8s-validate build downloads and compiles much of Kubernetes from the Go module
+# proxy; give up after this long rather than hang. GNU timeout duration syntax.
+VALIDATOR_BUILD_TIMEOUT=${VALIDATOR_BUILD_TIMEOUT:-40m}
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BIN="$ROOT/.cache/bin"
 mkdir -p "$BIN"
 export GOBIN="$BIN" GOTOOLCHAIN=local GOFLAGS=-buildvcs=false
 
+current_step="" step_start=0
+# A failing step ends the script (set -e); say which one and after how long.
+trap 'status=$?; if ((status != 0)) && [[ -n $current_step ]]; then
+  echo "install-deploy-tools: $current_step failed after $((SECONDS - step_start))s" >&2; fi' EXIT
+
 step() { # step NAME COMMAND...: runs COMMAND and reports its duration
-  local name=$1 start=$SECONDS
+  current_step=$1 step_start=$SECONDS
   shift
   "$@"
-  echo "install-deploy-tools: $name ready in $((SECONDS - start))s"
+  echo "install-deploy-tools: $current_step ready in $((SECONDS - step_start))s"
+  current_step=""
 }
 
 install_kustomize() {
@@ -45,7 +54,17 @@ install_validator() {
   if [[ -x "$BIN/k8s-validate" && -f "$BIN/k8s-validate.stamp" && "$(cat "$BIN/k8s-validate.stamp")" == "$stamp" ]]; then
     return
   fi
-  (cd "$src" && go build -trimpath -o "$BIN/k8s-validate" .)
+  local status=0
+  (cd "$src" && timeout --kill-after=1m "$VALIDATOR_BUILD_TIMEOUT" go build -trimpath -o "$BIN/k8s-validate" .) || status=$?
+  if ((status == 124)); then
+    echo "install-deploy-tools: k8s-validate: go build timed out after $VALIDATOR_BUILD_TIMEOUT." >&2
+    echo "install-deploy-tools: a cold build downloads and compiles Kubernetes from the Go module proxy and is" >&2
+    echo "install-deploy-tools: slow (15+ minutes); run again to resume from Go's caches, or raise VALIDATOR_BUILD_TIMEOUT." >&2
+    return 1
+  elif ((status != 0)); then
+    echo "install-deploy-tools: k8s-validate: go build failed (exit $status)" >&2
+    return "$status"
+  fi
   echo "$stamp" >"$BIN/k8s-validate.stamp"
 }
 
