@@ -1,6 +1,7 @@
 import { EC2Client } from "@aws-sdk/client-ec2";
 import { awsClientConfig, ClientPerAction, instrumentClient } from "../aws/sdk.ts";
 import type { Driver, DriverDeps } from "../driver.ts";
+import { exposeSelinuxfs } from "../host/selinux.ts";
 import { locatePlugin } from "../metadata.ts";
 import type { ServiceImpl } from "../server/rpc.ts";
 import { EbsController } from "./controller.ts";
@@ -33,6 +34,7 @@ export async function createEbsDriver({ options, log, metrics }: DriverDeps): Pr
   }
   let node: ServiceImpl | undefined;
   if (serveNode && metadata) {
+    await exposeSelinuxfs(log);
     const { createEbsNode } = await import("./node.ts");
     node = await createEbsNode({ options, log: log.child({ service: "node" }), metadata, ec2 });
   }

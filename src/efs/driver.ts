@@ -1,5 +1,6 @@
 import type { Driver, DriverDeps } from "../driver.ts";
 import { KubeletDirs } from "../host/paths.ts";
+import { exposeSelinuxfs } from "../host/selinux.ts";
 import { locatePlugin } from "../metadata.ts";
 import type { ServiceImpl } from "../server/rpc.ts";
 import { createEfsController } from "./controller.ts";
@@ -34,6 +35,7 @@ export async function createEfsDriver({ options, log, metrics }: DriverDeps): Pr
     // The node reads access points' capacity tags for volume stats (DescribeAccessPoints only). It
     // works without: stats then report statfs's total. So it has no AWS probe: AWS being
     // unreachable must not make a node plugin unready.
+    await exposeSelinuxfs(log);
     nodeEfs = efs ?? createSdkEfs({ region, endpoint: options.awsEndpoint, metrics, log });
     node = new EfsNode({
       instanceId: metadata.instanceId,
