@@ -26,7 +26,14 @@ export function identityService(info: IdentityInfo) {
       const types: ("CONTROLLER_SERVICE" | "VOLUME_ACCESSIBILITY_CONSTRAINTS")[] = [];
       if (info.controller) types.push("CONTROLLER_SERVICE");
       if (info.accessibilityConstraints) types.push("VOLUME_ACCESSIBILITY_CONSTRAINTS");
-      return { capabilities: types.map((type) => ({ service: { type } })) };
+      return {
+        capabilities: [
+          ...types.map((type) => ({ service: { type } })),
+          // Both drivers grow a volume while it is published (EBS ModifyVolume, EFS a tag), as the
+          // official drivers advertise; the spec asks a plugin that expands to say which kind.
+          { volume_expansion: { type: "ONLINE" as const } },
+        ],
+      };
     },
 
     async Probe(): Promise<ProbeResponse> {

@@ -26,6 +26,7 @@ describe("Identity", () => {
       capabilities: [
         { service: { type: "CONTROLLER_SERVICE" } },
         { service: { type: "VOLUME_ACCESSIBILITY_CONSTRAINTS" } },
+        { volume_expansion: { type: "ONLINE" } },
       ],
     });
   });
