@@ -8,7 +8,11 @@ import { readFileSync, writeFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import { FLAGS } from "../src/config.ts";
 import { renderLimitsMarkdown } from "../src/ebs/limits.ts";
-import { renderCreateParametersMarkdown, renderModifyParametersMarkdown } from "../src/ebs/params.ts";
+import {
+  renderCreateParametersMarkdown,
+  renderModifyParametersMarkdown,
+  renderSnapshotParametersMarkdown,
+} from "../src/ebs/params.ts";
 import { PARAMETERS as EFS_PARAMETERS } from "../src/efs/params.ts";
 
 export const README = fileURLToPath(new URL("../README.md", import.meta.url));
@@ -35,6 +39,7 @@ export const SECTIONS: Record<string, () => string> = {
   flags: flagsTable,
   "ebs-parameters": renderCreateParametersMarkdown,
   "ebs-modify-parameters": renderModifyParametersMarkdown,
+  "ebs-snapshot-parameters": renderSnapshotParametersMarkdown,
   "ebs-limits": renderLimitsMarkdown,
   "efs-parameters": efsParametersTable,
 };

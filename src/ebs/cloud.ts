@@ -63,6 +63,8 @@ export interface CreateDiskInput {
   kmsKeyId?: string;
   multiAttach?: boolean;
   snapshotId?: string;
+  /** MiB/s at which EC2 initializes a volume restored from a snapshot. */
+  initializationRate?: number;
   outpostArn?: string;
   /** Set in the same call as the create, so no volume ever exists untagged. */
   tags: Record<string, string>;
@@ -101,12 +103,54 @@ export interface DiskPage {
   nextToken?: string;
 }
 
+export type SnapshotState = "pending" | "completed" | "error" | "recoverable" | "recovering";
+
+export interface Snapshot {
+  id: string;
+  /** The source volume. */
+  volumeId: string;
+  /** The source volume's size when the snapshot was taken. */
+  sizeGiB: number;
+  state: SnapshotState;
+  /** When EC2 started it: the CSI creation_time. */
+  startTime: Date;
+  tags: Record<string, string>;
+  /** EC2's reason for state "error", when it gives one. */
+  stateMessage?: string;
+  outpostArn?: string;
+}
+
+export interface CreateSnapshotInput {
+  volumeId: string;
+  /** Set in the same call as the create: the snapshot's name tag is what makes a retry find it. */
+  tags: Record<string, string>;
+  description: string;
+  /** A local snapshot on this Outpost. */
+  outpostArn?: string;
+}
+
+/** EC2 snapshot lock (LockSnapshot): one of durationDays and expirationDate. */
+export interface SnapshotLock {
+  mode: "compliance" | "governance";
+  durationDays?: number;
+  expirationDate?: Date;
+  /** Compliance mode only: hours during which the lock can still be changed. */
+  coolOffHours?: number;
+}
+
+export interface SnapshotPage {
+  snapshots: Snapshot[];
+  nextToken?: string;
+}
+
 /** What went wrong, in cloud terms; the controller decides the gRPC code. */
 export type CloudErrorKind =
   | "NotFound"
   | "InUse"
   | "IdempotentParameterMismatch"
   | "AttachmentLimitExceeded"
+  /** An account quota (e.g. SnapshotLimitExceeded): retrying will not help until something is freed. */
+  | "QuotaExceeded"
   | "InvalidParameter"
   | "Unauthorized"
   | "Throttled"
@@ -154,6 +198,19 @@ export interface Ec2 {
   tagVolume(volumeId: string, tags: Record<string, string>): Promise<void>;
   /** Latest modification of the volume, or undefined when it was never modified. */
   getModification(volumeId: string): Promise<DiskModification | undefined>;
+  /** The snapshot; its name tag must be among `input.tags`. */
+  createSnapshot(input: CreateSnapshotInput): Promise<Snapshot>;
+  /** Throws CloudError NotFound for an unknown id, InUse for a snapshot an AMI uses or a lock holds. */
+  deleteSnapshot(snapshotId: string): Promise<void>;
+  /** The snapshots that exist among `ids`; unknown ids are absent (never an error). */
+  getSnapshots(ids: string[]): Promise<Map<string, Snapshot>>;
+  /** Snapshots carrying tag key=value (the idempotency lookup by CSIVolumeSnapshotName). */
+  findSnapshotsByTag(key: string, value: string): Promise<Snapshot[]>;
+  /** The account's own snapshots, of one source volume if given, a page at a time. */
+  listSnapshots(volumeId: string | undefined, maxResults: number, nextToken?: string): Promise<SnapshotPage>;
+  /** Fast Snapshot Restore in these zones; throws when EC2 refuses any of them. */
+  enableFastSnapshotRestores(snapshotId: string, zones: string[]): Promise<void>;
+  lockSnapshot(snapshotId: string, lock: SnapshotLock): Promise<void>;
   /** The instances that exist among `ids`; unknown ids are absent. */
   getInstances(ids: string[]): Promise<Map<string, Instance>>;
   /** EBS attachment limit of an instance type, or undefined when EC2 does not say. */

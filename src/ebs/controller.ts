@@ -30,10 +30,14 @@ import type {
   ControllerPublishVolumeResponse,
   ControllerUnpublishVolumeRequest,
   ControllerUnpublishVolumeResponse,
+  CreateSnapshotRequest,
   CreateVolumeRequest,
   CreateVolumeResponse,
+  DeleteSnapshotRequest,
   DeleteVolumeRequest,
   DeleteVolumeResponse,
+  GetSnapshotRequest,
+  ListSnapshotsRequest,
   ListVolumesRequest,
   ListVolumesResponse,
   TopologyRequirement,
@@ -64,16 +68,19 @@ import {
   type Instance,
   isCloudError,
   type ModifyDiskInput,
+  type Snapshot,
   type VolumeType,
 } from "./cloud.ts";
 import { DeviceNames } from "./devices.ts";
+import { mapCloudError, VOLUME_ID } from "./errors.ts";
 import { VOLUME_LIMITS } from "./limits.ts";
 import { FS_TYPES, parseCreateParameters, parseModifyParameters, VOLUME_NAME_TAG } from "./params.ts";
+import { EbsSnapshots, SNAPSHOT_ID } from "./snapshots.ts";
 
 export const ZONE_KEYS = ["topology.kubernetes.io/zone", "topology.ebs.csi.aws.com/zone"] as const;
 
-/** An EBS volume id; anything else cannot name a volume. */
-export const VOLUME_ID = /^vol-[0-9a-f]{8}([0-9a-f]{9})?$/;
+export { VOLUME_ID } from "./errors.ts";
+
 const INSTANCE_ID = /^i-[0-9a-f]{8}([0-9a-f]{9})?$/;
 
 const SINGLE_NODE_MODES: readonly AccessMode[] = [
@@ -121,35 +128,6 @@ export const clientTokenFor = (name: string, generation = 0): string =>
 
 const zoneTopology = (zone: string) => ({ segments: Object.fromEntries(ZONE_KEYS.map((k) => [k, zone])) });
 
-function mapCloudError(err: unknown, what: string): never {
-  if (err instanceof CsiError) throw err;
-  if (err instanceof WaitTimeoutError)
-    throw new CsiError(status.DEADLINE_EXCEEDED, `${what}: ${err.message}`);
-  if (!isCloudError(err)) throw err;
-  const message = `${what}: ${err.message}`;
-  switch (err.kind) {
-    case "NotFound":
-      throw notFound(message);
-    case "InUse":
-      throw failedPrecondition(message);
-    case "IdempotentParameterMismatch":
-      throw alreadyExists(message);
-    case "AttachmentLimitExceeded":
-      throw resourceExhausted(message);
-    case "InvalidParameter":
-      throw new CsiError(status.INVALID_ARGUMENT, message);
-    case "Unauthorized":
-      throw new CsiError(status.PERMISSION_DENIED, message);
-    case "Throttled":
-    case "Unavailable":
-      throw new CsiError(status.UNAVAILABLE, message);
-    case "Cancelled":
-      throw new CsiError(status.CANCELLED, message);
-    default:
-      throw internal(message);
-  }
-}
-
 /** The EBS controller service: volumes and attachments through EC2. */
 export class EbsController {
   readonly #ec2: Ec2;
@@ -158,6 +136,7 @@ export class EbsController {
   readonly #devices = new DeviceNames();
   /** Names whose volume went to "error" and was deleted: their next create takes a new token. */
   readonly #tokenGenerations = new Map<string, number>();
+  readonly #snapshots: EbsSnapshots;
   /** Logged once: the IAM policy does not allow ec2:DescribeVolumeStatus. */
   #statusChecksDenied = false;
   /** "volume/instance" -> when an out-of-service detach was first asked: CO retries keep the clock running. */
@@ -167,6 +146,26 @@ export class EbsController {
     this.#ec2 = ec2;
     this.#log = log;
     this.#options = { ...DEFAULT_CONTROLLER_OPTIONS, ...options };
+    this.#snapshots = new EbsSnapshots(ec2, log, {
+      extraTags: this.#options.extraTags,
+      clusterId: this.#options.clusterId,
+    });
+  }
+
+  CreateSnapshot(req: CreateSnapshotRequest, ctx: RpcContext) {
+    return this.#snapshots.CreateSnapshot(req, ctx);
+  }
+
+  DeleteSnapshot(req: DeleteSnapshotRequest, ctx: RpcContext) {
+    return this.#snapshots.DeleteSnapshot(req, ctx);
+  }
+
+  ListSnapshots(req: ListSnapshotsRequest) {
+    return this.#snapshots.ListSnapshots(req);
+  }
+
+  GetSnapshot(req: GetSnapshotRequest) {
+    return this.#snapshots.GetSnapshot(req);
   }
 
   async ControllerGetCapabilities(): Promise<ControllerGetCapabilitiesResponse> {
@@ -180,6 +179,9 @@ export class EbsController {
       "GET_VOLUME_HEALTH",
       "LIST_VOLUME_HEALTH",
       "MODIFY_VOLUME",
+      "CREATE_DELETE_SNAPSHOT",
+      "LIST_SNAPSHOTS",
+      "GET_SNAPSHOT",
     ] as const;
     return { capabilities: types.map((type) => ({ rpc: { type } })) };
   }
@@ -191,17 +193,22 @@ export class EbsController {
     const parameters = checkMap(req.parameters, "parameters");
     const mutable = checkMap(req.mutable_parameters, "mutable_parameters");
     checkMap(req.secrets, "secrets");
-    if (req.volume_content_source) {
-      throw invalidArgument(
-        "volume_content_source",
-        "snapshots and clones are not supported by this driver yet",
-      );
+    const snapshotId = contentSnapshotId(req.volume_content_source);
+    const [existing, snapshot] = await Promise.all([
+      this.#findByName(name).catch((err) => mapCloudError(err, `looking up volume ${name}`)),
+      snapshotId ? this.#snapshots.readySnapshot(snapshotId) : undefined,
+    ]);
+    // A retry after the snapshot was deleted still finds the volume restored from it.
+    if (snapshotId && !snapshot && existing?.snapshotId !== snapshotId) {
+      throw notFound(`volume_content_source.snapshot: no snapshot ${snapshotId}`);
     }
+    const requiredBytes = restoredSize(range, snapshot, existing);
     const mountCapability = capabilities.find((c) => !c.block && c.fsType !== "");
     const parsed = parseCreateParameters(parameters, {
       name,
-      requiredBytes: range.requiredBytes,
+      requiredBytes,
       limitBytes: range.limitBytes,
+      fromSnapshot: snapshotId !== undefined,
       extraTags: this.#options.extraTags,
       clusterId: this.#options.clusterId,
       fsType: mountCapability?.fsType,
@@ -213,23 +220,29 @@ export class EbsController {
     const spec = multiAttach ? { ...parsed.disk, multiAttach } : parsed.disk;
     const zones = await this.#candidateZones(req.accessibility_requirements);
 
-    const existing = await this.#findByName(name).catch((err) =>
-      mapCloudError(err, `looking up volume ${name}`),
-    );
     let disk: Disk;
     if (existing) {
-      const mismatch = describeMismatch(existing, spec, zones);
+      const mismatch =
+        existing.snapshotId !== snapshotId
+          ? existing.snapshotId
+            ? `content from snapshot ${existing.snapshotId}`
+            : "no snapshot as its content"
+          : describeMismatch(existing, spec, zones);
       if (mismatch) throw alreadyExists(`name "${name}": volume ${existing.id} exists with ${mismatch}`);
       disk = existing;
     } else {
       const zone = zones[0]!;
       ctx.log.info({ name, zone, sizeGiB: spec.sizeGiB, type: spec.type }, "creating volume");
+      const clientToken = clientTokenFor(name, this.#tokenGenerations.get(name));
       disk = await this.#ec2
-        .createVolume({ ...spec, clientToken: clientTokenFor(name, this.#tokenGenerations.get(name)), zone })
+        .createVolume({ ...spec, clientToken, zone, ...(snapshotId ? { snapshotId } : {}) })
         .catch((err) => mapCloudError(err, `creating volume ${name}`));
     }
     disk = await this.#waitAvailable(disk, name, ctx);
-    return { volume: toCsiVolume(disk, parsed.volumeContext) };
+    const volume = toCsiVolume(disk, parsed.volumeContext);
+    return {
+      volume: snapshotId ? { ...volume, content_source: { snapshot: { snapshot_id: snapshotId } } } : volume,
+    };
   }
 
   async DeleteVolume(req: DeleteVolumeRequest, ctx: RpcContext): Promise<DeleteVolumeResponse> {
@@ -775,6 +788,42 @@ function checkMultiAttach(
 }
 
 /** Why an existing volume of the same name does not match the request, or undefined when it does. */
+/** The snapshot a CreateVolume restores, or undefined; clones are refused (not advertised). */
+function contentSnapshotId(source: CreateVolumeRequest["volume_content_source"]): string | undefined {
+  if (!source) return undefined;
+  if (source.volume) {
+    throw invalidArgument(
+      "volume_content_source.volume",
+      "volume clones are not supported by this driver yet",
+    );
+  }
+  const id = source.snapshot?.snapshot_id ?? "";
+  if (id === "") throw invalidArgument("volume_content_source", "names neither a snapshot nor a volume");
+  if (!SNAPSHOT_ID.test(id)) throw notFound(`volume_content_source.snapshot: no snapshot ${id}`);
+  return id;
+}
+
+/**
+ * The size to ask for: a restored volume holds at least its snapshot (OUT_OF_RANGE when the range
+ * does not allow that), and without required_bytes it is the snapshot's size.
+ */
+function restoredSize(
+  range: { requiredBytes: number; limitBytes: number },
+  snapshot: Snapshot | undefined,
+  existing: Disk | undefined,
+): number {
+  if (!snapshot) return range.requiredBytes || (existing?.snapshotId ? existing.sizeGiB * GiB : 0);
+  const bytes = snapshot.sizeGiB * GiB;
+  const what = `snapshot ${snapshot.id} of ${snapshot.sizeGiB} GiB: a restored volume is at least as large`;
+  if (range.requiredBytes > 0 && range.requiredBytes < bytes) {
+    throw outOfRange(`capacity_range.required_bytes ${range.requiredBytes} is below ${what}`);
+  }
+  if (range.limitBytes > 0 && range.limitBytes < bytes) {
+    throw outOfRange(`capacity_range.limit_bytes ${range.limitBytes} is below ${what}`);
+  }
+  return range.requiredBytes || bytes;
+}
+
 function describeMismatch(
   disk: Disk,
   spec: {

@@ -6,19 +6,26 @@
 import {
   type _InstanceType,
   AttachVolumeCommand,
+  CreateSnapshotCommand,
   CreateTagsCommand,
   CreateVolumeCommand,
+  DeleteSnapshotCommand,
   DeleteVolumeCommand,
   DescribeAvailabilityZonesCommand,
   DescribeInstanceTypesCommand,
+  DescribeSnapshotsCommand,
   DescribeVolumesCommand,
   DescribeVolumesModificationsCommand,
   DetachVolumeCommand,
   type EC2Client,
   type Instance as Ec2Instance,
+  type Snapshot as Ec2Snapshot,
+  EnableFastSnapshotRestoresCommand,
   type Filter,
+  LockSnapshotCommand,
   ModifyVolumeCommand,
   paginateDescribeInstances,
+  paginateDescribeSnapshots,
   paginateDescribeVolumeStatus,
   paginateDescribeVolumes,
   type Tag,
@@ -35,6 +42,7 @@ import {
   CloudError,
   type CloudErrorKind,
   type CreateDiskInput,
+  type CreateSnapshotInput,
   type Disk,
   type DiskModification,
   type DiskPage,
@@ -44,6 +52,10 @@ import {
   type Instance,
   type InstanceTypeEbsInfo,
   type ModifyDiskInput,
+  type Snapshot,
+  type SnapshotLock,
+  type SnapshotPage,
+  type SnapshotState,
   type VolumeType,
 } from "./cloud.ts";
 
@@ -68,6 +80,9 @@ export class SdkEc2 implements Ec2 {
   readonly #volumeLoader: DataLoader<string, Disk | undefined> | undefined;
   readonly #instanceLoader: DataLoader<string, Instance | undefined> | undefined;
   readonly #statusLoader: DataLoader<string, DiskStatus | undefined> | undefined;
+  readonly #snapshotLoader: DataLoader<string, Snapshot | undefined> | undefined;
+  /** Concurrent CreateSnapshot idempotency lookups by name tag value, in one call. */
+  readonly #snapshotTagLoaders = new Map<string, DataLoader<string, Snapshot[] | undefined>>();
   /** Per tag key: concurrent lookups by tag value (CreateVolume's idempotency check) in one call. */
   readonly #tagLoaders = new Map<string, DataLoader<string, Disk[] | undefined>>();
   readonly #batchWindowMs: number | undefined;
@@ -85,6 +100,7 @@ export class SdkEc2 implements Ec2 {
       this.#volumeLoader = idLoader(o.batchWindowMs, (ids) => this.#describeVolumesById(ids));
       this.#instanceLoader = idLoader(o.batchWindowMs, (ids) => this.#describeInstancesById(ids));
       this.#statusLoader = idLoader(o.batchWindowMs, (ids) => this.#describeVolumeStatus(ids));
+      this.#snapshotLoader = idLoader(o.batchWindowMs, (ids) => this.#describeSnapshotsById(ids));
     }
   }
 
@@ -104,6 +120,7 @@ export class SdkEc2 implements Ec2 {
           KmsKeyId: input.kmsKeyId,
           MultiAttachEnabled: input.multiAttach || undefined,
           SnapshotId: input.snapshotId,
+          VolumeInitializationRate: input.initializationRate,
           OutpostArn: input.outpostArn,
           TagSpecifications: tags.length > 0 ? [{ ResourceType: "volume", Tags: tags }] : undefined,
         }),
@@ -157,29 +174,122 @@ export class SdkEc2 implements Ec2 {
    * pages of 500.
    */
   async listVolumesWithTag(key: string, maxResults: number, nextToken?: string): Promise<DiskPage> {
-    const wanted = maxResults > 0 ? maxResults : MAX_BATCH;
-    let cursor: PageCursor = nextToken ? decodePageToken(nextToken) : { o: 0 };
-    const disks: Disk[] = [];
-    for (;;) {
-      const { t, o } = cursor;
-      const page = await mapErrors(() =>
+    const page = await readPages(maxResults, nextToken, async (token, max) => {
+      const out = await mapErrors(() =>
         this.#for("DescribeVolumes").send(
           new DescribeVolumesCommand({
             Filters: [{ Name: "tag-key", Values: [key] }],
-            MaxResults: Math.min(MAX_BATCH, Math.max(MIN_PAGE, wanted)),
-            NextToken: t,
+            MaxResults: max,
+            NextToken: token,
           }),
         ),
       );
-      const volumes = page.Volumes ?? [];
-      const taken = volumes.slice(o, o + wanted - disks.length);
-      disks.push(...taken.map(toDisk));
-      const consumed = o + taken.length;
-      if (consumed < volumes.length) return { disks, nextToken: encodePageToken({ t, o: consumed }) };
-      if (!page.NextToken) return { disks };
-      cursor = { t: page.NextToken, o: 0 };
-      if (disks.length === wanted) return { disks, nextToken: encodePageToken(cursor) };
+      return { items: (out.Volumes ?? []).map(toDisk), next: out.NextToken };
+    });
+    return page.next ? { disks: page.items, nextToken: page.next } : { disks: page.items };
+  }
+
+  async createSnapshot(input: CreateSnapshotInput): Promise<Snapshot> {
+    const tags = Object.entries(input.tags).map(([Key, Value]) => ({ Key, Value }));
+    const created = await mapErrors(() =>
+      this.#for("CreateSnapshot").send(
+        new CreateSnapshotCommand({
+          VolumeId: input.volumeId,
+          Description: input.description,
+          OutpostArn: input.outpostArn,
+          TagSpecifications: [{ ResourceType: "snapshot", Tags: tags }],
+        }),
+        callOptions(),
+      ),
+    );
+    return toSnapshot({ ...created, Tags: created.Tags ?? tags });
+  }
+
+  async deleteSnapshot(snapshotId: string): Promise<void> {
+    await mapErrors(() =>
+      this.#for("DeleteSnapshot").send(new DeleteSnapshotCommand({ SnapshotId: snapshotId }), callOptions()),
+    );
+  }
+
+  async getSnapshots(ids: string[]): Promise<Map<string, Snapshot>> {
+    return lookUp(ids, this.#snapshotLoader, (chunk) => this.#describeSnapshotsById(chunk));
+  }
+
+  async findSnapshotsByTag(key: string, value: string): Promise<Snapshot[]> {
+    if (this.#batchWindowMs === undefined)
+      return this.#describeSnapshots([{ Name: `tag:${key}`, Values: [value] }]);
+    let loader = this.#snapshotTagLoaders.get(key);
+    if (!loader) {
+      loader = idLoader(this.#batchWindowMs, async (values) => {
+        const byValue = new Map<string, Snapshot[]>(values.map((v) => [v, []]));
+        for (const snapshot of await this.#describeSnapshots([{ Name: `tag:${key}`, Values: values }])) {
+          byValue.get(snapshot.tags[key] ?? "")?.push(snapshot);
+        }
+        return byValue;
+      });
+      this.#snapshotTagLoaders.set(key, loader);
     }
+    return (await loader.load(value)) ?? [];
+  }
+
+  /** Paged as listVolumesWithTag, with the same token of our own. Only the account's own snapshots. */
+  async listSnapshots(
+    volumeId: string | undefined,
+    maxResults: number,
+    nextToken?: string,
+  ): Promise<SnapshotPage> {
+    const filters = volumeId ? [{ Name: "volume-id", Values: [volumeId] }] : undefined;
+    const page = await readPages(maxResults, nextToken, async (token, max) => {
+      const out = await mapErrors(() =>
+        this.#for("DescribeSnapshots").send(
+          new DescribeSnapshotsCommand({
+            OwnerIds: ["self"],
+            Filters: filters,
+            MaxResults: max,
+            NextToken: token,
+          }),
+        ),
+      );
+      return { items: (out.Snapshots ?? []).map(toSnapshot), next: out.NextToken };
+    });
+    return page.next ? { snapshots: page.items, nextToken: page.next } : { snapshots: page.items };
+  }
+
+  async enableFastSnapshotRestores(snapshotId: string, zones: string[]): Promise<void> {
+    const out = await mapErrors(() =>
+      this.#for("EnableFastSnapshotRestores").send(
+        new EnableFastSnapshotRestoresCommand({ SourceSnapshotIds: [snapshotId], AvailabilityZones: zones }),
+        callOptions(),
+      ),
+    );
+    const refusals = (out.Unsuccessful ?? []).flatMap((u) => u.FastSnapshotRestoreStateErrors ?? []);
+    if (refusals.length > 0) {
+      const first = refusals[0]?.Error;
+      const detail = refusals
+        .map((r) => `${r.AvailabilityZone}: ${r.Error?.Code}: ${r.Error?.Message}`)
+        .join("; ");
+      const code = first?.Code ?? "FastSnapshotRestoreRefused";
+      throw new CloudError(
+        ERROR_KINDS[code] ?? "Other",
+        code,
+        `EnableFastSnapshotRestores refused: ${detail}`,
+      );
+    }
+  }
+
+  async lockSnapshot(snapshotId: string, lock: SnapshotLock): Promise<void> {
+    await mapErrors(() =>
+      this.#for("LockSnapshot").send(
+        new LockSnapshotCommand({
+          SnapshotId: snapshotId,
+          LockMode: lock.mode,
+          LockDuration: lock.durationDays,
+          ExpirationDate: lock.expirationDate,
+          CoolOffPeriod: lock.coolOffHours,
+        }),
+        callOptions(),
+      ),
+    );
   }
 
   async attachVolume(volumeId: string, instanceId: string, device: string): Promise<void> {
@@ -343,6 +453,25 @@ export class SdkEc2 implements Ec2 {
     return found;
   }
 
+  async #describeSnapshotsById(ids: string[]): Promise<Map<string, Snapshot>> {
+    this.#log.debug({ ids: ids.length }, "DescribeSnapshots by id");
+    // A filter, not SnapshotIds: with SnapshotIds one unknown id fails the whole request.
+    const snapshots = await this.#describeSnapshots([{ Name: "snapshot-id", Values: ids }]);
+    return new Map(snapshots.map((s) => [s.id, s]));
+  }
+
+  async #describeSnapshots(filters: Filter[]): Promise<Snapshot[]> {
+    return mapErrors(async () => {
+      const snapshots: Snapshot[] = [];
+      const pages = paginateDescribeSnapshots(
+        { client: this.#for("DescribeSnapshots"), pageSize: 1000 },
+        { Filters: filters },
+      );
+      for await (const page of pages) snapshots.push(...(page.Snapshots ?? []).map(toSnapshot));
+      return snapshots;
+    });
+  }
+
   async #describeInstancesById(ids: string[]): Promise<Map<string, Instance>> {
     this.#log.debug({ ids: ids.length }, "DescribeInstances by id");
     return mapErrors(async () => {
@@ -414,6 +543,31 @@ async function lookUp<T>(
   return found;
 }
 
+/**
+ * Up to maxResults items (0: a page of 500) from an EC2 Describe call, starting at our page token
+ * (see listVolumesWithTag); `fetch` asks EC2 for one page at its token with a MaxResults it accepts.
+ */
+async function readPages<T>(
+  maxResults: number,
+  nextToken: string | undefined,
+  fetch: (token: string | undefined, max: number) => Promise<{ items: T[]; next: string | undefined }>,
+): Promise<{ items: T[]; next?: string }> {
+  const wanted = maxResults > 0 ? maxResults : MAX_BATCH;
+  let cursor: PageCursor = nextToken ? decodePageToken(nextToken) : { o: 0 };
+  const items: T[] = [];
+  for (;;) {
+    const { t, o } = cursor;
+    const page = await fetch(t, Math.min(MAX_BATCH, Math.max(MIN_PAGE, wanted)));
+    const taken = page.items.slice(o, o + wanted - items.length);
+    items.push(...taken);
+    const consumed = o + taken.length;
+    if (consumed < page.items.length) return { items, next: encodePageToken({ t, o: consumed }) };
+    if (!page.next) return { items };
+    cursor = { t: page.next, o: 0 };
+    if (items.length === wanted) return { items, next: encodePageToken(cursor) };
+  }
+}
+
 interface PageCursor {
   /** EC2's NextToken for the page; absent for the first page. */
   t?: string;
@@ -483,6 +637,21 @@ function toDiskStatus(item: VolumeStatusItem): DiskStatus {
   return status;
 }
 
+function toSnapshot(s: Ec2Snapshot): Snapshot {
+  const snapshot: Snapshot = {
+    id: s.SnapshotId ?? "",
+    volumeId: s.VolumeId ?? "",
+    sizeGiB: s.VolumeSize ?? 0,
+    // moto's CreateSnapshots answers leave State out; a snapshot EC2 just accepted is pending.
+    state: (s.State ?? "pending") as SnapshotState,
+    startTime: s.StartTime ?? new Date(0),
+    tags: tagMap(s.Tags),
+  };
+  if (s.StateMessage) snapshot.stateMessage = s.StateMessage;
+  if (s.OutpostArn) snapshot.outpostArn = s.OutpostArn;
+  return snapshot;
+}
+
 function toInstance(i: Ec2Instance): Instance {
   const devices = new Map<string, string>();
   for (const mapping of i.BlockDeviceMappings ?? []) {
@@ -521,6 +690,11 @@ const ERROR_KINDS: Record<string, CloudErrorKind> = {
   "InvalidVolume.NotFound": "NotFound",
   "InvalidInstanceID.NotFound": "NotFound",
   "InvalidSnapshot.NotFound": "NotFound",
+  // A snapshot an AMI was registered from.
+  "InvalidSnapshot.InUse": "InUse",
+  SnapshotLimitExceeded: "QuotaExceeded",
+  // EC2's limit on how often one volume may be snapshotted: wait and retry.
+  SnapshotCreationPerVolumeRateExceeded: "Throttled",
   // Detaching a volume that is not attached (any more) to that instance.
   "InvalidAttachment.NotFound": "NotFound",
   // An id EC2 cannot parse names no volume or instance: delete and detach then succeed, lookups say NOT_FOUND.

@@ -6,7 +6,7 @@
  */
 import { invalidArgument, outOfRange } from "../csi/errors.ts";
 import { FS_TYPES, type FsType, isSupportedFsType as isFsType } from "../host/blockdev.ts";
-import type { CreateDiskInput, ModifyDiskInput, VolumeType } from "./cloud.ts";
+import type { CreateDiskInput, ModifyDiskInput, SnapshotLock, VolumeType } from "./cloud.ts";
 import {
   DEFAULT_VOLUME_TYPE,
   GiB,
@@ -19,7 +19,7 @@ import {
 /** Tags the driver sets on every volume; users may not set or override them. */
 export const VOLUME_NAME_TAG = "CSIVolumeName";
 export const MANAGED_TAG = "ebs.csi.aws.com/cluster";
-const SNAPSHOT_NAME_TAG = "CSIVolumeSnapshotName";
+export const SNAPSHOT_NAME_TAG = "CSIVolumeSnapshotName";
 export const CREATED_FOR_TAGS = {
   pvcName: "kubernetes.io/created-for/pvc/name",
   pvcNamespace: "kubernetes.io/created-for/pvc/namespace",
@@ -52,6 +52,9 @@ const FS_TYPE_KEY = "csi.storage.k8s.io/fstype";
 const PVC_NAME_KEY = "csi.storage.k8s.io/pvc/name";
 const PVC_NAMESPACE_KEY = "csi.storage.k8s.io/pvc/namespace";
 const PV_NAME_KEY = "csi.storage.k8s.io/pv/name";
+const SNAPSHOT_NAME_KEY = "csi.storage.k8s.io/volumesnapshot/name";
+const SNAPSHOT_NAMESPACE_KEY = "csi.storage.k8s.io/volumesnapshot/namespace";
+const SNAPSHOT_CONTENT_NAME_KEY = "csi.storage.k8s.io/volumesnapshotcontent/name";
 
 export interface ParameterDoc {
   readonly key: string;
@@ -138,6 +141,13 @@ export const CREATE_PARAMETERS: readonly ParameterDoc[] = [
     description: "Cluster size with ext4BigAlloc (ext4).",
   },
   {
+    key: "volumeInitializationRate",
+    values: "MiB/s, 100-300",
+    default: "",
+    description:
+      "Volumes restored from a snapshot only: EC2 initializes (hydrates) the volume at this provisioned rate instead of on first read.",
+  },
+  {
     key: "blockExpress",
     values: "true, false",
     default: "false",
@@ -210,26 +220,23 @@ function keyRules(
   docs: readonly ParameterDoc[],
   refused: Record<string, string>,
   refusedPrefixes: readonly (readonly [string, string])[],
+  sidecarKeys: readonly string[] = PROVISIONER_KEYS,
 ): KeyRules {
   const keys = docs.map((d) => d.key).filter((k) => !k.startsWith(TAG_SPEC_PREFIX));
   return {
-    known: new Set([...keys, ...PROVISIONER_KEYS].map((k) => k.toLowerCase())),
+    known: new Set([...keys, ...sidecarKeys].map((k) => k.toLowerCase())),
     refused: new Map(Object.entries(refused)),
     refusedPrefixes,
     knownList: [...keys, `${TAG_SPEC_PREFIX}_<N>`].join(", "),
   };
 }
 
-const INIT_RATE_REFUSAL =
-  "not supported by this driver yet: the provisioned rate for volume initialization (snapshot restores) " +
-  "is not passed to EC2; remove the parameter";
 const AUTO_IOPS_ON_MODIFY_REFUSAL =
   "not supported by this driver: IOPS are not recomputed on resize; set iops in a VolumeAttributesClass instead";
 
 const CREATE_RULES = keyRules(
   CREATE_PARAMETERS,
   {
-    volumeinitializationrate: INIT_RATE_REFUSAL,
     allowautoiopsincreaseonmodify: AUTO_IOPS_ON_MODIFY_REFUSAL,
     outpostarn:
       "not a CreateVolume parameter: the Outpost comes from the topology requirement " +
@@ -605,33 +612,41 @@ function resolveMkfsOptions(
   return context;
 }
 
-const TEMPLATE_FIELDS = {
+/** Template field -> the sidecar parameter that carries its value. */
+type TemplateFields = Readonly<Record<string, string>>;
+type TemplateProps = Record<string, string>;
+
+const VOLUME_TEMPLATE: TemplateFields = {
   PVCName: PVC_NAME_KEY,
   PVCNamespace: PVC_NAMESPACE_KEY,
   PVName: PV_NAME_KEY,
-} as const;
-type TemplateField = keyof typeof TEMPLATE_FIELDS;
-type TemplateProps = Partial<Record<TemplateField, string>>;
-const isTemplateField = (name: string): name is TemplateField => Object.hasOwn(TEMPLATE_FIELDS, name);
+};
+const SNAPSHOT_TEMPLATE: TemplateFields = {
+  VolumeSnapshotName: SNAPSHOT_NAME_KEY,
+  VolumeSnapshotNamespace: SNAPSHOT_NAMESPACE_KEY,
+  VolumeSnapshotContentName: SNAPSHOT_CONTENT_NAME_KEY,
+};
 
-const TEMPLATE_HELP =
-  "use {{ .PVCName }}, {{ .PVCNamespace }} or {{ .PVName }}, optionally with | toUpper or | toLower";
+const templateHelp = (fields: TemplateFields) =>
+  `use ${Object.keys(fields)
+    .map((f) => `{{ .${f} }}`)
+    .join(", ")}, optionally with | toUpper or | toLower`;
 // {{ .Field }}, {{ .Field | toUpper }}, {{ toUpper .Field }}: the part of Go's text/template that tags need.
 const TEMPLATE_ACTION = /^(?:(toUpper|toLower)\s+\.(\w+)|\.(\w+)(?:\s*\|\s*(toUpper|toLower))?)$/;
 
-function evaluateAction(field: string, action: string, props: TemplateProps): string {
+function evaluateAction(field: string, action: string, props: TemplateProps, fields: TemplateFields): string {
   const match = TEMPLATE_ACTION.exec(action);
-  if (!match) throw invalidArgument(field, `unsupported template {{ ${action} }}; ${TEMPLATE_HELP}`);
+  if (!match) throw invalidArgument(field, `unsupported template {{ ${action} }}; ${templateHelp(fields)}`);
   const name = match[2] ?? match[3] ?? "";
   const fn = match[1] ?? match[4];
-  if (!isTemplateField(name))
-    throw invalidArgument(field, `unknown template field .${name}; ${TEMPLATE_HELP}`);
+  if (!Object.hasOwn(fields, name))
+    throw invalidArgument(field, `unknown template field .${name}; ${templateHelp(fields)}`);
   const value = props[name];
   if (value === undefined) {
     throw invalidArgument(
       field,
-      `{{ .${name} }} needs the ${TEMPLATE_FIELDS[name]} parameter, which the CSI sidecar adds when started ` +
-        "with --extra-create-metadata (provisioner) or --extra-modify-metadata (resizer)",
+      `{{ .${name} }} needs the ${fields[name]} parameter, which the CSI sidecar adds when started ` +
+        "with --extra-create-metadata (provisioner, snapshotter) or --extra-modify-metadata (resizer)",
     );
   }
   if (fn === "toUpper") return value.toUpperCase();
@@ -639,23 +654,23 @@ function evaluateAction(field: string, action: string, props: TemplateProps): st
   return value;
 }
 
-function renderTemplate(field: string, text: string, props: TemplateProps): string {
+function renderTemplate(field: string, text: string, props: TemplateProps, fields: TemplateFields): string {
   let out = "";
   let rest = text;
   for (let open = rest.indexOf("{{"); open >= 0; open = rest.indexOf("{{")) {
     const close = rest.indexOf("}}", open + 2);
     if (close < 0) throw invalidArgument(field, `"{{" without "}}" in "${text}"`);
-    out += rest.slice(0, open) + evaluateAction(field, rest.slice(open + 2, close).trim(), props);
+    out += rest.slice(0, open) + evaluateAction(field, rest.slice(open + 2, close).trim(), props, fields);
     rest = rest.slice(close + 2);
   }
   return out + rest;
 }
 
-function templateProps(values: Map<string, Param>): TemplateProps {
+function templateProps(values: Map<string, Param>, fields: TemplateFields): TemplateProps {
   const props: TemplateProps = {};
-  for (const [name, key] of Object.entries(TEMPLATE_FIELDS)) {
+  for (const [name, key] of Object.entries(fields)) {
     const value = values.get(key)?.value;
-    if (value !== undefined && isTemplateField(name)) props[name] = value;
+    if (value !== undefined) props[name] = value;
   }
   return props;
 }
@@ -691,14 +706,18 @@ function checkUserTag(field: string, key: string, value: string): void {
 }
 
 /** tagSpecification_N = "key=value" -> tags; two of them may not give one key different values. */
-function evaluateTagSpecs(specs: readonly Param[], props: TemplateProps): Map<string, string> {
+function evaluateTagSpecs(
+  specs: readonly Param[],
+  props: TemplateProps,
+  fields: TemplateFields = VOLUME_TEMPLATE,
+): Map<string, string> {
   const tags = new Map<string, string>();
   const setBy = new Map<string, string>();
   for (const spec of specs) {
     const eq = spec.value.indexOf("=");
     if (eq < 0) throw invalidArgument(spec.field, `"${spec.value}" is not key=value`);
     const key = spec.value.slice(0, eq);
-    const value = renderTemplate(spec.field, spec.value.slice(eq + 1), props);
+    const value = renderTemplate(spec.field, spec.value.slice(eq + 1), props, fields);
     checkUserTag(spec.field, key, value);
     const earlier = tags.get(key);
     if (earlier !== undefined && earlier !== value) {
@@ -728,6 +747,8 @@ export interface CreateVolumeRequestInfo {
   fsType?: string;
   /** True when a capability is a raw block volume: no filesystem, so mkfs options are refused. */
   block?: boolean;
+  /** The volume is restored from a snapshot (volumeInitializationRate applies only then). */
+  fromSnapshot?: boolean;
   /** CreateVolumeRequest.mutable_parameters (a VolumeAttributesClass): they win over the parameters. */
   mutableParameters?: Record<string, string>;
 }
@@ -778,6 +799,18 @@ export function parseCreateParameters(
   }
   const throughput = resolveThroughput(values.get("throughput"), limits, iops ?? limits.iops?.default);
 
+  const initRateParam = values.get("volumeinitializationrate");
+  let initializationRate: number | undefined;
+  if (initRateParam) {
+    if (!request.fromSnapshot) {
+      throw invalidArgument(
+        initRateParam.field,
+        "applies only to volumes restored from a snapshot (volume_content_source.snapshot)",
+      );
+    }
+    initializationRate = parseRange(initRateParam, 100, 300, "MiB/s");
+  }
+
   const blockExpress = values.get("blockexpress");
   if (blockExpress && parseBoolean(blockExpress) && type !== "io2") {
     throw invalidArgument(blockExpress.field, `applies only to io2 volumes, not ${type}`);
@@ -798,6 +831,7 @@ export function parseCreateParameters(
     ...(iops !== undefined && { iops }),
     ...(throughput !== undefined && { throughput }),
     ...(kmsKeyId !== undefined && { kmsKeyId }),
+    ...(initializationRate !== undefined && { initializationRate }),
   };
   return { disk, volumeContext, fsType };
 }
@@ -832,7 +866,7 @@ function createTags(
     checkUserTag(`extraTags.${key}`, key, value);
     tags.set(key, value);
   }
-  const props = templateProps(values);
+  const props = templateProps(values, VOLUME_TEMPLATE);
   // The VolumeAttributesClass's tags win over the StorageClass's.
   for (const specs of [tagSpecs, mutableTagSpecs]) {
     for (const [key, value] of evaluateTagSpecs(specs, props)) tags.set(key, value);
@@ -901,7 +935,205 @@ export function parseModifyParameters(
     ...(iops !== undefined && { iops }),
     ...(throughput !== undefined && { throughput }),
   };
-  return { modify, tags: Object.fromEntries(evaluateTagSpecs(tagSpecs, templateProps(values))) };
+  return {
+    modify,
+    tags: Object.fromEntries(evaluateTagSpecs(tagSpecs, templateProps(values, VOLUME_TEMPLATE))),
+  };
+}
+
+/** VolumeSnapshotClass parameters (CreateSnapshot): the official driver's keys, case-insensitive. */
+export const SNAPSHOT_PARAMETERS: readonly ParameterDoc[] = [
+  {
+    key: `${TAG_SPEC_PREFIX}_<N>`,
+    values: "key=value",
+    default: "",
+    description:
+      "Tag to add. The value may use {{ .VolumeSnapshotName }}, {{ .VolumeSnapshotNamespace }} and " +
+      "{{ .VolumeSnapshotContentName }} (the snapshotter adds them with --extra-create-metadata), " +
+      "optionally with | toUpper or | toLower.",
+  },
+  {
+    key: "fastSnapshotRestoreAvailabilityZones",
+    values: "zones, comma-separated",
+    default: "",
+    description: "Enable Fast Snapshot Restore in these zones of the region (billed per zone and hour).",
+  },
+  {
+    key: "outpostArn",
+    values: "Outpost ARN",
+    default: "",
+    description: "Keep the snapshot on this Outpost (a local snapshot).",
+  },
+  {
+    key: "lockMode",
+    values: "governance, compliance",
+    default: "",
+    description:
+      "Lock the snapshot against deletion (EC2 snapshot lock). Governance locks can be lifted with the " +
+      "right IAM permission; compliance locks cannot until they expire. DeleteSnapshot fails while it holds.",
+  },
+  {
+    key: "lockDuration",
+    values: "days, 1-36500",
+    default: "",
+    description: "How long the lock holds. Exactly one of lockDuration and lockExpirationDate.",
+  },
+  {
+    key: "lockExpirationDate",
+    values: "RFC 3339 time",
+    default: "",
+    description: "When the lock ends (in the future).",
+  },
+  {
+    key: "lockCoolOffPeriod",
+    values: "hours, 1-72",
+    default: "",
+    description: "Compliance mode only: the time during which the lock can still be changed or removed.",
+  },
+  {
+    key: SNAPSHOT_NAME_KEY,
+    values: "set by the external-snapshotter",
+    default: "",
+    description: "With --extra-create-metadata; for the templates above (it becomes no tag by itself).",
+  },
+  {
+    key: SNAPSHOT_NAMESPACE_KEY,
+    values: "set by the external-snapshotter",
+    default: "",
+    description: "As above.",
+  },
+  {
+    key: SNAPSHOT_CONTENT_NAME_KEY,
+    values: "set by the external-snapshotter",
+    default: "",
+    description: "As above.",
+  },
+];
+
+const SNAPSHOT_RULES = keyRules(SNAPSHOT_PARAMETERS, {}, [], []);
+
+export interface SnapshotRequestInfo {
+  /** CreateSnapshotRequest.name, the CSIVolumeSnapshotName tag. */
+  name: string;
+  /** --extra-tags. */
+  extraTags: Record<string, string>;
+  /** --k8s-tag-cluster-id. */
+  clusterId?: string | undefined;
+}
+
+export interface SnapshotParameters {
+  tags: Record<string, string>;
+  fastRestoreZones: string[];
+  outpostArn?: string;
+  lock?: SnapshotLock;
+}
+
+const MAX_LOCK_DAYS = 36_500;
+const MAX_COOL_OFF_HOURS = 72;
+const RFC3339 = /^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$/;
+
+function parseRange(param: Param, min: number, max: number, unit: string): number {
+  const n = parseWholeNumber(param);
+  if (n < min || n > max) throw invalidArgument(param.field, `must be ${min}-${max} ${unit}, got ${n}`);
+  return n;
+}
+
+function parseLock(values: Map<string, Param>, now: Date): SnapshotLock | undefined {
+  const mode = values.get("lockmode");
+  const duration = values.get("lockduration");
+  const expiration = values.get("lockexpirationdate");
+  const coolOff = values.get("lockcooloffperiod");
+  const given = [mode, duration, expiration, coolOff].filter((p) => p !== undefined);
+  if (given.length === 0) return undefined;
+  if (!mode)
+    throw invalidArgument(given[0]!.field, "a snapshot lock needs lockMode (governance or compliance)");
+  const lockMode = mode.value.trim().toLowerCase();
+  if (lockMode !== "governance" && lockMode !== "compliance") {
+    throw invalidArgument(mode.field, `must be governance or compliance, got "${mode.value}"`);
+  }
+  if ((duration === undefined) === (expiration === undefined)) {
+    throw invalidArgument(
+      mode.field,
+      "a snapshot lock needs exactly one of lockDuration and lockExpirationDate",
+    );
+  }
+  const lock: SnapshotLock = { mode: lockMode };
+  if (duration) lock.durationDays = parseRange(duration, 1, MAX_LOCK_DAYS, "days");
+  if (expiration) {
+    const when = new Date(expiration.value.trim());
+    if (!RFC3339.test(expiration.value.trim()) || Number.isNaN(when.getTime())) {
+      throw invalidArgument(
+        expiration.field,
+        `must be an RFC 3339 time such as 2030-12-31T23:59:59Z, got "${expiration.value}"`,
+      );
+    }
+    if (when.getTime() <= now.getTime())
+      throw invalidArgument(expiration.field, `${expiration.value} is in the past`);
+    lock.expirationDate = when;
+  }
+  if (coolOff) {
+    if (lockMode !== "compliance")
+      throw invalidArgument(coolOff.field, "applies only with lockMode compliance");
+    lock.coolOffHours = parseRange(coolOff, 1, MAX_COOL_OFF_HOURS, "hours");
+  }
+  return lock;
+}
+
+/** VolumeSnapshotClass parameters -> the snapshot's tags and what to do after the create, all checked first. */
+export function parseSnapshotParameters(
+  parameters: Record<string, string>,
+  request: SnapshotRequestInfo,
+  now = new Date(),
+): SnapshotParameters {
+  const { values, tagSpecs } = collect(parameters, "parameters", SNAPSHOT_RULES);
+  const tags = new Map<string, string>([
+    [SNAPSHOT_NAME_TAG, request.name],
+    [MANAGED_TAG, "true"],
+  ]);
+  if (request.clusterId) {
+    tags.set(`kubernetes.io/cluster/${request.clusterId}`, "owned");
+    tags.set("Name", `${request.clusterId}-dynamic-${request.name}`);
+    tags.set("ebs.csi.aws.com/cluster-name", request.clusterId);
+  }
+  for (const key of Object.keys(request.extraTags).sort()) {
+    const value = request.extraTags[key] ?? "";
+    checkUserTag(`extraTags.${key}`, key, value);
+    tags.set(key, value);
+  }
+  for (const [key, value] of evaluateTagSpecs(
+    tagSpecs,
+    templateProps(values, SNAPSHOT_TEMPLATE),
+    SNAPSHOT_TEMPLATE,
+  )) {
+    tags.set(key, value);
+  }
+  if (tags.size > MAX_TAGS) {
+    throw invalidArgument("parameters", `the snapshot would carry ${tags.size} tags; EC2 allows ${MAX_TAGS}`);
+  }
+
+  const zonesParam = values.get("fastsnapshotrestoreavailabilityzones");
+  const fastRestoreZones: string[] = [];
+  if (zonesParam) {
+    for (const zone of zonesParam.value.split(",").map((z) => z.trim())) {
+      if (zone === "") throw invalidArgument(zonesParam.field, `an empty zone in "${zonesParam.value}"`);
+      if (!fastRestoreZones.includes(zone)) fastRestoreZones.push(zone);
+    }
+  }
+  const out: SnapshotParameters = { tags: Object.fromEntries(tags), fastRestoreZones };
+  const outpost = values.get("outpostarn");
+  if (outpost) {
+    const arn = outpost.value.trim();
+    if (!/^arn:[^:]+:outposts:[^:]+:\d{12}:outpost\/op-[0-9a-f]+$/.test(arn)) {
+      throw invalidArgument(
+        outpost.field,
+        `"${outpost.value}" is not an Outpost ARN (arn:aws:outposts:<region>:<account>:outpost/op-<id>)`,
+      );
+    }
+    out.outpostArn = arn;
+  }
+  const lock = parseLock(values, now);
+  if (lock) out.lock = lock;
+  return out;
 }
 
 function markdownTable(docs: readonly ParameterDoc[]): string {
@@ -917,3 +1149,6 @@ export const renderCreateParametersMarkdown = (): string => markdownTable(CREATE
 
 /** VolumeAttributesClass parameters as Markdown, for the README. */
 export const renderModifyParametersMarkdown = (): string => markdownTable(MODIFY_PARAMETERS);
+
+/** VolumeSnapshotClass parameters as Markdown, for the README. */
+export const renderSnapshotParametersMarkdown = (): string => markdownTable(SNAPSHOT_PARAMETERS);

@@ -39,6 +39,8 @@ const READ_ONLY = new Set([
   "NodeGetStorageHealth",
   "ControllerGetVolumeHealth",
   "ControllerListVolumeHealth",
+  "ListSnapshots",
+  "GetSnapshot",
 ]);
 
 /**
@@ -50,6 +52,9 @@ export function inflightKey(method: string, req: Record<string, unknown>): strin
   const text = (field: string) =>
     typeof req[field] === "string" && req[field] !== "" ? req[field] : undefined;
   if (method === "CreateVolume") return text("name") && `name/${text("name")}`;
+  // One call per snapshot name: EC2 CreateSnapshot has no ClientToken, the name tag stands in.
+  if (method === "CreateSnapshot") return text("name") && `snapshot-name/${text("name")}`;
+  if (method === "DeleteSnapshot") return text("snapshot_id") && `snapshot/${text("snapshot_id")}`;
   const volumeId = text("volume_id");
   if (!volumeId) return undefined;
   if (method === "NodePublishVolume" || method === "NodeUnpublishVolume") {

@@ -577,21 +577,39 @@ describe("IAM policies", () => {
   }
 
   it("create and delete only resources tagged for the driver, and tag only while creating or own resources", () => {
-    const conditionsFor = (doc: { Statement: Statement[] }, action: string) =>
-      doc.Statement.filter((s) => [s.Action].flat().includes(action)).map((s) =>
-        JSON.stringify(s.Condition ?? null),
-      );
+    // Statements of an action, on resources of one kind (volume/*, snapshot/*) when given.
+    const conditionsFor = (doc: { Statement: Statement[] }, action: string, resource?: string) =>
+      doc.Statement.filter(
+        (s) =>
+          [s.Action].flat().includes(action) &&
+          (resource === undefined || JSON.stringify(s.Resource ?? "").includes(resource)),
+      ).map((s) => JSON.stringify(s.Condition ?? null));
     const ebs = policy("ebs-policy.json");
-    expect(
-      conditionsFor(ebs, "ec2:CreateVolume").every((c) =>
-        c.includes("aws:RequestTag/ebs.csi.aws.com/cluster"),
-      ),
-    ).toBe(true);
-    expect(conditionsFor(ebs, "ec2:DeleteVolume").every((c) => c.includes("ec2:ResourceTag/"))).toBe(true);
+    // What is created carries the driver's tag in the creating call: volumes, and snapshots.
+    for (const [action, resource] of [
+      ["ec2:CreateVolume", ":volume/"],
+      ["ec2:CreateSnapshot", ":snapshot/"],
+    ] as const) {
+      const conditions = conditionsFor(ebs, action, resource);
+      expect(conditions.length, action).toBeGreaterThan(0);
+      expect(
+        conditions.every((c) => c.includes("aws:RequestTag/ebs.csi.aws.com/cluster")),
+        action,
+      ).toBe(true);
+    }
+    for (const action of ["ec2:DeleteVolume", "ec2:DeleteSnapshot", "ec2:LockSnapshot"]) {
+      const conditions = conditionsFor(ebs, action);
+      expect(conditions.length, action).toBeGreaterThan(0);
+      expect(
+        conditions.every((c) => c.includes("ec2:ResourceTag/")),
+        action,
+      ).toBe(true);
+    }
     expect(
       conditionsFor(ebs, "ec2:CreateTags").every(
         (c) =>
           c.includes('"ec2:CreateAction":"CreateVolume"') ||
+          c.includes('"ec2:CreateAction":"CreateSnapshot"') ||
           c.includes("ec2:ResourceTag/ebs.csi.aws.com/cluster"),
       ),
     ).toBe(true);

@@ -162,7 +162,11 @@ describe("EBS controller", () => {
       [{ capacity_range: { required_bytes: 2 * GiB, limit_bytes: GiB } }, /capacity_range\.limit_bytes/],
       [{ parameters: { bogus: "1" } }, /parameters\.bogus/],
       [{ parameters: { big: "x".repeat(5000) } }, /^parameters: .*4 KiB/],
-      [{ volume_content_source: { snapshot: { snapshot_id: "snap-1" } } }, /volume_content_source/],
+      [
+        { volume_content_source: { volume: { volume_id: "vol-1" } } },
+        /volume_content_source\.volume: volume clones/,
+      ],
+      [{ volume_content_source: {} }, /volume_content_source: names neither/],
     ] as [Partial<CreateVolumeRequest>, RegExp][])(
       "refuses %j with INVALID_ARGUMENT naming the field",
       async (over, message) => {

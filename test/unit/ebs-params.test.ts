@@ -103,11 +103,22 @@ describe("parameter keys", () => {
   });
 
   it.each([
-    ["volumeInitializationRate", "200", "not supported by this driver"],
     ["allowAutoIOPSIncreaseOnModify", "true", "not supported by this driver"],
     ["outpostArn", "arn:aws:outposts:us-east-1:1:outpost/op-1", "topology"],
   ])("refuses %s, which the official driver knows, with the reason", (key, value, reason) => {
     invalid(() => create({ [key]: value }), `parameters.${key}`, reason);
+  });
+
+  it("takes volumeInitializationRate (100-300 MiB/s) only for a volume restored from a snapshot", () => {
+    invalid(
+      () => create({ volumeInitializationRate: "200" }),
+      "parameters.volumeInitializationRate",
+      "restored from a snapshot",
+    );
+    const restore = (value: string) => create({ volumeInitializationRate: value }, { fromSnapshot: true });
+    expect(restore("200").disk.initializationRate).toBe(200);
+    invalid(() => restore("99"), "parameters.volumeInitializationRate", "100-300 MiB/s");
+    invalid(() => restore("fast"), "parameters.volumeInitializationRate", "whole number");
   });
 
   it("ignores other keys of the external-provisioner", () => {

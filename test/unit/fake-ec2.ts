@@ -1,6 +1,7 @@
 import {
   CloudError,
   type CreateDiskInput,
+  type CreateSnapshotInput,
   type Disk,
   type DiskModification,
   type DiskPage,
@@ -9,6 +10,9 @@ import {
   type Instance,
   type InstanceTypeEbsInfo,
   type ModifyDiskInput,
+  type Snapshot,
+  type SnapshotLock,
+  type SnapshotPage,
 } from "../../src/ebs/cloud.ts";
 
 /**
@@ -29,6 +33,12 @@ export class FakeEc2 implements Ec2 {
   readonly forcedDetaches: string[] = [];
   /** The account setting that encrypts every new volume, whatever the request says. */
   encryptByDefault = false;
+  readonly snapshots = new Map<string, Snapshot>();
+  /** The state new snapshots start in ("completed" makes them ready at once). */
+  newSnapshotState: Snapshot["state"] = "pending";
+  /** Fast Snapshot Restore zones enabled, by snapshot id. */
+  readonly fastRestores = new Map<string, string[]>();
+  readonly locks = new Map<string, SnapshotLock>();
   /** EC2's status checks per volume; a volume not listed reports "ok". */
   readonly statuses = new Map<string, DiskStatus>();
   /** Set to make the next call of that method throw. */
@@ -133,6 +143,96 @@ export class FakeEc2 implements Ec2 {
     const disks = all.slice(start, start + maxResults).map((d) => structuredClone(d));
     const end = start + disks.length;
     return { disks, nextToken: end < all.length ? `page-${end}` : undefined };
+  }
+
+  async createSnapshot(input: CreateSnapshotInput): Promise<Snapshot> {
+    this.#count("createSnapshot");
+    const disk = this.disks.get(input.volumeId);
+    if (!disk)
+      throw new CloudError(
+        "NotFound",
+        "InvalidVolume.NotFound",
+        `The volume '${input.volumeId}' does not exist.`,
+      );
+    const snapshot: Snapshot = {
+      id: this.#id("snap"),
+      volumeId: input.volumeId,
+      sizeGiB: disk.sizeGiB,
+      state: this.newSnapshotState,
+      startTime: new Date(),
+      tags: { ...input.tags },
+      ...(input.outpostArn ? { outpostArn: input.outpostArn } : {}),
+    };
+    this.snapshots.set(snapshot.id, snapshot);
+    return structuredClone(snapshot);
+  }
+
+  async deleteSnapshot(snapshotId: string): Promise<void> {
+    this.#count("deleteSnapshot");
+    if (!this.snapshots.has(snapshotId))
+      throw new CloudError(
+        "NotFound",
+        "InvalidSnapshot.NotFound",
+        `The snapshot '${snapshotId}' does not exist.`,
+      );
+    if (this.locks.has(snapshotId))
+      throw new CloudError("Other", "FakeSnapshotLocked", `The snapshot '${snapshotId}' is locked.`);
+    this.snapshots.delete(snapshotId);
+    this.fastRestores.delete(snapshotId);
+  }
+
+  async getSnapshots(ids: string[]): Promise<Map<string, Snapshot>> {
+    this.#count("getSnapshots");
+    return new Map(
+      ids.filter((id) => this.snapshots.has(id)).map((id) => [id, structuredClone(this.snapshots.get(id)!)]),
+    );
+  }
+
+  async findSnapshotsByTag(key: string, value: string): Promise<Snapshot[]> {
+    this.#count("findSnapshotsByTag");
+    return [...this.snapshots.values()].filter((s) => s.tags[key] === value).map((s) => structuredClone(s));
+  }
+
+  async listSnapshots(
+    volumeId: string | undefined,
+    maxResults: number,
+    nextToken?: string,
+  ): Promise<SnapshotPage> {
+    this.#count("listSnapshots");
+    const all = [...this.snapshots.values()].filter((s) => volumeId === undefined || s.volumeId === volumeId);
+    let start = 0;
+    if (nextToken !== undefined) {
+      const match = /^page-(\d+)$/.exec(nextToken);
+      if (!match) throw new CloudError("InvalidParameter", "InvalidParameterValue", `bad token ${nextToken}`);
+      start = Number(match[1]);
+    }
+    const max = maxResults > 0 ? maxResults : all.length;
+    const snapshots = all.slice(start, start + max).map((s) => structuredClone(s));
+    const end = start + snapshots.length;
+    return end < all.length ? { snapshots, nextToken: `page-${end}` } : { snapshots };
+  }
+
+  async enableFastSnapshotRestores(snapshotId: string, zones: string[]): Promise<void> {
+    this.#count("enableFastSnapshotRestores");
+    const unknown = zones.filter((z) => !this.zones.includes(z));
+    if (unknown.length > 0)
+      throw new CloudError(
+        "InvalidParameter",
+        "InvalidParameterValue",
+        `unknown zones ${unknown.join(", ")}`,
+      );
+    this.fastRestores.set(snapshotId, [...zones]);
+  }
+
+  async lockSnapshot(snapshotId: string, lock: SnapshotLock): Promise<void> {
+    this.#count("lockSnapshot");
+    if (!this.snapshots.has(snapshotId))
+      throw new CloudError(
+        "NotFound",
+        "InvalidSnapshot.NotFound",
+        `The snapshot '${snapshotId}' does not exist.`,
+      );
+    this.locks.set(snapshotId, { ...lock });
   }
 
   async attachVolume(volumeId: string, instanceId: string, device: string): Promise<void> {
