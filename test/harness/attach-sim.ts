@@ -32,6 +32,14 @@ export interface AttachSim {
    * A volume that was never attached has no file: nothing to do.
    */
   resize(volumeId: string, sizeGiB: number): Promise<void>;
+  /**
+   * An EBS snapshot: a sparse copy of the volume's file as it is now (what was written and synced).
+   * A volume never attached has no file, and its snapshot holds nothing.
+   */
+  snapshot(volumeId: string, snapshotId: string): Promise<void>;
+  /** A volume made from a snapshot (restore) or from a volume (clone) starts as a copy of its data. */
+  copyInto(volumeId: string, sourceId: string): Promise<void>;
+  removeSnapshot(snapshotId: string): Promise<void>;
   /** Deletes the volume's file, detaching it first if needed. */
   remove(volumeId: string): Promise<void>;
   /**
@@ -49,6 +57,7 @@ export interface AttachSim {
 const GiB = 1024 ** 3;
 const LINK_PREFIX = "nvme-Amazon_Elastic_Block_Store_vol";
 const VOLUME_ID = /^vol-[0-9A-Za-z]+$/;
+const SOURCE_ID = /^(vol|snap)-[0-9A-Za-z]+$/;
 const LOSETUP_TIMEOUT_MS = 30_000;
 
 export interface LoopDevice {
@@ -105,6 +114,15 @@ export function createAttachSim(options: AttachSimOptions): AttachSim {
     path.join(byIdDir, LINK_PREFIX + volumeId.slice("vol-".length));
   const filePath = async (volumeId: string): Promise<string> =>
     path.join(await stateDir(), `${volumeId}.img`);
+
+  /** A sparse copy: holes stay holes, so a 10 GiB volume with 1 MiB written costs 1 MiB. */
+  async function copySparse(from: string, to: string): Promise<boolean> {
+    if (!(await stat(from).catch(() => undefined))) return false;
+    const tmp = `${to}.tmp-${process.pid}`;
+    await run("cp", ["--sparse=always", "--", from, tmp], { timeoutMs: LOSETUP_TIMEOUT_MS });
+    await rename(tmp, to);
+    return true;
+  }
 
   async function devicesOf(file: string): Promise<string[]> {
     return (await listLoopDevices()).filter((d) => d.backFile === file).map((d) => d.name);
@@ -191,6 +209,27 @@ export function createAttachSim(options: AttachSimOptions): AttachSim {
           await run("losetup", ["--set-capacity", device], { timeoutMs: LOSETUP_TIMEOUT_MS });
         }
       });
+    },
+
+    snapshot(volumeId, snapshotId) {
+      return serial(volumeId, async () => {
+        checkId(volumeId);
+        if (!SOURCE_ID.test(snapshotId)) throw new Error(`attach sim: bad snapshot id "${snapshotId}"`);
+        await copySparse(await filePath(volumeId), await filePath(snapshotId));
+      });
+    },
+
+    copyInto(volumeId, sourceId) {
+      return serial(volumeId, async () => {
+        checkId(volumeId);
+        if (!SOURCE_ID.test(sourceId)) throw new Error(`attach sim: bad source id "${sourceId}"`);
+        if (await copySparse(await filePath(sourceId), await filePath(volumeId))) known.add(volumeId);
+      });
+    },
+
+    async removeSnapshot(snapshotId) {
+      if (!SOURCE_ID.test(snapshotId)) throw new Error(`attach sim: bad snapshot id "${snapshotId}"`);
+      await rm(await filePath(snapshotId), { force: true });
     },
 
     remove(volumeId) {

@@ -121,6 +121,12 @@ function wireAttachSimulation(aws: FakeAws, sim: AttachSim, nodeId: string): voi
     await sim.resize(volumeId, sizeGiB ?? (await sizeOf(volumeId)));
   };
   aws.proxy.hooks.onDelete = (volumeId) => sim.remove(volumeId);
+  // A snapshot copies the volume's file; a volume restored from it starts as a copy of that.
+  aws.proxy.hooks.onSnapshot = (volumeId, snapshotId) => sim.snapshot(volumeId, snapshotId);
+  aws.proxy.hooks.onCreateVolume = async (volumeId, snapshotId) => {
+    if (snapshotId) await sim.copyInto(volumeId, snapshotId);
+  };
+  aws.proxy.hooks.onDeleteSnapshot = (snapshotId) => sim.removeSnapshot(snapshotId);
 }
 
 /** Detaches the driver's read-only views (src/host/readonly-block.ts) of the disks the simulation made. */

@@ -14,6 +14,14 @@ import {
 } from "./aws-request.ts";
 import { createIdempotencyMemory } from "./idempotency.ts";
 import { createKeyedSerializer } from "./serialize.ts";
+import {
+  afterCreateSnapshot,
+  createSnapshotEmulation,
+  enableFastSnapshotRestores,
+  lockSnapshot,
+  type SnapshotEmulation,
+  showPending,
+} from "./snapshots.ts";
 import { createThrottle, type ThrottleConfig } from "./throttle.ts";
 import { describeVolumeStatus, type VolumeStatusFault } from "./volume-status.ts";
 
@@ -45,6 +53,10 @@ export interface Hooks {
   onDetach?: (volumeId: string, instanceId: string) => void | Promise<void>;
   onModify?: (volumeId: string, sizeGiB: number | undefined) => void | Promise<void>;
   onDelete?: (volumeId: string) => void | Promise<void>;
+  /** After CreateVolume; snapshotId when the volume was restored from a snapshot. */
+  onCreateVolume?: (volumeId: string, snapshotId: string | undefined) => void | Promise<void>;
+  onSnapshot?: (volumeId: string, snapshotId: string) => void | Promise<void>;
+  onDeleteSnapshot?: (snapshotId: string) => void | Promise<void>;
 }
 
 export interface FaultProxy {
@@ -63,6 +75,8 @@ export interface FaultProxy {
    * Describe answers instead of moto's, which are always "available" (e.g. "error", "deleting").
    */
   efsStates: Map<string, string>;
+  /** Mutable: snapshot behaviour moto lacks (pending time, fast restore, locks); see snapshots.ts. */
+  snapshots: SnapshotEmulation;
   /** Calls received per action name (EC2 Action or EFS operation), refused ones included. */
   stats(): Record<string, number>;
   resetStats(): void;
@@ -102,6 +116,7 @@ export async function startFaultProxy(options: { target: string }): Promise<Faul
   const stuckDetaches = new Map<string, string>();
   const volumeStatuses = new Map<string, VolumeStatusFault>();
   const efsStates = new Map<string, string>();
+  const snapshots = createSnapshotEmulation();
 
   async function answer(incoming: Incoming): Promise<WireResponse> {
     const call = recognizeCall(incoming.method, incoming.url, incoming.headers, incoming.body);
@@ -135,6 +150,14 @@ export async function startFaultProxy(options: { target: string }): Promise<Faul
     if (call.service === "ec2" && call.action === "DescribeVolumeStatus") {
       return describeVolumeStatus(call.params, volumeStatuses, (query) => askMoto(target, incoming, query));
     }
+    if (call.service === "ec2" && call.action === "DescribeSnapshots") {
+      const answer = await forward(target, incoming);
+      return showPending(call.params.has("Owner.1") ? onlyOwners(answer, call.params) : answer, snapshots);
+    }
+    if (call.service === "ec2" && call.action === "EnableFastSnapshotRestores") {
+      return enableFastSnapshotRestores(call.params, await regionZones(target, incoming), snapshots);
+    }
+    if (call.service === "ec2" && call.action === "LockSnapshot") return lockSnapshot(call.params, snapshots);
     if (call.service === "ec2" && call.action === "DescribeVolumes" && stuckDetaches.size > 0) {
       return showDetaching(await forward(target, incoming), stuckDetaches);
     }
@@ -149,6 +172,8 @@ export async function startFaultProxy(options: { target: string }): Promise<Faul
     } catch (error) {
       return internalError(call, `fault proxy hook failed after moto answered: ${String(error)}`);
     }
+    if (call.service === "ec2" && call.action === "CreateSnapshot")
+      return afterCreateSnapshot(response, snapshots);
     return response;
   }
 
@@ -186,6 +211,7 @@ export async function startFaultProxy(options: { target: string }): Promise<Faul
     hooks,
     volumeStatuses,
     efsStates,
+    snapshots,
     stats: () => Object.fromEntries(counts),
     resetStats: () => counts.clear(),
     reset() {
@@ -196,6 +222,7 @@ export async function startFaultProxy(options: { target: string }): Promise<Faul
       stuckDetaches.clear();
       volumeStatuses.clear();
       efsStates.clear();
+      snapshots.reset();
       counts.clear();
     },
     stop() {
@@ -223,6 +250,17 @@ async function runHooks(hooks: Hooks, call: AwsCall, response: WireResponse): Pr
     }
     case "DeleteVolume":
       return hooks.onDelete?.(volumeId);
+    case "CreateVolume": {
+      const body = response.body.toString();
+      return hooks.onCreateVolume?.(
+        xmlValue(body, "volumeId") ?? "",
+        call.params.get("SnapshotId") || undefined,
+      );
+    }
+    case "CreateSnapshot":
+      return hooks.onSnapshot?.(volumeId, xmlValue(response.body.toString(), "snapshotId") ?? "");
+    case "DeleteSnapshot":
+      return hooks.onDeleteSnapshot?.(call.params.get("SnapshotId") ?? "");
   }
 }
 
@@ -241,6 +279,16 @@ async function attachedInstance(
   if (answer.status !== 200) return undefined;
   const attachments = /<attachmentSet>([\s\S]*?)<\/attachmentSet>/.exec(answer.body.toString())?.[1] ?? "";
   return xmlValue(attachments, "instanceId");
+}
+
+/** The region's zone names, as moto lists them for the caller. */
+async function regionZones(target: URL, incoming: Incoming): Promise<string[]> {
+  const answer = await askMoto(
+    target,
+    incoming,
+    new URLSearchParams({ Action: "DescribeAvailabilityZones", Version: "2016-11-15" }),
+  );
+  return [...answer.body.toString().matchAll(/<zoneName>([^<]*)<\/zoneName>/g)].map((m) => m[1]!);
 }
 
 /** An EC2 query sent to moto directly, in the region and account of the incoming call. */
@@ -295,6 +343,50 @@ function showEfsStates(action: string, response: WireResponse, states: Map<strin
     if (state) item["LifeCycleState"] = state;
   }
   return { ...response, body: Buffer.from(JSON.stringify(body)) };
+}
+
+/** The account moto gives the fake credentials: what EC2 means by owner "self". */
+const MOTO_ACCOUNT = "123456789012";
+
+/**
+ * DescribeSnapshots with OwnerIds: moto ignores them and answers every snapshot it holds, among
+ * them thousands of its built-in AMIs' snapshots owned by others. EC2 answers only the owners asked
+ * for ("self": the caller's account), so the proxy leaves the others out.
+ */
+function onlyOwners(response: WireResponse, params: URLSearchParams): WireResponse {
+  if (response.status !== 200) return response;
+  const owners = new Set<string>();
+  for (let n = 1; params.has(`Owner.${n}`); n++) {
+    const owner = params.get(`Owner.${n}`) ?? "";
+    owners.add(owner === "self" ? MOTO_ACCOUNT : owner);
+  }
+  const xml = response.body.toString();
+  const open = xml.indexOf("<snapshotSet>");
+  const close = xml.lastIndexOf("</snapshotSet>");
+  if (open < 0 || close < 0) return response;
+  const kept = topLevelItems(xml.slice(open + "<snapshotSet>".length, close)).filter((item) =>
+    owners.has(xmlValue(item, "ownerId") ?? ""),
+  );
+  const body = `${xml.slice(0, open)}<snapshotSet>${kept.join("")}</snapshotSet>${xml.slice(close + "</snapshotSet>".length)}`;
+  return { ...response, body: Buffer.from(body) };
+}
+
+/** The <item> elements of a set, each whole (nested sets such as tagSet stay inside their item). */
+function topLevelItems(set: string): string[] {
+  const items: string[] = [];
+  const tag = /<item>|<\/item>|<item\/>/g;
+  let depth = 0;
+  let start = -1;
+  for (const match of set.matchAll(tag)) {
+    if (match[0] === "<item/>") continue;
+    if (match[0] === "<item>") {
+      if (depth === 0) start = match.index;
+      depth++;
+    } else if (--depth === 0) {
+      items.push(set.slice(start, match.index + "</item>".length));
+    }
+  }
+  return items;
 }
 
 function xmlValue(xml: string, element: string): string | undefined {

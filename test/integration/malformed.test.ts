@@ -22,7 +22,11 @@ type Rpc =
   | "ControllerExpandVolume"
   | "ControllerGetVolume"
   | "ControllerModifyVolume"
-  | "ListVolumes";
+  | "ListVolumes"
+  | "CreateSnapshot"
+  | "DeleteSnapshot"
+  | "ListSnapshots"
+  | "GetSnapshot";
 
 /**
  * What a case must get. NOT_CONFIRMED: ValidateVolumeCapabilities answers OK without `confirmed`
@@ -561,10 +565,17 @@ function generateCases(): Case[] {
     }
     add(
       "CreateVolume",
-      `snapshot source ${tag}`,
+      `unknown snapshot source ${tag}`,
       create({ volume_content_source: { snapshot: { snapshot_id: "snap-0123456789abcdef0" } } }),
+      "NOT_FOUND",
+      "snap-0123456789abcdef0",
+    );
+    add(
+      "CreateVolume",
+      `volume source (clones not offered) ${tag}`,
+      create({ volume_content_source: { volume: { volume_id: "vol-0123456789abcdef0" } } }),
       "INVALID_ARGUMENT",
-      "volume_content_source",
+      "volume_content_source.volume",
     );
 
     // Ids that name nothing: NOT_FOUND, naming the id.
@@ -614,6 +625,51 @@ function generateCases(): Case[] {
       );
     }
     add("ListVolumes", `max_entries -1 ${tag}`, { max_entries: -1 }, "INVALID_ARGUMENT", "max_entries");
+  }
+  // Snapshots: missing fields, bad VolumeSnapshotClass parameters, ids that name nothing.
+  const snapshot = (over: Req): Req => ({
+    name: `snapshot-bad-${++n}`,
+    source_volume_id: UNKNOWN_VOLUME,
+    ...over,
+  });
+  add("CreateSnapshot", "no name", snapshot({ name: "" }), "INVALID_ARGUMENT", "name");
+  add(
+    "CreateSnapshot",
+    "no source",
+    snapshot({ source_volume_id: "" }),
+    "INVALID_ARGUMENT",
+    "source_volume_id",
+  );
+  for (const [key, value] of [
+    ["type", "gp3"],
+    ["lockMode", "forever"],
+    ["lockDuration", "7"],
+    ["lockCoolOffPeriod", "x"],
+    ["lockExpirationDate", "tomorrow"],
+    ["outpostArn", "op-1"],
+    ["fastSnapshotRestoreAvailabilityZones", ","],
+    ["tagSpecification_1", "novalue"],
+    ["tagSpecification_2", "k={{ .PVName }}"],
+  ] as const) {
+    add(
+      "CreateSnapshot",
+      `parameter ${key}=${value}`,
+      snapshot({ parameters: { [key]: value } }),
+      "INVALID_ARGUMENT",
+      "parameters.",
+    );
+  }
+  for (const id of NOT_VOLUME_IDS) {
+    add("CreateSnapshot", `unknown source ${id}`, snapshot({ source_volume_id: id }), "NOT_FOUND", id);
+  }
+  add("DeleteSnapshot", "no id", { snapshot_id: "" }, "INVALID_ARGUMENT", "snapshot_id");
+  add("GetSnapshot", "no id", { snapshot_id: "" }, "INVALID_ARGUMENT", "snapshot_id");
+  for (const id of ["snap-0123456789abcdef0", "snapshot-1", "snap-"]) {
+    add("GetSnapshot", `unknown ${id}`, { snapshot_id: id }, "NOT_FOUND", id);
+  }
+  add("ListSnapshots", "negative max_entries", { max_entries: -1 }, "INVALID_ARGUMENT", "max_entries");
+  for (const token of BAD_TOKENS) {
+    add("ListSnapshots", `bad token ${token}`, { starting_token: token }, "ABORTED", "starting_token");
   }
   return cases;
 }
@@ -692,7 +748,7 @@ describe("malformed controller requests", () => {
     const cases = generateCases();
     expect(cases.length).toBeGreaterThanOrEqual(1000);
     const rpcs = new Set(cases.map((c) => c.rpc));
-    expect(rpcs.size).toBe(9);
+    expect(rpcs.size).toBe(13);
 
     const answers = await sendAll(cases);
     expect(answers).toHaveLength(cases.length);
@@ -709,10 +765,12 @@ describe("malformed controller requests", () => {
       [],
     );
     expect(answers.map(judge).filter((why) => why !== undefined)).toEqual([]);
-    // The bad ListVolumes tokens are answered ABORTED, as the spec asks, and counted apart.
-    expect(answers.filter((a) => a.c.rpc === "ListVolumes" && a.code === status.ABORTED)).toHaveLength(
-      cases.filter((c) => c.outcome === "ABORTED").length,
-    );
+    // The bad ListVolumes and ListSnapshots tokens are answered ABORTED, as the spec asks, and counted apart.
+    for (const rpc of ["ListVolumes", "ListSnapshots"]) {
+      expect(answers.filter((a) => a.c.rpc === rpc && a.code === status.ABORTED)).toHaveLength(
+        cases.filter((c) => c.rpc === rpc && c.outcome === "ABORTED").length,
+      );
+    }
   });
 
   it("the driver is still up and well afterwards, and the bad requests changed nothing in EC2", async () => {

@@ -155,6 +155,25 @@ spec:
           volumeMounts:
             - name: socket-dir
               mountPath: /csi
+        {{- if and (eq $driver "ebs") $values.controller.snapshots.enabled }}
+        - name: csi-snapshotter
+          image: {{ include "aws-storage-csi.sidecarImage" $root.Values.sidecars.snapshotter }}
+          imagePullPolicy: IfNotPresent
+          args:
+            - --csi-address=/csi/csi.sock
+            - --timeout=60s
+            # The VolumeSnapshot's name and namespace and the content's name, for tagSpecification_<N> templates.
+            - --extra-create-metadata
+            - --leader-election
+            - --v=2
+          resources:
+            {{- toYaml $root.Values.sidecarResources | nindent 12 }}
+          securityContext:
+            {{- include "aws-storage-csi.restrictedContainer" . | nindent 12 }}
+          volumeMounts:
+            - name: socket-dir
+              mountPath: /csi
+        {{- end }}
         - name: liveness-probe
           image: {{ include "aws-storage-csi.sidecarImage" $root.Values.sidecars.livenessProbe }}
           imagePullPolicy: IfNotPresent

@@ -108,6 +108,33 @@ metadata:
 {{ include "aws-storage-csi.eventRules" . }}
 {{- end }}
 
+{{/* csi-snapshotter (EBS): the rules of external-snapshotter's deploy/kubernetes/csi-snapshotter/rbac-csi-snapshotter.yaml. */}}
+{{- define "aws-storage-csi.snapshotterRules" -}}
+- apiGroups: [""]
+  resources: [events]
+  verbs: [list, watch, create, update, patch]
+- apiGroups: [snapshot.storage.k8s.io]
+  resources: [volumesnapshotclasses]
+  verbs: [get, list, watch]
+- apiGroups: [snapshot.storage.k8s.io]
+  resources: [volumesnapshotcontents]
+  verbs: [get, list, watch, update, patch]
+- apiGroups: [snapshot.storage.k8s.io]
+  resources: [volumesnapshotcontents/status]
+  verbs: [update, patch]
+# Group snapshots are on by default in the sidecar: it looks for their CRDs at start and,
+# when they are installed, watches them (this driver has no GroupController yet).
+- apiGroups: [groupsnapshot.storage.k8s.io]
+  resources: [volumegroupsnapshotclasses]
+  verbs: [get, list, watch]
+- apiGroups: [groupsnapshot.storage.k8s.io]
+  resources: [volumegroupsnapshotcontents]
+  verbs: [get, list, watch, update, patch]
+- apiGroups: [groupsnapshot.storage.k8s.io]
+  resources: [volumegroupsnapshotcontents/status]
+  verbs: [update, patch]
+{{- end }}
+
 {{/* All RBAC of one driver: dict "root" . "driver" "ebs"|"efs". */}}
 {{- define "aws-storage-csi.rbac" -}}
 {{- $root := .root }}
@@ -117,6 +144,7 @@ metadata:
 {{- $node := printf "%s-csi-node" $driver }}
 {{- $sidecars := list "provisioner" "resizer" }}
 {{- if eq $driver "ebs" }}{{ $sidecars = list "provisioner" "attacher" "resizer" }}{{ end }}
+{{- if and (eq $driver "ebs") $values.controller.snapshots.enabled }}{{ $sidecars = append $sidecars "snapshotter" }}{{ end }}
 {{- with include "aws-storage-csi.serviceAccount" (dict "root" $root "component" $controller "serviceAccount" $values.controller.serviceAccount) }}
 {{ . }}
 ---
@@ -152,7 +180,8 @@ rules:
 ---
 {{ include "aws-storage-csi.clusterRoleBinding" (dict "root" $root "component" $controller "name" $controller "serviceAccount" $values.controller.serviceAccount.name) }}
 ---
-# Leader election of the sidecars, in the controller's own namespace only.
+# Leader election of the sidecars, in the controller's own namespace only. client-go's lease
+# lock only gets, creates and updates its Lease: the delete in the sidecars' own examples is not needed.
 apiVersion: rbac.authorization.k8s.io/v1
 kind: Role
 metadata:
