@@ -189,17 +189,17 @@ export function instrumentClient(client: { middlewareStack: AnyStack }, metrics:
  * down AttachVolume.
  */
 export class ClientPerAction<C extends { destroy(): void }> {
-  readonly #make: () => C;
+  readonly #make: (action: string) => C;
   readonly #clients = new Map<string, C>();
 
-  constructor(make: () => C) {
+  constructor(make: (action: string) => C) {
     this.#make = make;
   }
 
   for(action: string): C {
     let client = this.#clients.get(action);
     if (!client) {
-      client = this.#make();
+      client = this.#make(action);
       this.#clients.set(action, client);
     }
     return client;

@@ -12,8 +12,13 @@ export async function createEbsDriver({ options, log, metrics }: DriverDeps): Pr
   const serveNode = options.mode !== "controller";
   const { metadata, region } = await locatePlugin(options, log);
 
-  const clients = new ClientPerAction(() => {
-    const client = new EC2Client(awsClientConfig({ region, endpoint: options.awsEndpoint }));
+  const clients = new ClientPerAction((action) => {
+    // CreateSnapshot has no ClientToken: an SDK retry after a lost answer would make a second
+    // snapshot. The controller retries throttled creates itself and looks the name up after others.
+    const maxAttempts = action === "CreateSnapshot" ? 1 : undefined;
+    const client = new EC2Client(
+      awsClientConfig({ region, endpoint: options.awsEndpoint, ...(maxAttempts ? { maxAttempts } : {}) }),
+    );
     instrumentClient(client, metrics, log);
     return client;
   });

@@ -37,8 +37,8 @@ export interface Faults {
   throttle: ThrottleConfig | undefined;
   /** Delay before a call is forwarded: for every call, or per action name. */
   latencyMs: number | Record<string, number> | undefined;
-  /** Fraction (0..1) of calls answered with HTTP 500 InternalError (EFS: InternalServerError). */
-  errorRate: number;
+  /** Fraction (0..1) of calls answered with HTTP 500 InternalError (EFS: InternalServerError): for every call, or per action name. */
+  errorRate: number | Record<string, number>;
   /** Share (0..1) of those errors whose call reached moto first: the operation happened, its answer was lost. */
   lostAnswerShare: number;
   /**
@@ -123,7 +123,9 @@ export async function startFaultProxy(options: { target: string }): Promise<Faul
     if (!call) return forward(target, incoming);
     counts.set(call.action, (counts.get(call.action) ?? 0) + 1);
     if (throttle.refuses(call.action, faults.throttle)) return throttlingError(call);
-    if (Math.random() < faults.errorRate) {
+    const errorRate =
+      typeof faults.errorRate === "number" ? faults.errorRate : (faults.errorRate[call.action] ?? 0);
+    if (Math.random() < errorRate) {
       if (Math.random() < faults.lostAnswerShare) await perform(call, incoming).catch(() => undefined);
       return internalError(call);
     }
