@@ -27,6 +27,8 @@ export interface Disk {
   state: DiskState;
   multiAttach: boolean;
   snapshotId?: string;
+  /** The volume this one is a copy of (CopyVolumes). */
+  sourceVolumeId?: string;
   outpostArn?: string;
   tags: Record<string, string>;
   attachments: Attachment[];
@@ -67,6 +69,19 @@ export interface CreateDiskInput {
   initializationRate?: number;
   outpostArn?: string;
   /** Set in the same call as the create, so no volume ever exists untagged. */
+  tags: Record<string, string>;
+}
+
+/** EC2 CopyVolumes: a crash-consistent copy in the source's zone, with its encryption. */
+export interface CopyDiskInput {
+  sourceVolumeId: string;
+  /** As for CreateVolume: a retried copy returns the same volume. */
+  clientToken: string;
+  sizeGiB: number;
+  type: VolumeType;
+  iops?: number;
+  throughput?: number;
+  multiAttach?: boolean;
   tags: Record<string, string>;
 }
 
@@ -179,6 +194,8 @@ export interface Ec2 {
   createVolume(input: CreateDiskInput): Promise<Disk>;
   /** Throws CloudError NotFound for an unknown id, InUse for an attached volume. */
   deleteVolume(volumeId: string): Promise<void>;
+  /** Throws CloudError NotFound when the source does not exist. */
+  copyVolume(input: CopyDiskInput): Promise<Disk>;
   /** The volumes that exist among `ids`; unknown ids are simply absent (never an error). */
   getVolumes(ids: string[]): Promise<Map<string, Disk>>;
   /**

@@ -68,7 +68,6 @@ import {
   type Instance,
   isCloudError,
   type ModifyDiskInput,
-  type Snapshot,
   type VolumeType,
 } from "./cloud.ts";
 import { DeviceNames } from "./devices.ts";
@@ -182,6 +181,7 @@ export class EbsController {
       "CREATE_DELETE_SNAPSHOT",
       "LIST_SNAPSHOTS",
       "GET_SNAPSHOT",
+      "CLONE_VOLUME",
     ] as const;
     return { capabilities: types.map((type) => ({ rpc: { type } })) };
   }
@@ -193,16 +193,27 @@ export class EbsController {
     const parameters = checkMap(req.parameters, "parameters");
     const mutable = checkMap(req.mutable_parameters, "mutable_parameters");
     checkMap(req.secrets, "secrets");
-    const snapshotId = contentSnapshotId(req.volume_content_source);
-    const [existing, snapshot] = await Promise.all([
+    const source = contentSource(req.volume_content_source);
+    const snapshotId = source?.kind === "snapshot" ? source.id : undefined;
+    const sourceVolumeId = source?.kind === "volume" ? source.id : undefined;
+    const [existing, snapshot, sourceDisk] = await Promise.all([
       this.#findByName(name).catch((err) => mapCloudError(err, `looking up volume ${name}`)),
       snapshotId ? this.#snapshots.readySnapshot(snapshotId) : undefined,
+      sourceVolumeId ? this.#getDisk(sourceVolumeId) : undefined,
     ]);
-    // A retry after the snapshot was deleted still finds the volume restored from it.
+    // A retry after the source was deleted still finds the volume made from it.
     if (snapshotId && !snapshot && existing?.snapshotId !== snapshotId) {
       throw notFound(`volume_content_source.snapshot: no snapshot ${snapshotId}`);
     }
-    const requiredBytes = restoredSize(range, snapshot, existing);
+    if (sourceVolumeId && !sourceDisk && existing?.sourceVolumeId !== sourceVolumeId) {
+      throw notFound(`volume_content_source.volume: no volume ${sourceVolumeId}`);
+    }
+    const origin = snapshot
+      ? { what: `snapshot ${snapshot.id}`, sizeGiB: snapshot.sizeGiB }
+      : sourceDisk
+        ? { what: `volume ${sourceDisk.id}`, sizeGiB: sourceDisk.sizeGiB }
+        : undefined;
+    const requiredBytes = sourcedSize(range, origin, existing);
     const mountCapability = capabilities.find((c) => !c.block && c.fsType !== "");
     const parsed = parseCreateParameters(parameters, {
       name,
@@ -218,7 +229,17 @@ export class EbsController {
     // As the official driver does: a multi-node capability is what turns multi-attach on.
     const multiAttach = checkMultiAttach(capabilities, parsed.disk.type, undefined);
     const spec = multiAttach ? { ...parsed.disk, multiAttach } : parsed.disk;
-    const zones = await this.#candidateZones(req.accessibility_requirements);
+    let zones = await this.#candidateZones(req.accessibility_requirements);
+    if (sourceDisk) {
+      checkCloneEncryption(sourceDisk, parameters, spec);
+      // EC2 copies a volume within its zone only.
+      if (!zones.includes(sourceDisk.zone)) {
+        throw resourceExhausted(
+          `volume_content_source.volume: ${sourceDisk.id} is in ${sourceDisk.zone}, outside the requested topology (${zones.join(", ")}); a clone stays in its source's zone`,
+        );
+      }
+      zones = [sourceDisk.zone];
+    }
 
     let disk: Disk;
     if (existing) {
@@ -227,22 +248,42 @@ export class EbsController {
           ? existing.snapshotId
             ? `content from snapshot ${existing.snapshotId}`
             : "no snapshot as its content"
-          : describeMismatch(existing, spec, zones);
+          : existing.sourceVolumeId !== sourceVolumeId
+            ? `content from ${existing.sourceVolumeId ? `volume ${existing.sourceVolumeId}` : "no volume"}`
+            : describeMismatch(
+                existing,
+                sourceDisk ? { ...spec, encrypted: sourceDisk.encrypted } : spec,
+                zones,
+              );
       if (mismatch) throw alreadyExists(`name "${name}": volume ${existing.id} exists with ${mismatch}`);
       disk = existing;
     } else {
       const zone = zones[0]!;
-      ctx.log.info({ name, zone, sizeGiB: spec.sizeGiB, type: spec.type }, "creating volume");
       const clientToken = clientTokenFor(name, this.#tokenGenerations.get(name));
-      disk = await this.#ec2
-        .createVolume({ ...spec, clientToken, zone, ...(snapshotId ? { snapshotId } : {}) })
-        .catch((err) => mapCloudError(err, `creating volume ${name}`));
+      if (sourceVolumeId) {
+        ctx.log.info(
+          { name, source: sourceVolumeId, sizeGiB: spec.sizeGiB, type: spec.type },
+          "copying volume",
+        );
+        const { encrypted: _inherited, kmsKeyId: _key, ...copy } = spec;
+        disk = await this.#ec2
+          .copyVolume({ ...copy, sourceVolumeId, clientToken })
+          .catch((err) => mapCloudError(err, `copying volume ${sourceVolumeId} as ${name}`));
+      } else {
+        ctx.log.info({ name, zone, sizeGiB: spec.sizeGiB, type: spec.type }, "creating volume");
+        disk = await this.#ec2
+          .createVolume({ ...spec, clientToken, zone, ...(snapshotId ? { snapshotId } : {}) })
+          .catch((err) => mapCloudError(err, `creating volume ${name}`));
+      }
     }
     disk = await this.#waitAvailable(disk, name, ctx);
     const volume = toCsiVolume(disk, parsed.volumeContext);
-    return {
-      volume: snapshotId ? { ...volume, content_source: { snapshot: { snapshot_id: snapshotId } } } : volume,
-    };
+    const contentSourceEcho = snapshotId
+      ? { snapshot: { snapshot_id: snapshotId } }
+      : sourceVolumeId
+        ? { volume: { volume_id: sourceVolumeId } }
+        : undefined;
+    return { volume: contentSourceEcho ? { ...volume, content_source: contentSourceEcho } : volume };
   }
 
   async DeleteVolume(req: DeleteVolumeRequest, ctx: RpcContext): Promise<DeleteVolumeResponse> {
@@ -788,33 +829,40 @@ function checkMultiAttach(
 }
 
 /** Why an existing volume of the same name does not match the request, or undefined when it does. */
-/** The snapshot a CreateVolume restores, or undefined; clones are refused (not advertised). */
-function contentSnapshotId(source: CreateVolumeRequest["volume_content_source"]): string | undefined {
+/** What a CreateVolume starts from: a snapshot (restore), a volume (clone), or nothing. */
+function contentSource(
+  source: CreateVolumeRequest["volume_content_source"],
+): { kind: "snapshot" | "volume"; id: string } | undefined {
   if (!source) return undefined;
   if (source.volume) {
-    throw invalidArgument(
-      "volume_content_source.volume",
-      "volume clones are not supported by this driver yet",
-    );
+    const id = source.volume.volume_id ?? "";
+    if (id === "") throw invalidArgument("volume_content_source.volume.volume_id", "required");
+    if (!VOLUME_ID.test(id)) throw notFound(`volume_content_source.volume: no volume ${id}`);
+    return { kind: "volume", id };
   }
   const id = source.snapshot?.snapshot_id ?? "";
-  if (id === "") throw invalidArgument("volume_content_source", "names neither a snapshot nor a volume");
+  if (!source.snapshot)
+    throw invalidArgument("volume_content_source", "names neither a snapshot nor a volume");
+  if (id === "") throw invalidArgument("volume_content_source.snapshot.snapshot_id", "required");
   if (!SNAPSHOT_ID.test(id)) throw notFound(`volume_content_source.snapshot: no snapshot ${id}`);
-  return id;
+  return { kind: "snapshot", id };
 }
 
 /**
- * The size to ask for: a restored volume holds at least its snapshot (OUT_OF_RANGE when the range
- * does not allow that), and without required_bytes it is the snapshot's size.
+ * The size to ask for: a volume made from a snapshot or a volume holds at least its source
+ * (OUT_OF_RANGE when the range does not allow that), and without required_bytes it is the source's size.
  */
-function restoredSize(
+function sourcedSize(
   range: { requiredBytes: number; limitBytes: number },
-  snapshot: Snapshot | undefined,
+  origin: { what: string; sizeGiB: number } | undefined,
   existing: Disk | undefined,
 ): number {
-  if (!snapshot) return range.requiredBytes || (existing?.snapshotId ? existing.sizeGiB * GiB : 0);
-  const bytes = snapshot.sizeGiB * GiB;
-  const what = `snapshot ${snapshot.id} of ${snapshot.sizeGiB} GiB: a restored volume is at least as large`;
+  if (!origin) {
+    const fromSource = existing?.snapshotId || existing?.sourceVolumeId;
+    return range.requiredBytes || (fromSource ? existing.sizeGiB * GiB : 0);
+  }
+  const bytes = origin.sizeGiB * GiB;
+  const what = `${origin.what} of ${origin.sizeGiB} GiB: a volume made from it is at least as large`;
   if (range.requiredBytes > 0 && range.requiredBytes < bytes) {
     throw outOfRange(`capacity_range.required_bytes ${range.requiredBytes} is below ${what}`);
   }
@@ -822,6 +870,33 @@ function restoredSize(
     throw outOfRange(`capacity_range.limit_bytes ${range.limitBytes} is below ${what}`);
   }
   return range.requiredBytes || bytes;
+}
+
+/** A copy keeps its source's encryption and key (EC2 CopyVolumes): a class asking otherwise is refused. */
+function checkCloneEncryption(
+  source: Disk,
+  parameters: Record<string, string>,
+  spec: { encrypted: boolean; kmsKeyId?: string },
+): void {
+  const said = Object.entries(parameters)
+    .find(([k]) => k.toLowerCase() === "encrypted")?.[1]
+    ?.trim()
+    .toLowerCase();
+  if (source.encrypted && said === "false") {
+    throw invalidArgument("parameters.encrypted", `volume ${source.id} is encrypted: its clone is too`);
+  }
+  if (!source.encrypted && spec.encrypted) {
+    throw invalidArgument(
+      "parameters.encrypted",
+      `volume ${source.id} is not encrypted, and a clone keeps its source's encryption`,
+    );
+  }
+  if (spec.kmsKeyId && source.kmsKeyId && spec.kmsKeyId !== source.kmsKeyId) {
+    throw invalidArgument(
+      "parameters.kmsKeyId",
+      `volume ${source.id} is encrypted with ${source.kmsKeyId}, and a clone keeps its source's key`,
+    );
+  }
 }
 
 function describeMismatch(

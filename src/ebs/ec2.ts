@@ -6,6 +6,7 @@
 import {
   type _InstanceType,
   AttachVolumeCommand,
+  CopyVolumesCommand,
   CreateSnapshotCommand,
   CreateTagsCommand,
   CreateVolumeCommand,
@@ -41,6 +42,7 @@ import {
   type AttachmentState,
   CloudError,
   type CloudErrorKind,
+  type CopyDiskInput,
   type CreateDiskInput,
   type CreateSnapshotInput,
   type Disk,
@@ -129,6 +131,38 @@ export class SdkEc2 implements Ec2 {
     );
     // EC2 and moto echo the tags; should an answer leave them out, they are still the ones just set.
     return toDisk({ ...created, Tags: created.Tags ?? tags });
+  }
+
+  async copyVolume(input: CopyDiskInput): Promise<Disk> {
+    const tags = Object.entries(input.tags).map(([Key, Value]) => ({ Key, Value }));
+    const out = await mapErrors(() =>
+      this.#for("CopyVolumes").send(
+        new CopyVolumesCommand({
+          SourceVolumeId: input.sourceVolumeId,
+          ClientToken: input.clientToken,
+          Size: input.sizeGiB,
+          VolumeType: input.type,
+          Iops: input.iops,
+          Throughput: input.throughput,
+          MultiAttachEnabled: input.multiAttach || undefined,
+          TagSpecifications: tags.length > 0 ? [{ ResourceType: "volume", Tags: tags }] : undefined,
+        }),
+        callOptions(),
+      ),
+    );
+    const copy = out.Volumes?.[0];
+    if (!copy || out.Volumes?.length !== 1) {
+      throw new CloudError(
+        "Other",
+        "UnexpectedResponse",
+        `CopyVolumes answered ${out.Volumes?.length ?? 0} volumes, not 1`,
+      );
+    }
+    return toDisk({
+      ...copy,
+      Tags: copy.Tags ?? tags,
+      SourceVolumeId: copy.SourceVolumeId ?? input.sourceVolumeId,
+    });
   }
 
   async deleteVolume(volumeId: string): Promise<void> {
@@ -620,6 +654,7 @@ function toDisk(v: Volume): Disk {
   if (v.KmsKeyId) disk.kmsKeyId = v.KmsKeyId;
   // EC2 answers SnapshotId "" for a volume that was not made from a snapshot.
   if (v.SnapshotId) disk.snapshotId = v.SnapshotId;
+  if (v.SourceVolumeId) disk.sourceVolumeId = v.SourceVolumeId;
   if (v.OutpostArn) disk.outpostArn = v.OutpostArn;
   return disk;
 }

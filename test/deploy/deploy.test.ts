@@ -799,7 +799,7 @@ describe("IAM policies", () => {
     expect(
       conditionsFor(ebs, "ec2:CreateTags").every(
         (c) =>
-          c.includes('"ec2:CreateAction":"CreateVolume"') ||
+          c.includes('"ec2:CreateAction":["CreateVolume","CopyVolumes"]') ||
           c.includes('"ec2:CreateAction":"CreateSnapshot"') ||
           c.includes("ec2:ResourceTag/ebs.csi.aws.com/cluster"),
       ),

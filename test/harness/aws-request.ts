@@ -107,3 +107,21 @@ export function internalError(call: AwsCall, detail = "An internal error has occ
     ? awsError("ec2", 500, "InternalError", detail)
     : awsError("efs", 500, "InternalServerError", detail);
 }
+
+/** The <item> elements of a set, each whole (nested sets such as tagSet stay inside their item). */
+export function topLevelItems(set: string): string[] {
+  const items: string[] = [];
+  const tag = /<item>|<\/item>|<item\/>/g;
+  let depth = 0;
+  let start = -1;
+  for (const match of set.matchAll(tag)) {
+    if (match[0] === "<item/>") continue;
+    if (match[0] === "<item>") {
+      if (depth === 0) start = match.index;
+      depth++;
+    } else if (--depth === 0) {
+      items.push(set.slice(start, match.index + "</item>".length));
+    }
+  }
+  return items;
+}

@@ -127,6 +127,7 @@ function wireAttachSimulation(aws: FakeAws, sim: AttachSim, nodeId: string): voi
     if (snapshotId) await sim.copyInto(volumeId, snapshotId);
   };
   aws.proxy.hooks.onDeleteSnapshot = (snapshotId) => sim.removeSnapshot(snapshotId);
+  aws.proxy.hooks.onCopyVolume = (copyId, sourceId) => sim.copyInto(copyId, sourceId);
 }
 
 /** Detaches the driver's read-only views (src/host/readonly-block.ts) of the disks the simulation made. */

@@ -10,8 +10,10 @@ import {
   recognizeCall,
   signingScope,
   throttlingError,
+  topLevelItems,
   type WireResponse,
 } from "./aws-request.ts";
+import { type CopyEmulation, copyVolumes, showSources } from "./copy-volumes.ts";
 import { createIdempotencyMemory } from "./idempotency.ts";
 import { createKeyedSerializer } from "./serialize.ts";
 import {
@@ -57,6 +59,8 @@ export interface Hooks {
   onCreateVolume?: (volumeId: string, snapshotId: string | undefined) => void | Promise<void>;
   onSnapshot?: (volumeId: string, snapshotId: string) => void | Promise<void>;
   onDeleteSnapshot?: (snapshotId: string) => void | Promise<void>;
+  /** After CopyVolumes (answered by the proxy): the copy starts as the source's data. */
+  onCopyVolume?: (copyId: string, sourceId: string) => void | Promise<void>;
 }
 
 export interface FaultProxy {
@@ -117,6 +121,7 @@ export async function startFaultProxy(options: { target: string }): Promise<Faul
   const volumeStatuses = new Map<string, VolumeStatusFault>();
   const efsStates = new Map<string, string>();
   const snapshots = createSnapshotEmulation();
+  const copies: CopyEmulation = { sources: new Map() };
 
   async function answer(incoming: Incoming): Promise<WireResponse> {
     const call = recognizeCall(incoming.method, incoming.url, incoming.headers, incoming.body);
@@ -160,8 +165,24 @@ export async function startFaultProxy(options: { target: string }): Promise<Faul
       return enableFastSnapshotRestores(call.params, await regionZones(target, incoming), snapshots);
     }
     if (call.service === "ec2" && call.action === "LockSnapshot") return lockSnapshot(call.params, snapshots);
-    if (call.service === "ec2" && call.action === "DescribeVolumes" && stuckDetaches.size > 0) {
-      return showDetaching(await forward(target, incoming), stuckDetaches);
+    if (
+      call.service === "ec2" &&
+      call.action === "DescribeVolumes" &&
+      (stuckDetaches.size > 0 || copies.sources.size > 0)
+    ) {
+      return showSources(showDetaching(await forward(target, incoming), stuckDetaches), copies);
+    }
+    if (call.service === "ec2" && call.action === "CopyVolumes") {
+      const answer = await copyVolumes(call.params, (query) => askMoto(target, incoming, query), copies);
+      if (answer.status < 300) {
+        const copyId = xmlValue(answer.body.toString(), "volumeId") ?? "";
+        try {
+          await hooks.onCopyVolume?.(copyId, call.params.get("SourceVolumeId") ?? "");
+        } catch (error) {
+          return internalError(call, `fault proxy hook failed after the copy was made: ${String(error)}`);
+        }
+      }
+      return answer;
     }
     const response =
       faults.volumeInUse && call.service === "ec2" && call.action === "AttachVolume"
@@ -225,6 +246,7 @@ export async function startFaultProxy(options: { target: string }): Promise<Faul
       volumeStatuses.clear();
       efsStates.clear();
       snapshots.reset();
+      copies.sources.clear();
       counts.clear();
     },
     stop() {
@@ -371,24 +393,6 @@ function onlyOwners(response: WireResponse, params: URLSearchParams): WireRespon
   );
   const body = `${xml.slice(0, open)}<snapshotSet>${kept.join("")}</snapshotSet>${xml.slice(close + "</snapshotSet>".length)}`;
   return { ...response, body: Buffer.from(body) };
-}
-
-/** The <item> elements of a set, each whole (nested sets such as tagSet stay inside their item). */
-function topLevelItems(set: string): string[] {
-  const items: string[] = [];
-  const tag = /<item>|<\/item>|<item\/>/g;
-  let depth = 0;
-  let start = -1;
-  for (const match of set.matchAll(tag)) {
-    if (match[0] === "<item/>") continue;
-    if (match[0] === "<item>") {
-      if (depth === 0) start = match.index;
-      depth++;
-    } else if (--depth === 0) {
-      items.push(set.slice(start, match.index + "</item>".length));
-    }
-  }
-  return items;
 }
 
 function xmlValue(xml: string, element: string): string | undefined {

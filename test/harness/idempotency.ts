@@ -45,7 +45,7 @@ export function createIdempotencyMemory(): IdempotencyMemory {
 
 /** Token and a hash of every other parameter, for the creates that take a ClientToken. */
 function tokenedCreate(call: AwsCall): { clientToken: string; fingerprint: string } | undefined {
-  if (call.service === "ec2" && call.action === "CreateVolume") {
+  if (call.service === "ec2" && (call.action === "CreateVolume" || call.action === "CopyVolumes")) {
     const clientToken = call.params.get("ClientToken");
     if (!clientToken) return undefined;
     return { clientToken, fingerprint: sha256(canonicalJson(ec2Parameters(call.params))) };

@@ -84,17 +84,23 @@ describe.skipIf(skip !== undefined)("EBS snapshots and restore (driver process, 
     return out.Snapshots ?? [];
   }
 
+  /** A volume, restored from a snapshot (snap-...) or cloned from a volume (vol-...) when `source` says. */
   async function createVolume(sizeGiB: number, source?: string, fsType = "ext4"): Promise<string> {
+    const content = source?.startsWith("vol-")
+      ? { volume: { volume_id: source } }
+      : source
+        ? { snapshot: { snapshot_id: source } }
+        : undefined;
     const reply = await controller("CreateVolume", {
       name: `pvc-${randomUUID()}`,
       capacity_range: { required_bytes: sizeGiB * GiB },
       volume_capabilities: [capability(fsType)],
       parameters: { type: "gp3" },
-      ...(source ? { volume_content_source: { snapshot: { snapshot_id: source } } } : {}),
+      ...(content ? { volume_content_source: content } : {}),
     });
     const volumeId: string = reply.volume.volume_id;
     cleanups.push(() => controller("DeleteVolume", { volume_id: volumeId }));
-    if (source) expect(reply.volume.content_source.snapshot.snapshot_id).toBe(source);
+    if (content) expect(reply.volume.content_source).toMatchObject(content);
     return volumeId;
   }
 
@@ -191,6 +197,26 @@ describe.skipIf(skip !== undefined)("EBS snapshots and restore (driver process, 
       await unmountVolume(source, staging);
     },
   );
+
+  it("a clone (CopyVolumes) of a mounted volume holds what was written, grown to its size, in the source's zone", async () => {
+    const source = await createVolume(1, undefined, "xfs");
+    const staging = await mountVolume(source, "xfs");
+    const data = randomBytes(2 * 1024 * 1024 + 5);
+    await writeFile(join(staging, "data.bin"), data);
+    execFileSync("sync", ["-f", join(staging, "data.bin")]);
+    const clone = await createVolume(2, source, "xfs");
+    const described = await controller("ControllerGetVolume", { volume_id: clone });
+    expect(described.volume.accessible_topology[0].segments["topology.kubernetes.io/zone"]).toBe(env.zone);
+    const cloneStaging = await mountVolume(clone, "xfs");
+    expect((await readFile(join(cloneStaging, "data.bin"))).equals(data)).toBe(true);
+    const fs = await statfs(cloneStaging);
+    expect(fs.blocks * fs.bsize).toBeGreaterThan(1.5 * GiB);
+    // The clone is its own volume: writes to it do not reach the source.
+    await writeFile(join(cloneStaging, "clone-only.txt"), "x");
+    await expect(readFile(join(staging, "clone-only.txt"))).rejects.toMatchObject({ code: "ENOENT" });
+    await unmountVolume(clone, cloneStaging);
+    await unmountVolume(source, staging);
+  });
 
   it("a restore smaller than the snapshot is OUT_OF_RANGE, of an unknown snapshot NOT_FOUND; nothing is created", async () => {
     const source = await createVolume(2);

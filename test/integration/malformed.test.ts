@@ -572,10 +572,10 @@ function generateCases(): Case[] {
     );
     add(
       "CreateVolume",
-      `volume source (clones not offered) ${tag}`,
+      `unknown volume source ${tag}`,
       create({ volume_content_source: { volume: { volume_id: "vol-0123456789abcdef0" } } }),
-      "INVALID_ARGUMENT",
-      "volume_content_source.volume",
+      "NOT_FOUND",
+      "vol-0123456789abcdef0",
     );
 
     // Ids that name nothing: NOT_FOUND, naming the id.

@@ -163,8 +163,8 @@ describe("EBS controller", () => {
       [{ parameters: { bogus: "1" } }, /parameters\.bogus/],
       [{ parameters: { big: "x".repeat(5000) } }, /^parameters: .*4 KiB/],
       [
-        { volume_content_source: { volume: { volume_id: "vol-1" } } },
-        /volume_content_source\.volume: volume clones/,
+        { volume_content_source: { volume: { volume_id: "" } } },
+        /volume_content_source\.volume\.volume_id: required/,
       ],
       [{ volume_content_source: {} }, /volume_content_source: names neither/],
     ] as [Partial<CreateVolumeRequest>, RegExp][])(
@@ -670,6 +670,67 @@ describe("EBS controller", () => {
         "VolumeError",
         "VolumeError",
       ]);
+    });
+
+    it("clones a volume with CopyVolumes in its zone, at least its size, with its encryption; retries get the same clone", async () => {
+      const source = (
+        await controller.CreateVolume(
+          createReq({ name: "src", parameters: { encrypted: "true", kmsKeyId: "key-1" } }),
+          ctx(),
+        )
+      ).volume!;
+      const clone = (name: string, over: Partial<CreateVolumeRequest> = {}) =>
+        controller.CreateVolume(
+          createReq({ name, volume_content_source: { volume: { volume_id: source.volume_id! } }, ...over }),
+          ctx(),
+        );
+      const first = (await clone("copy", { capacity_range: null })).volume!;
+      expect(first.content_source).toEqual({ volume: { volume_id: source.volume_id } });
+      expect(first.capacity_bytes).toBe(source.capacity_bytes);
+      const disk = ec2.disks.get(first.volume_id!)!;
+      expect(disk).toMatchObject({
+        sourceVolumeId: source.volume_id,
+        zone: ec2.disks.get(source.volume_id!)!.zone,
+        encrypted: true,
+        kmsKeyId: "key-1",
+      });
+      expect((await clone("copy", { capacity_range: null })).volume!.volume_id).toBe(first.volume_id);
+      expect(ec2.calls["copyVolume"]).toBe(1);
+
+      const cases: [Partial<CreateVolumeRequest>, status, RegExp][] = [
+        [{ capacity_range: { required_bytes: 1, limit_bytes: 1 } }, status.OUT_OF_RANGE, /at least as large/],
+        [{ parameters: { encrypted: "false" } }, status.INVALID_ARGUMENT, /parameters\.encrypted/],
+        [{ parameters: { kmsKeyId: "key-2" } }, status.INVALID_ARGUMENT, /parameters\.kmsKeyId/],
+        [
+          { parameters: { volumeInitializationRate: "200" } },
+          status.INVALID_ARGUMENT,
+          /restored from a snapshot/,
+        ],
+        [
+          {
+            accessibility_requirements: {
+              requisite: [{ segments: { "topology.kubernetes.io/zone": "us-east-1b" } }],
+              preferred: [],
+            },
+          },
+          status.RESOURCE_EXHAUSTED,
+          /stays in its source's zone/,
+        ],
+        [
+          { volume_content_source: { volume: { volume_id: "vol-00000000000000099" } } },
+          status.NOT_FOUND,
+          /no volume/,
+        ],
+      ];
+      for (const [i, [over, code, message]] of cases.entries()) {
+        await expectCode(clone(`bad-${i}`, over), code, message);
+      }
+      // Same name, no source: ALREADY_EXISTS.
+      await expectCode(
+        controller.CreateVolume(createReq({ name: "copy" }), ctx()),
+        status.ALREADY_EXISTS,
+        /content from volume/,
+      );
     });
 
     it("confirms supported capabilities and explains unsupported ones", async () => {

@@ -1,5 +1,6 @@
 import {
   CloudError,
+  type CopyDiskInput,
   type CreateDiskInput,
   type CreateSnapshotInput,
   type Disk,
@@ -98,6 +99,43 @@ export class FakeEc2 implements Ec2 {
     };
     this.disks.set(id, disk);
     this.tokens.set(clientToken, { input: JSON.stringify(rest), id });
+    return structuredClone(disk);
+  }
+
+  async copyVolume(input: CopyDiskInput): Promise<Disk> {
+    this.#count("copyVolume");
+    const source = this.disks.get(input.sourceVolumeId);
+    if (!source)
+      throw new CloudError(
+        "NotFound",
+        "InvalidVolume.NotFound",
+        `The volume '${input.sourceVolumeId}' does not exist.`,
+      );
+    if (input.sizeGiB < source.sizeGiB)
+      throw new CloudError(
+        "InvalidParameter",
+        "InvalidParameterValue",
+        "the copy is smaller than its source",
+      );
+    const known = this.tokens.get(`copy/${input.clientToken}`);
+    if (known) return structuredClone(this.disks.get(known.id)!);
+    const disk: Disk = {
+      id: this.#id("vol"),
+      sizeGiB: input.sizeGiB,
+      type: input.type,
+      encrypted: source.encrypted,
+      zone: source.zone,
+      state: "available",
+      multiAttach: input.multiAttach ?? false,
+      sourceVolumeId: source.id,
+      tags: { ...input.tags },
+      attachments: [],
+      ...(source.kmsKeyId ? { kmsKeyId: source.kmsKeyId } : {}),
+      ...(input.iops !== undefined ? { iops: input.iops } : {}),
+      ...(input.throughput !== undefined ? { throughput: input.throughput } : {}),
+    };
+    this.disks.set(disk.id, disk);
+    this.tokens.set(`copy/${input.clientToken}`, { input: "", id: disk.id });
     return structuredClone(disk);
   }
 
