@@ -10,6 +10,7 @@ import { FLAGS } from "../src/config.ts";
 import { renderLimitsMarkdown } from "../src/ebs/limits.ts";
 import {
   renderCreateParametersMarkdown,
+  renderGroupSnapshotParametersMarkdown,
   renderModifyParametersMarkdown,
   renderSnapshotParametersMarkdown,
 } from "../src/ebs/params.ts";
@@ -40,6 +41,7 @@ export const SECTIONS: Record<string, () => string> = {
   "ebs-parameters": renderCreateParametersMarkdown,
   "ebs-modify-parameters": renderModifyParametersMarkdown,
   "ebs-snapshot-parameters": renderSnapshotParametersMarkdown,
+  "ebs-group-snapshot-parameters": renderGroupSnapshotParametersMarkdown,
   "ebs-limits": renderLimitsMarkdown,
   "efs-parameters": efsParametersTable,
 };

@@ -6,6 +6,8 @@ import type { ServiceImpl } from "./server/rpc.ts";
 /** What main needs from a driver (EBS or EFS) to serve it. */
 export interface Driver {
   controller?: ServiceImpl;
+  /** The GroupController service (volume group snapshots), where the driver has one. */
+  groupController?: ServiceImpl;
   node?: ServiceImpl;
   /** Plugin capabilities beyond CONTROLLER_SERVICE (added when a controller is served). */
   accessibilityConstraints: boolean;

@@ -31,6 +31,7 @@ async function serve(options: Options): Promise<void> {
     name: options.driverName,
     version: VERSION,
     controller: driver.controller !== undefined,
+    groupController: driver.groupController !== undefined,
     accessibilityConstraints: driver.accessibilityConstraints,
     probe: () => driver.probe(),
   });

@@ -5,6 +5,8 @@ export interface IdentityInfo {
   name: string;
   version: string;
   controller: boolean;
+  /** GROUP_CONTROLLER_SERVICE: volume group snapshots. */
+  groupController?: boolean;
   accessibilityConstraints: boolean;
   probe(): Promise<void>;
 }
@@ -23,8 +25,13 @@ export function identityService(info: IdentityInfo) {
     },
 
     async GetPluginCapabilities(): Promise<GetPluginCapabilitiesResponse> {
-      const types: ("CONTROLLER_SERVICE" | "VOLUME_ACCESSIBILITY_CONSTRAINTS")[] = [];
+      const types: (
+        | "CONTROLLER_SERVICE"
+        | "VOLUME_ACCESSIBILITY_CONSTRAINTS"
+        | "GROUP_CONTROLLER_SERVICE"
+      )[] = [];
       if (info.controller) types.push("CONTROLLER_SERVICE");
+      if (info.groupController) types.push("GROUP_CONTROLLER_SERVICE");
       if (info.accessibilityConstraints) types.push("VOLUME_ACCESSIBILITY_CONSTRAINTS");
       return {
         capabilities: [

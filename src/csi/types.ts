@@ -22,10 +22,12 @@ export type { ControllerUnpublishVolumeRequest__Output as ControllerUnpublishVol
 export type { ControllerUnpublishVolumeResponse } from "./gen/csi/v1/ControllerUnpublishVolumeResponse.ts";
 export type { CreateSnapshotRequest__Output as CreateSnapshotRequest } from "./gen/csi/v1/CreateSnapshotRequest.ts";
 export type { CreateSnapshotResponse } from "./gen/csi/v1/CreateSnapshotResponse.ts";
+export type { CreateVolumeGroupSnapshotRequest__Output as CreateVolumeGroupSnapshotRequest } from "./gen/csi/v1/CreateVolumeGroupSnapshotRequest.ts";
 export type { CreateVolumeRequest__Output as CreateVolumeRequest } from "./gen/csi/v1/CreateVolumeRequest.ts";
 export type { CreateVolumeResponse } from "./gen/csi/v1/CreateVolumeResponse.ts";
 export type { DeleteSnapshotRequest__Output as DeleteSnapshotRequest } from "./gen/csi/v1/DeleteSnapshotRequest.ts";
 export type { DeleteSnapshotResponse } from "./gen/csi/v1/DeleteSnapshotResponse.ts";
+export type { DeleteVolumeGroupSnapshotRequest__Output as DeleteVolumeGroupSnapshotRequest } from "./gen/csi/v1/DeleteVolumeGroupSnapshotRequest.ts";
 export type { DeleteVolumeRequest__Output as DeleteVolumeRequest } from "./gen/csi/v1/DeleteVolumeRequest.ts";
 export type { DeleteVolumeResponse } from "./gen/csi/v1/DeleteVolumeResponse.ts";
 export type { GetCapacityRequest__Output as GetCapacityRequest } from "./gen/csi/v1/GetCapacityRequest.ts";
@@ -36,6 +38,7 @@ export type { GetPluginInfoRequest__Output as GetPluginInfoRequest } from "./gen
 export type { GetPluginInfoResponse } from "./gen/csi/v1/GetPluginInfoResponse.ts";
 export type { GetSnapshotRequest__Output as GetSnapshotRequest } from "./gen/csi/v1/GetSnapshotRequest.ts";
 export type { GetSnapshotResponse } from "./gen/csi/v1/GetSnapshotResponse.ts";
+export type { GetVolumeGroupSnapshotRequest__Output as GetVolumeGroupSnapshotRequest } from "./gen/csi/v1/GetVolumeGroupSnapshotRequest.ts";
 export type { ListSnapshotsRequest__Output as ListSnapshotsRequest } from "./gen/csi/v1/ListSnapshotsRequest.ts";
 export type { ListSnapshotsResponse } from "./gen/csi/v1/ListSnapshotsResponse.ts";
 export type { ListVolumesRequest__Output as ListVolumesRequest } from "./gen/csi/v1/ListVolumesRequest.ts";

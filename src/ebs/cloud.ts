@@ -51,6 +51,8 @@ export interface Instance {
   devices: Map<string, string>;
   /** Network interfaces attached: they count against shared attachment limits. */
   networkInterfaces: number;
+  /** The root volume's device name, e.g. /dev/xvda; devices.get(rootDeviceName) is the root volume. */
+  rootDeviceName?: string;
 }
 
 export interface CreateDiskInput {
@@ -153,6 +155,18 @@ export interface SnapshotLock {
   coolOffHours?: number;
 }
 
+/**
+ * EC2 CreateSnapshots: crash-consistent snapshots of the EBS volumes attached to one instance, all
+ * taken at the same point in time; the boot volume and the listed data volumes are left out.
+ */
+export interface CreateSnapshotsInput {
+  instanceId: string;
+  excludeBootVolume: boolean;
+  excludeDataVolumeIds: string[];
+  tags: Record<string, string>;
+  description: string;
+}
+
 export interface SnapshotPage {
   snapshots: Snapshot[];
   nextToken?: string;
@@ -225,6 +239,8 @@ export interface Ec2 {
   findSnapshotsByTag(key: string, value: string): Promise<Snapshot[]>;
   /** The account's own snapshots, of one source volume if given, a page at a time. */
   listSnapshots(volumeId: string | undefined, maxResults: number, nextToken?: string): Promise<SnapshotPage>;
+  /** Multi-volume, crash-consistent snapshots of one instance's volumes. */
+  createSnapshots(input: CreateSnapshotsInput): Promise<Snapshot[]>;
   /** Fast Snapshot Restore in these zones; throws when EC2 refuses any of them. */
   enableFastSnapshotRestores(snapshotId: string, zones: string[]): Promise<void>;
   lockSnapshot(snapshotId: string, lock: SnapshotLock): Promise<void>;

@@ -6,6 +6,7 @@ import { locatePlugin } from "../metadata.ts";
 import type { ServiceImpl } from "../server/rpc.ts";
 import { EbsController } from "./controller.ts";
 import { SdkEc2 } from "./ec2.ts";
+import { EbsGroupSnapshots } from "./group-snapshots.ts";
 
 /** Builds the EBS driver for the configured mode: EC2 client, controller and/or node service. */
 export async function createEbsDriver({ options, log, metrics }: DriverDeps): Promise<Driver> {
@@ -15,7 +16,7 @@ export async function createEbsDriver({ options, log, metrics }: DriverDeps): Pr
   const clients = new ClientPerAction((action) => {
     // CreateSnapshot has no ClientToken: an SDK retry after a lost answer would make a second
     // snapshot. The controller retries throttled creates itself and looks the name up after others.
-    const maxAttempts = action === "CreateSnapshot" ? 1 : undefined;
+    const maxAttempts = action === "CreateSnapshot" || action === "CreateSnapshots" ? 1 : undefined;
     const client = new EC2Client(
       awsClientConfig({ region, endpoint: options.awsEndpoint, ...(maxAttempts ? { maxAttempts } : {}) }),
     );
@@ -30,7 +31,12 @@ export async function createEbsDriver({ options, log, metrics }: DriverDeps): Pr
   });
 
   let controller: ServiceImpl | undefined;
+  let groupController: ServiceImpl | undefined;
   if (options.mode !== "node") {
+    groupController = new EbsGroupSnapshots(ec2, log.child({ service: "group-controller" }), {
+      extraTags: options.extraTags,
+      clusterId: options.clusterId,
+    });
     controller = new EbsController(ec2, log.child({ service: "controller" }), {
       extraTags: options.extraTags,
       clusterId: options.clusterId,
@@ -46,6 +52,7 @@ export async function createEbsDriver({ options, log, metrics }: DriverDeps): Pr
 
   return {
     controller,
+    groupController,
     node,
     accessibilityConstraints: true,
     // A node-only plugin must not depend on EC2: node roles often may not call it, and a failed

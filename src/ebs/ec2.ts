@@ -8,6 +8,7 @@ import {
   AttachVolumeCommand,
   CopyVolumesCommand,
   CreateSnapshotCommand,
+  CreateSnapshotsCommand,
   CreateTagsCommand,
   CreateVolumeCommand,
   DeleteSnapshotCommand,
@@ -45,6 +46,7 @@ import {
   type CopyDiskInput,
   type CreateDiskInput,
   type CreateSnapshotInput,
+  type CreateSnapshotsInput,
   type Disk,
   type DiskModification,
   type DiskPage,
@@ -237,6 +239,26 @@ export class SdkEc2 implements Ec2 {
       ),
     );
     return toSnapshot({ ...created, Tags: created.Tags ?? tags });
+  }
+
+  async createSnapshots(input: CreateSnapshotsInput): Promise<Snapshot[]> {
+    const tags = Object.entries(input.tags).map(([Key, Value]) => ({ Key, Value }));
+    const out = await mapErrors(() =>
+      this.#for("CreateSnapshots").send(
+        new CreateSnapshotsCommand({
+          InstanceSpecification: {
+            InstanceId: input.instanceId,
+            ExcludeBootVolume: input.excludeBootVolume,
+            ExcludeDataVolumeIds:
+              input.excludeDataVolumeIds.length > 0 ? input.excludeDataVolumeIds : undefined,
+          },
+          Description: input.description,
+          TagSpecifications: [{ ResourceType: "snapshot", Tags: tags }],
+        }),
+        callOptions(),
+      ),
+    );
+    return (out.Snapshots ?? []).map((s) => toSnapshot({ ...s, Tags: s.Tags ?? tags }));
   }
 
   async deleteSnapshot(snapshotId: string): Promise<void> {
@@ -699,6 +721,7 @@ function toInstance(i: Ec2Instance): Instance {
     state: i.State?.Name ?? "unknown",
     devices,
     networkInterfaces: i.NetworkInterfaces?.length ?? 1,
+    ...(i.RootDeviceName ? { rootDeviceName: i.RootDeviceName } : {}),
   };
 }
 

@@ -55,6 +55,13 @@ const PV_NAME_KEY = "csi.storage.k8s.io/pv/name";
 const SNAPSHOT_NAME_KEY = "csi.storage.k8s.io/volumesnapshot/name";
 const SNAPSHOT_NAMESPACE_KEY = "csi.storage.k8s.io/volumesnapshot/namespace";
 const SNAPSHOT_CONTENT_NAME_KEY = "csi.storage.k8s.io/volumesnapshotcontent/name";
+const GROUP_NAME_KEY = "csi.storage.k8s.io/volumegroupsnapshot/name";
+const GROUP_NAMESPACE_KEY = "csi.storage.k8s.io/volumegroupsnapshot/namespace";
+const GROUP_CONTENT_NAME_KEY = "csi.storage.k8s.io/volumegroupsnapshotcontent/name";
+/** On every snapshot of a group: the group's id, by which Get and Delete find its members. */
+export const GROUP_ID_TAG = "ebs.csi.aws.com/group-snapshot-id";
+/** On every snapshot of a group: the CSI name of the group (CreateVolumeGroupSnapshot's idempotency). */
+export const GROUP_NAME_TAG = "ebs.csi.aws.com/group-snapshot-name";
 
 export interface ParameterDoc {
   readonly key: string;
@@ -621,6 +628,11 @@ const VOLUME_TEMPLATE: TemplateFields = {
   PVCNamespace: PVC_NAMESPACE_KEY,
   PVName: PV_NAME_KEY,
 };
+const GROUP_TEMPLATE: TemplateFields = {
+  VolumeGroupSnapshotName: GROUP_NAME_KEY,
+  VolumeGroupSnapshotNamespace: GROUP_NAMESPACE_KEY,
+  VolumeGroupSnapshotContentName: GROUP_CONTENT_NAME_KEY,
+};
 const SNAPSHOT_TEMPLATE: TemplateFields = {
   VolumeSnapshotName: SNAPSHOT_NAME_KEY,
   VolumeSnapshotNamespace: SNAPSHOT_NAMESPACE_KEY,
@@ -1136,6 +1148,83 @@ export function parseSnapshotParameters(
   return out;
 }
 
+/** VolumeGroupSnapshotClass parameters (CreateVolumeGroupSnapshot). */
+export const GROUP_SNAPSHOT_PARAMETERS: readonly ParameterDoc[] = [
+  {
+    key: `${TAG_SPEC_PREFIX}_<N>`,
+    values: "key=value",
+    default: "",
+    description:
+      "Tag to add to every snapshot of the group. The value may use {{ .VolumeGroupSnapshotName }}, " +
+      "{{ .VolumeGroupSnapshotNamespace }} and {{ .VolumeGroupSnapshotContentName }} (--extra-create-metadata), " +
+      "optionally with | toUpper or | toLower.",
+  },
+  {
+    key: GROUP_NAME_KEY,
+    values: "set by the external-snapshotter",
+    default: "",
+    description: "With --extra-create-metadata; for the templates above.",
+  },
+  {
+    key: GROUP_NAMESPACE_KEY,
+    values: "set by the external-snapshotter",
+    default: "",
+    description: "As above.",
+  },
+  {
+    key: GROUP_CONTENT_NAME_KEY,
+    values: "set by the external-snapshotter",
+    default: "",
+    description: "As above.",
+  },
+];
+
+const GROUP_SNAPSHOT_RULES = keyRules(GROUP_SNAPSHOT_PARAMETERS, {}, [], []);
+
+/** VolumeGroupSnapshotClass parameters -> the tags of every snapshot in the group, all checked first. */
+export function parseGroupSnapshotParameters(
+  parameters: Record<string, string>,
+  request: {
+    name: string;
+    groupId: string;
+    extraTags: Record<string, string>;
+    clusterId?: string | undefined;
+  },
+): { tags: Record<string, string> } {
+  const { values, tagSpecs } = collect(parameters, "parameters", GROUP_SNAPSHOT_RULES);
+  const tags = new Map<string, string>([
+    [MANAGED_TAG, "true"],
+    [GROUP_ID_TAG, request.groupId],
+    [GROUP_NAME_TAG, request.name],
+  ]);
+  if (request.clusterId) {
+    tags.set(`kubernetes.io/cluster/${request.clusterId}`, "owned");
+    tags.set("ebs.csi.aws.com/cluster-name", request.clusterId);
+  }
+  for (const key of Object.keys(request.extraTags).sort()) {
+    const value = request.extraTags[key] ?? "";
+    checkUserTag(`extraTags.${key}`, key, value);
+    tags.set(key, value);
+  }
+  for (const [key, value] of evaluateTagSpecs(
+    tagSpecs,
+    templateProps(values, GROUP_TEMPLATE),
+    GROUP_TEMPLATE,
+  )) {
+    if (key === GROUP_ID_TAG || key === GROUP_NAME_TAG) {
+      throw invalidArgument("parameters", `tag key "${key}" is reserved for the driver`);
+    }
+    tags.set(key, value);
+  }
+  if (tags.size > MAX_TAGS) {
+    throw invalidArgument(
+      "parameters",
+      `each snapshot would carry ${tags.size} tags; EC2 allows ${MAX_TAGS}`,
+    );
+  }
+  return { tags: Object.fromEntries(tags) };
+}
+
 function markdownTable(docs: readonly ParameterDoc[]): string {
   const cell = (s: string) => s.replaceAll("|", "\\|");
   const rows = docs.map(
@@ -1152,3 +1241,6 @@ export const renderModifyParametersMarkdown = (): string => markdownTable(MODIFY
 
 /** VolumeSnapshotClass parameters as Markdown, for the README. */
 export const renderSnapshotParametersMarkdown = (): string => markdownTable(SNAPSHOT_PARAMETERS);
+
+/** VolumeGroupSnapshotClass parameters as Markdown, for the README. */
+export const renderGroupSnapshotParametersMarkdown = (): string => markdownTable(GROUP_SNAPSHOT_PARAMETERS);

@@ -34,7 +34,7 @@ import type { RpcContext } from "../server/rpc.ts";
 import { type Ec2, isCloudError, type Snapshot } from "./cloud.ts";
 import { mapCloudError, VOLUME_ID } from "./errors.ts";
 import { GiB } from "./limits.ts";
-import { parseSnapshotParameters, SNAPSHOT_NAME_TAG } from "./params.ts";
+import { GROUP_ID_TAG, parseSnapshotParameters, SNAPSHOT_NAME_TAG } from "./params.ts";
 
 export const SNAPSHOT_ID = /^snap-[0-9a-f]{8}([0-9a-f]{9})?$/;
 
@@ -271,9 +271,10 @@ export class EbsSnapshots {
   }
 }
 
-type CsiSnapshot = ReturnType<typeof toCsiSnapshot>;
+export type CsiSnapshot = ReturnType<typeof toCsiSnapshot>;
 
-function toCsiSnapshot(s: Snapshot) {
+/** A member of a group snapshot names its group (the tag CreateVolumeGroupSnapshot sets). */
+export function toCsiSnapshot(s: Snapshot, groupSnapshotId = s.tags[GROUP_ID_TAG] ?? "") {
   const ms = s.startTime.getTime();
   return {
     snapshot_id: s.id,
@@ -281,6 +282,6 @@ function toCsiSnapshot(s: Snapshot) {
     size_bytes: s.sizeGiB * GiB,
     creation_time: { seconds: Math.floor(ms / 1000), nanos: (ms % 1000) * 1_000_000 },
     ready_to_use: s.state === "completed",
-    group_snapshot_id: "",
+    group_snapshot_id: groupSnapshotId,
   };
 }

@@ -41,6 +41,7 @@ const READ_ONLY = new Set([
   "ControllerListVolumeHealth",
   "ListSnapshots",
   "GetSnapshot",
+  "GetVolumeGroupSnapshot",
 ]);
 
 /**
@@ -55,6 +56,10 @@ export function inflightKey(method: string, req: Record<string, unknown>): strin
   // One call per snapshot name: EC2 CreateSnapshot has no ClientToken, the name tag stands in.
   if (method === "CreateSnapshot") return text("name") && `snapshot-name/${text("name")}`;
   if (method === "DeleteSnapshot") return text("snapshot_id") && `snapshot/${text("snapshot_id")}`;
+  if (method === "CreateVolumeGroupSnapshot") return text("name") && `group-name/${text("name")}`;
+  if (method === "DeleteVolumeGroupSnapshot") {
+    return text("group_snapshot_id") && `group/${text("group_snapshot_id")}`;
+  }
   const volumeId = text("volume_id");
   if (!volumeId) return undefined;
   if (method === "NodePublishVolume" || method === "NodeUnpublishVolume") {

@@ -8,6 +8,7 @@ import { bindService, type RpcRuntime, type ServiceImpl } from "./rpc.ts";
 export interface CsiServiceImpls {
   identity: ServiceImpl;
   controller?: ServiceImpl;
+  groupController?: ServiceImpl;
   node?: ServiceImpl;
 }
 
@@ -41,6 +42,12 @@ export async function serveCsi(
     server.addService(
       services.Controller.service,
       bindService(services.Controller.service, impls.controller, rt),
+    );
+  }
+  if (impls.groupController) {
+    server.addService(
+      services.GroupController.service,
+      bindService(services.GroupController.service, impls.groupController, rt),
     );
   }
   if (impls.node)

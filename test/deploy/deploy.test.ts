@@ -780,6 +780,7 @@ describe("IAM policies", () => {
     for (const [action, resource] of [
       ["ec2:CreateVolume", ":volume/"],
       ["ec2:CreateSnapshot", ":snapshot/"],
+      ["ec2:CreateSnapshots", ":snapshot/"],
     ] as const) {
       const conditions = conditionsFor(ebs, action, resource);
       expect(conditions.length, action).toBeGreaterThan(0);
@@ -800,7 +801,7 @@ describe("IAM policies", () => {
       conditionsFor(ebs, "ec2:CreateTags").every(
         (c) =>
           c.includes('"ec2:CreateAction":["CreateVolume","CopyVolumes"]') ||
-          c.includes('"ec2:CreateAction":"CreateSnapshot"') ||
+          c.includes('"ec2:CreateAction":["CreateSnapshot","CreateSnapshots"]') ||
           c.includes("ec2:ResourceTag/ebs.csi.aws.com/cluster"),
       ),
     ).toBe(true);

@@ -1,7 +1,7 @@
 import { type Client, credentials, type ServiceError } from "@grpc/grpc-js";
 import { csiServices } from "../../src/csi/proto.ts";
 
-type Service = "Identity" | "Controller" | "Node";
+type Service = "Identity" | "Controller" | "GroupController" | "Node";
 // biome-ignore lint/suspicious/noExplicitAny: responses are plain decoded protobuf objects.
 export type Reply = any;
 
@@ -13,7 +13,12 @@ export class CsiClient {
     const services = csiServices();
     const address = `unix://${socketPath}`;
     const make = (s: Service) => new services[s](address, credentials.createInsecure());
-    this.#clients = { Identity: make("Identity"), Controller: make("Controller"), Node: make("Node") };
+    this.#clients = {
+      Identity: make("Identity"),
+      Controller: make("Controller"),
+      GroupController: make("GroupController"),
+      Node: make("Node"),
+    };
   }
 
   /** Calls `service.method`; rejects with the gRPC ServiceError (code, details) on failure. */

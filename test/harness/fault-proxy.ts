@@ -14,6 +14,7 @@ import {
   type WireResponse,
 } from "./aws-request.ts";
 import { type CopyEmulation, copyVolumes, showSources } from "./copy-volumes.ts";
+import { createSnapshots } from "./create-snapshots.ts";
 import { createIdempotencyMemory } from "./idempotency.ts";
 import { createKeyedSerializer } from "./serialize.ts";
 import {
@@ -163,6 +164,17 @@ export async function startFaultProxy(options: { target: string }): Promise<Faul
     }
     if (call.service === "ec2" && call.action === "EnableFastSnapshotRestores") {
       return enableFastSnapshotRestores(call.params, await regionZones(target, incoming), snapshots);
+    }
+    if (call.service === "ec2" && call.action === "CreateSnapshots") {
+      return createSnapshots(
+        call.params,
+        (query) => askMoto(target, incoming, query),
+        async (volumeId, snapshotId) => {
+          await hooks.onSnapshot?.(volumeId, snapshotId);
+        },
+        snapshots.pendingMs,
+        snapshots.readyAt,
+      );
     }
     if (call.service === "ec2" && call.action === "LockSnapshot") return lockSnapshot(call.params, snapshots);
     if (

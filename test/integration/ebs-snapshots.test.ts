@@ -218,6 +218,72 @@ describe.skipIf(skip !== undefined)("EBS snapshots and restore (driver process, 
     await unmountVolume(source, staging);
   });
 
+  it("a group snapshot of two volumes of one node holds what was written to each; both restore", async () => {
+    const [first, second] = [
+      await createVolume(1, undefined, "xfs"),
+      await createVolume(1, undefined, "xfs"),
+    ];
+    const [stagingA, stagingB] = [await mountVolume(first, "xfs"), await mountVolume(second, "xfs")];
+    // A third volume on the node stays out of the group.
+    const outsider = await createVolume(1, undefined, "xfs");
+    const stagingC = await mountVolume(outsider, "xfs");
+    const [dataA, dataB] = [randomBytes(1024 * 1024), randomBytes(777_777)];
+    await writeFile(join(stagingA, "a.bin"), dataA);
+    await writeFile(join(stagingB, "b.bin"), dataB);
+    execFileSync("sync");
+
+    env.aws.proxy.snapshots.pendingMs = 1500;
+    env.aws.proxy.resetStats();
+    const name = `group-${randomUUID()}`;
+    const request = { name, source_volume_ids: [first, second], parameters: {} };
+    let group = (await env.client.call("GroupController", "CreateVolumeGroupSnapshot", request))
+      .group_snapshot;
+    cleanups.push(() =>
+      env.client.call("GroupController", "DeleteVolumeGroupSnapshot", {
+        group_snapshot_id: group.group_snapshot_id,
+        snapshot_ids: group.snapshots.map((s: { snapshot_id: string }) => s.snapshot_id),
+      }),
+    );
+    expect(group.ready_to_use).toBe(false);
+    // biome-ignore lint/suspicious/noExplicitAny: decoded protobuf reply.
+    expect(group.snapshots.map((s: any) => s.source_volume_id).sort()).toEqual([first, second].sort());
+    expect(env.aws.proxy.stats()["CreateSnapshots"]).toBe(1);
+    for (let i = 0; i < 40 && !group.ready_to_use; i++) {
+      await sleep(250);
+      group = (
+        await env.client.call("GroupController", "GetVolumeGroupSnapshot", {
+          group_snapshot_id: group.group_snapshot_id,
+        })
+      ).group_snapshot;
+    }
+    expect(group.ready_to_use).toBe(true);
+
+    // biome-ignore lint/suspicious/noExplicitAny: decoded protobuf reply.
+    const snapshotOf = (volumeId: string) =>
+      group.snapshots.find((s: any) => s.source_volume_id === volumeId).snapshot_id;
+    const restoredA = await createVolume(1, snapshotOf(first), "xfs");
+    const restoredB = await createVolume(1, snapshotOf(second), "xfs");
+    const [rA, rB] = [await mountVolume(restoredA, "xfs"), await mountVolume(restoredB, "xfs")];
+    expect((await readFile(join(rA, "a.bin"))).equals(dataA)).toBe(true);
+    expect((await readFile(join(rB, "b.bin"))).equals(dataB)).toBe(true);
+    for (const [volumeId, staging] of [
+      [restoredA, rA],
+      [restoredB, rB],
+      [outsider, stagingC],
+      [first, stagingA],
+      [second, stagingB],
+    ] as const) {
+      await unmountVolume(volumeId, staging);
+    }
+
+    // Once the volumes are detached, EC2 can no longer take them together: FAILED_PRECONDITION.
+    const refused = await failure(
+      env.client.call("GroupController", "CreateVolumeGroupSnapshot", { ...request, name: `${name}-2` }),
+    );
+    expect(refused.code).toBe(status.FAILED_PRECONDITION);
+    expect(refused.details).toMatch(/not attached/);
+  });
+
   it("a restore smaller than the snapshot is OUT_OF_RANGE, of an unknown snapshot NOT_FOUND; nothing is created", async () => {
     const source = await createVolume(2);
     const snapshot = await createSnapshot(`snapshot-${randomUUID()}`, source);

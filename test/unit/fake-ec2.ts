@@ -3,6 +3,7 @@ import {
   type CopyDiskInput,
   type CreateDiskInput,
   type CreateSnapshotInput,
+  type CreateSnapshotsInput,
   type Disk,
   type DiskModification,
   type DiskPage,
@@ -68,6 +69,7 @@ export class FakeEc2 implements Ec2 {
       state: "running",
       devices: new Map([["/dev/xvda", "vol-root"]]),
       networkInterfaces: 1,
+      rootDeviceName: "/dev/xvda",
     });
     return id;
   }
@@ -203,6 +205,35 @@ export class FakeEc2 implements Ec2 {
     };
     this.snapshots.set(snapshot.id, snapshot);
     return structuredClone(snapshot);
+  }
+
+  async createSnapshots(input: CreateSnapshotsInput): Promise<Snapshot[]> {
+    this.#count("createSnapshots");
+    const instance = this.instances.get(input.instanceId);
+    if (!instance)
+      throw new CloudError(
+        "NotFound",
+        "InvalidInstanceID.NotFound",
+        `The instance '${input.instanceId}' does not exist`,
+      );
+    const root = instance.rootDeviceName ? instance.devices.get(instance.rootDeviceName) : undefined;
+    const taken: Snapshot[] = [];
+    const startTime = new Date();
+    for (const volumeId of instance.devices.values()) {
+      if (volumeId === root ? input.excludeBootVolume : input.excludeDataVolumeIds.includes(volumeId))
+        continue;
+      const snapshot: Snapshot = {
+        id: this.#id("snap"),
+        volumeId,
+        sizeGiB: this.disks.get(volumeId)?.sizeGiB ?? 8,
+        state: this.newSnapshotState,
+        startTime,
+        tags: { ...input.tags },
+      };
+      this.snapshots.set(snapshot.id, snapshot);
+      taken.push(structuredClone(snapshot));
+    }
+    return taken;
   }
 
   async deleteSnapshot(snapshotId: string): Promise<void> {
