@@ -29,7 +29,11 @@ interface Figures {
   attachMs: number;
   detachMs: number;
   deleteMs: number;
+  /** VOLUMES concurrent CreateSnapshot calls (one per volume), as snapshotters send them. */
+  snapshotMs: number;
   calls: Record<string, number>;
+  /** AWS calls of the snapshot phase alone: first calls, then one readiness poll per snapshot. */
+  snapshotCalls: Record<string, number>;
 }
 
 const capability = { access_mode: { mode: "SINGLE_NODE_WRITER" }, mount: { fs_type: "ext4" } };
@@ -58,6 +62,29 @@ async function round(batching: boolean): Promise<Figures> {
         }),
       ),
     );
+    const before = env.aws.proxy.stats();
+    const snapshot = () =>
+      Promise.all(
+        ids.map(async (volume_id, i) => {
+          const res = await env.client.call("Controller", "CreateSnapshot", {
+            name: `snapshot-bench-${i}`,
+            source_volume_id: volume_id,
+          });
+          return res.snapshot.snapshot_id as string;
+        }),
+      );
+    const [snapshotIds, snapshotMs] = await timed(snapshot);
+    // The snapshotter calls CreateSnapshot again until ready_to_use: one more round of lookups.
+    await snapshot();
+    const after = env.aws.proxy.stats();
+    const snapshotCalls = Object.fromEntries(
+      Object.keys(after)
+        .map((action) => [action, (after[action] ?? 0) - (before[action] ?? 0)] as const)
+        .filter(([, n]) => n > 0),
+    );
+    await Promise.all(
+      snapshotIds.map((snapshot_id) => env.client.call("Controller", "DeleteSnapshot", { snapshot_id })),
+    );
     const attached = ids.slice(0, ATTACHES);
     const publish = (method: string) =>
       Promise.all(
@@ -75,7 +102,16 @@ async function round(batching: boolean): Promise<Figures> {
       Promise.all(ids.map((volume_id) => env.client.call("Controller", "DeleteVolume", { volume_id }))),
     );
     const peakRssMiB = await peakRss(env.driver.child?.pid);
-    return { peakRssMiB, createMs, attachMs, detachMs, deleteMs, calls: env.aws.proxy.stats() };
+    return {
+      peakRssMiB,
+      createMs,
+      attachMs,
+      detachMs,
+      deleteMs,
+      snapshotMs,
+      calls: env.aws.proxy.stats(),
+      snapshotCalls,
+    };
   } finally {
     await env.stop();
   }
@@ -99,7 +135,9 @@ async function measure(batching: boolean): Promise<Figures> {
     attachMs: median(rounds.map((r) => r.attachMs)),
     detachMs: median(rounds.map((r) => r.detachMs)),
     deleteMs: median(rounds.map((r) => r.deleteMs)),
+    snapshotMs: median(rounds.map((r) => r.snapshotMs)),
     calls: rounds[0]!.calls,
+    snapshotCalls: rounds[0]!.snapshotCalls,
   };
 }
 
@@ -127,6 +165,7 @@ async function main(): Promise<void> {
   const rows = [["phase", "baseline ms", "batched ms", "batched/baseline"]];
   for (const [label, key] of [
     [`create ${VOLUMES}`, "createMs"],
+    [`snapshot ${VOLUMES}`, "snapshotMs"],
     [`attach ${ATTACHES}`, "attachMs"],
     [`detach ${ATTACHES}`, "detachMs"],
     [`delete ${VOLUMES}`, "deleteMs"],
@@ -161,6 +200,18 @@ async function main(): Promise<void> {
     ratio(total(ours.calls), total(baseline.calls)),
   ]);
   printTable(callRows);
+
+  const beyondCreates = (c: Record<string, number>) =>
+    Object.entries(c)
+      .filter(([action]) => action !== "CreateSnapshot")
+      .reduce((sum, [, n]) => sum + n, 0);
+  console.log(
+    `\nSnapshots: ${VOLUMES} concurrent CreateSnapshot calls, then one readiness poll each (as the snapshotter does):` +
+      ` EC2 calls besides the ${ours.snapshotCalls["CreateSnapshot"] ?? 0} creates: batched ${beyondCreates(ours.snapshotCalls)}` +
+      ` (${(beyondCreates(ours.snapshotCalls) / VOLUMES).toFixed(2)} per snapshot), baseline ${beyondCreates(baseline.snapshotCalls)}` +
+      ` (${(beyondCreates(baseline.snapshotCalls) / VOLUMES).toFixed(2)} per snapshot); ` +
+      `${JSON.stringify(ours.snapshotCalls)} batched.`,
+  );
 
   console.log("");
   benchGidAllocation();
