@@ -4,6 +4,8 @@
  * behind the fault proxy; the attached disk is a loop device (root only), so the filesystem is
  * real: mkfs, mount, a file written and read, statfs, online growth.
  */
+
+import { execFileSync } from "node:child_process";
 import { createHash } from "node:crypto";
 import { mkdir, readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
@@ -104,6 +106,69 @@ async function main(): Promise<void> {
       console.log(
         `    wrote ${join(target, "hello.txt")}: "${(await readFile(join(target, "hello.txt"), "utf8")).trim()}"`,
       );
+      // Snapshot the volume and restore it into a second one: the file comes back.
+      execFileSync("sync", ["-f", join(target, "hello.txt")]);
+      const snapshot = await call(
+        "Controller",
+        "CreateSnapshot",
+        { name: "snapshot-7d1e-demo", source_volume_id: volumeId },
+        (r) =>
+          `${r.snapshot.snapshot_id} of ${r.snapshot.source_volume_id}, ready: ${r.snapshot.ready_to_use}`,
+      );
+      const snapshotId: string = snapshot.snapshot.snapshot_id;
+      const restored = await call(
+        "Controller",
+        "CreateVolume",
+        {
+          name: "pvc-5a9d-restore-demo",
+          capacity_range: { required_bytes: 2 * GiB },
+          volume_capabilities: [capability],
+          volume_content_source: { snapshot: { snapshot_id: snapshotId } },
+        },
+        (r) => `${r.volume.volume_id} from ${r.volume.content_source.snapshot.snapshot_id}`,
+      );
+      const restoredId: string = restored.volume.volume_id;
+      const restoredPublished = await call(
+        "Controller",
+        "ControllerPublishVolume",
+        { volume_id: restoredId, node_id: env.instanceId, volume_capability: capability },
+        (r) => `attached as ${r.publish_context.devicePath}`,
+      );
+      const restoredStaging = join(
+        env.dir,
+        "plugins/kubernetes.io/csi/ebs.csi.aws.com",
+        sha256(restoredId),
+        "globalmount",
+      );
+      await mkdir(restoredStaging, { recursive: true });
+      await call(
+        "Node",
+        "NodeStageVolume",
+        {
+          volume_id: restoredId,
+          volume_capability: capability,
+          publish_context: restoredPublished.publish_context,
+          staging_target_path: restoredStaging,
+        },
+        () => "mounted, not formatted: it holds the snapshot's filesystem",
+      );
+      console.log(
+        `    restored volume's hello.txt: "${(await readFile(join(restoredStaging, "hello.txt"), "utf8")).trim()}"`,
+      );
+      await call(
+        "Node",
+        "NodeUnstageVolume",
+        { volume_id: restoredId, staging_target_path: restoredStaging },
+        () => "unmounted",
+      );
+      await call(
+        "Controller",
+        "ControllerUnpublishVolume",
+        { volume_id: restoredId, node_id: env.instanceId },
+        () => "detached",
+      );
+      await call("Controller", "DeleteVolume", { volume_id: restoredId }, () => "deleted");
+      await call("Controller", "DeleteSnapshot", { snapshot_id: snapshotId }, () => "deleted");
       const stats = (r: Reply) => {
         const bytes = (r.usage as { unit: string; total: number; used: number }[]).find(
           (u) => u.unit === "BYTES",
