@@ -20,6 +20,7 @@ import { fileURLToPath } from "node:url";
 import { afterAll, describe, expect, it, type TestContext } from "vitest";
 import {
   parseCreateParameters,
+  parseGroupSnapshotParameters,
   parseModifyParameters,
   parseSnapshotParameters,
 } from "../../src/ebs/params.ts";
@@ -380,7 +381,7 @@ describe("examples", () => {
     .sort();
   // Kinds served by CRDs, which the apiserver's built-in validation does not know: checked
   // against their CRD schema's required fields below instead.
-  const CUSTOM_GROUPS = new Set(["snapshot.storage.k8s.io"]);
+  const CUSTOM_GROUPS = new Set(["snapshot.storage.k8s.io", "groupsnapshot.storage.k8s.io"]);
   const groupOf = (o: K8sObject) =>
     String(o.apiVersion).includes("/") ? String(o.apiVersion).split("/")[0] : "";
   const isCustom = (o: K8sObject) => CUSTOM_GROUPS.has(groupOf(o)!);
@@ -437,10 +438,43 @@ describe("examples", () => {
     }
   });
 
+  /** Every claim of the examples, namespace/name to its spec: PVCs and StatefulSets' claim templates. */
+  function claimsOf(all: K8sObject[]): Map<string, { spec: K8sObject; labels: Record<string, string> }> {
+    const claims = new Map<string, { spec: K8sObject; labels: Record<string, string> }>();
+    for (const pvc of all.filter((o) => o.kind === "PersistentVolumeClaim")) {
+      claims.set(`${pvc.metadata.namespace ?? "default"}/${pvc.metadata.name}`, {
+        spec: pvc.spec,
+        labels: pvc.metadata.labels ?? {},
+      });
+    }
+    for (const sts of all.filter((o) => o.kind === "StatefulSet")) {
+      for (const t of sts.spec.volumeClaimTemplates ?? []) {
+        for (let i = 0; i < (sts.spec.replicas ?? 1); i++) {
+          // The StatefulSet controller labels its claims with the pod selector's labels.
+          claims.set(`${sts.metadata.namespace ?? "default"}/${t.metadata.name}-${sts.metadata.name}-${i}`, {
+            spec: t.spec,
+            labels: { ...t.metadata.labels, ...sts.spec.selector?.matchLabels },
+          });
+        }
+      }
+    }
+    return claims;
+  }
+
+  /** Kubernetes quantity to bytes, for the forms PVC requests use (plain, Ki..Ei, k..E). */
+  function bytesOf(quantity: string): number {
+    const m = /^(\d+(?:\.\d+)?)([KMGTPE]i|[kMGTPE])?$/.exec(String(quantity));
+    if (!m) throw new Error(`not a quantity: ${quantity}`);
+    const units = "KMGTPE";
+    const suffix = m[2] ?? "";
+    const power = suffix === "" ? 0 : units.indexOf(suffix[0]!.toUpperCase()) + 1;
+    return Number(m[1]) * (suffix.endsWith("i") ? 1024 : 1000) ** power;
+  }
+
   it("VolumeSnapshotClasses and VolumeSnapshots fit snapshot.storage.k8s.io/v1 and the driver's rules", (ctx) => {
     need(ctx, "validate");
     const all = objects();
-    const custom = all.filter(isCustom);
+    const custom = all.filter((o) => groupOf(o) === "snapshot.storage.k8s.io");
     for (const o of custom) {
       const id = `${o.kind}/${o.metadata?.name}`;
       expect(o.apiVersion, id).toBe("snapshot.storage.k8s.io/v1");
@@ -493,18 +527,7 @@ describe("examples", () => {
     }
 
     // References: class, source claim (a PVC or a StatefulSet's claim template), restored claims.
-    const claims = new Set(
-      all
-        .filter((o) => o.kind === "PersistentVolumeClaim")
-        .map((o) => `${o.metadata.namespace ?? "default"}/${o.metadata.name}`),
-    );
-    for (const sts of all.filter((o) => o.kind === "StatefulSet")) {
-      for (const t of sts.spec.volumeClaimTemplates ?? []) {
-        for (let i = 0; i < (sts.spec.replicas ?? 1); i++) {
-          claims.add(`${sts.metadata.namespace ?? "default"}/${t.metadata.name}-${sts.metadata.name}-${i}`);
-        }
-      }
-    }
+    const claims = new Set(claimsOf(all).keys());
     const classNames = new Set(classes.map((c) => c.metadata.name));
     for (const vs of snapshots) {
       const ns = vs.metadata.namespace ?? "default";
@@ -523,6 +546,135 @@ describe("examples", () => {
     for (const pvc of restores) {
       expect(pvc.spec.dataSource.apiGroup, pvc.metadata.name).toBe("snapshot.storage.k8s.io");
       expect(snapshotNames).toContain(`${pvc.metadata.namespace ?? "default"}/${pvc.spec.dataSource.name}`);
+    }
+  });
+
+  it("VolumeGroupSnapshotClasses and VolumeGroupSnapshots fit groupsnapshot.storage.k8s.io/v1beta2 and the driver's rules", (ctx) => {
+    need(ctx, "validate");
+    const all = objects();
+    const custom = all.filter((o) => groupOf(o) === "groupsnapshot.storage.k8s.io");
+    expect(custom.length).toBeGreaterThan(0);
+    for (const o of custom) {
+      const id = `${o.kind}/${o.metadata?.name}`;
+      // v1beta2: the version external-snapshotter's CRDs store (v1 is served too, converted to it).
+      expect(o.apiVersion, id).toBe("groupsnapshot.storage.k8s.io/v1beta2");
+      expect(["VolumeGroupSnapshotClass", "VolumeGroupSnapshot"], id).toContain(o.kind);
+      expect(o.metadata?.name, id).toMatch(/^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$/);
+    }
+    // The required fields, enums and rules of client/config/crd/groupsnapshot.storage.k8s.io_*.yaml.
+    const classes = custom.filter((o) => o.kind === "VolumeGroupSnapshotClass");
+    expect(classes.length).toBeGreaterThan(0);
+    for (const c of classes) {
+      const id = `VolumeGroupSnapshotClass/${c.metadata.name}`;
+      expect(Object.keys(c), id).toEqual(
+        expect.arrayContaining(["apiVersion", "deletionPolicy", "driver", "kind", "metadata"]),
+      );
+      for (const key of Object.keys(c)) {
+        expect(["apiVersion", "kind", "metadata", "driver", "deletionPolicy", "parameters"], id).toContain(
+          key,
+        );
+      }
+      expect(c.metadata.namespace, `${id} is cluster-scoped`).toBeUndefined();
+      expect(typeof c.driver, id).toBe("string");
+      expect(["Delete", "Retain"], id).toContain(c.deletionPolicy);
+      for (const value of Object.values(c.parameters ?? {})) expect(typeof value, id).toBe("string");
+    }
+    const groups = custom.filter((o) => o.kind === "VolumeGroupSnapshot");
+    expect(groups.length).toBeGreaterThan(0);
+    for (const g of groups) {
+      const id = `VolumeGroupSnapshot/${g.metadata.name}`;
+      expect(Object.keys(g).sort(), id).toEqual(["apiVersion", "kind", "metadata", "spec"]);
+      for (const key of Object.keys(g.spec))
+        expect(["source", "volumeGroupSnapshotClassName"], id).toContain(key);
+      const source = g.spec.source ?? {};
+      expect(
+        Object.keys(source),
+        `${id}: exactly one of selector and volumeGroupSnapshotContentName`,
+      ).toHaveLength(1);
+      expect(["selector", "volumeGroupSnapshotContentName"], id).toContain(Object.keys(source)[0]);
+      if (g.spec.volumeGroupSnapshotClassName !== undefined) {
+        expect(g.spec.volumeGroupSnapshotClassName, id).not.toBe("");
+      }
+    }
+
+    // EBS classes: the parameters the driver gets, with what --extra-create-metadata adds; templates render.
+    const ebsClasses = classes.filter((c) => c.driver === "ebs.csi.aws.com");
+    expect(ebsClasses.length).toBeGreaterThan(0);
+    for (const c of ebsClasses) {
+      const id = `VolumeGroupSnapshotClass/${c.metadata.name}`;
+      const parameters = {
+        ...c.parameters,
+        "csi.storage.k8s.io/volumegroupsnapshot/name": "nightly",
+        "csi.storage.k8s.io/volumegroupsnapshot/namespace": "shop",
+        "csi.storage.k8s.io/volumegroupsnapshotcontent/name": "groupsnapcontent-0b4c0c1e",
+      };
+      let tags: Record<string, string> = {};
+      expect(() => {
+        tags = parseGroupSnapshotParameters(parameters, {
+          name: "x",
+          groupId: "groupsnap-0",
+          extraTags: {},
+        }).tags;
+      }, id).not.toThrow();
+      for (const value of Object.values(tags)) expect(value, id).not.toContain("{{");
+      const rendered = Object.values(tags);
+      if (JSON.stringify(c.parameters ?? {}).includes(".VolumeGroupSnapshotNamespace")) {
+        expect(rendered, id).toContain("shop");
+      }
+      if (JSON.stringify(c.parameters ?? {}).includes(".VolumeGroupSnapshotName")) {
+        expect(rendered, id).toContain("nightly");
+      }
+    }
+
+    // References: the class exists; the selector matches claims of the group's namespace, all EBS.
+    const classNames = new Set(classes.map((c) => c.metadata.name));
+    const claims = claimsOf(all);
+    const ebsStorageClasses = new Set(
+      all
+        .filter((o) => o.kind === "StorageClass" && o.provisioner === "ebs.csi.aws.com")
+        .map((o) => o.metadata.name),
+    );
+    for (const g of groups) {
+      const id = `VolumeGroupSnapshot/${g.metadata.name}`;
+      const ns = g.metadata.namespace ?? "default";
+      if (g.spec.volumeGroupSnapshotClassName) {
+        expect(classNames, id).toContain(g.spec.volumeGroupSnapshotClassName);
+      }
+      const selector = g.spec.source.selector;
+      if (!selector) continue;
+      expect(Object.keys(selector), `${id}: matchLabels only`).toEqual(["matchLabels"]);
+      const wanted = Object.entries(selector.matchLabels as Record<string, string>);
+      expect(wanted.length, id).toBeGreaterThan(0);
+      const members = [...claims].filter(
+        ([key, { labels }]) => key.startsWith(`${ns}/`) && wanted.every(([k, v]) => labels[k] === v),
+      );
+      expect(members.length, `${id}: selects at least two claims`).toBeGreaterThanOrEqual(2);
+      for (const [key, { spec }] of members)
+        expect(ebsStorageClasses, `${id}: ${key}`).toContain(spec.storageClassName);
+    }
+  });
+
+  it("PVC clones name a claim of the examples, in its namespace and StorageClass, at least its size", (ctx) => {
+    need(ctx, "validate");
+    const all = objects();
+    const claims = claimsOf(all);
+    const clones = all.filter(
+      (o) => o.kind === "PersistentVolumeClaim" && o.spec.dataSource?.kind === "PersistentVolumeClaim",
+    );
+    expect(clones.length).toBeGreaterThan(0);
+    for (const pvc of clones) {
+      const ns = pvc.metadata.namespace ?? "default";
+      const id = `PersistentVolumeClaim/${ns}/${pvc.metadata.name}`;
+      // The core group: no apiGroup, or an empty one.
+      expect(pvc.spec.dataSource.apiGroup ?? "", id).toBe("");
+      const source = claims.get(`${ns}/${pvc.spec.dataSource.name}`);
+      expect(source, `${id}: no claim ${ns}/${pvc.spec.dataSource.name} in the examples`).toBeDefined();
+      expect(pvc.spec.storageClassName, id).toBe(source!.spec.storageClassName);
+      expect(
+        bytesOf(pvc.spec.resources.requests.storage),
+        `${id}: smaller than its source`,
+      ).toBeGreaterThanOrEqual(bytesOf(source!.spec.resources.requests.storage));
+      if (pvc.spec.dataSourceRef) expect(pvc.spec.dataSourceRef.name, id).toBe(pvc.spec.dataSource.name);
     }
   });
 

@@ -11,7 +11,7 @@
 import { join } from "node:path";
 import { ACCESS_MODES } from "../../src/csi/validate.ts";
 
-export type Service = "Identity" | "Controller" | "Node";
+export type Service = "Identity" | "Controller" | "GroupController" | "Node";
 
 export interface FuzzCall {
   service: Service;
@@ -58,6 +58,14 @@ export const RPCS: Record<Service, readonly string[]> = {
     "ControllerExpandVolume",
     "ControllerGetVolume",
     "ControllerModifyVolume",
+    "ControllerGetVolumeHealth",
+    "ControllerListVolumeHealth",
+  ],
+  GroupController: [
+    "GroupControllerGetCapabilities",
+    "CreateVolumeGroupSnapshot",
+    "DeleteVolumeGroupSnapshot",
+    "GetVolumeGroupSnapshot",
   ],
   Node: [
     "NodeStageVolume",
@@ -68,6 +76,8 @@ export const RPCS: Record<Service, readonly string[]> = {
     "NodeExpandVolume",
     "NodeGetCapabilities",
     "NodeGetInfo",
+    "NodeGetVolumeHealth",
+    "NodeGetStorageHealth",
   ],
 };
 
@@ -361,6 +371,10 @@ class Fields {
       () => `i-${rng.hex(rng.int(1, 30))}`,
       () => this.string(),
     );
+  }
+
+  groupSnapshotId(): string {
+    return this.ok() || this.rng.chance(0.5) ? `groupsnap-${this.rng.hex(32)}` : this.string();
   }
 
   snapshotId(): string {
@@ -725,6 +739,35 @@ const BUILDERS: Record<string, (f: Fields) => Record<string, unknown>> = {
     volume_context: f.anyMap(),
   }),
   NodeUnpublishVolume: (f) => ({ volume_id: f.volumeId(), target_path: f.path() }),
+  NodeGetVolumeHealth: (f) => ({
+    volume_id: f.volumeId(),
+    volume_publish_path: f.maybePath(),
+    staging_target_path: f.maybePath(),
+  }),
+  NodeGetStorageHealth: () => ({}),
+  ControllerGetVolumeHealth: (f) => ({ volume_id: f.volumeId(), secrets: f.secrets() }),
+  ControllerListVolumeHealth: (f) => ({
+    max_entries: f.rng.pick([0, 1, -1, 2 ** 31 - 1]),
+    starting_token: f.rng.chance(0.5) ? "" : f.string(),
+    secrets: f.secrets(),
+  }),
+  GroupControllerGetCapabilities: () => ({}),
+  CreateVolumeGroupSnapshot: (f) => ({
+    name: f.name(),
+    source_volume_ids: Array.from({ length: f.rng.int(0, 4) }, () => f.volumeId()),
+    secrets: f.secrets(),
+    parameters: f.anyMap(),
+  }),
+  DeleteVolumeGroupSnapshot: (f) => ({
+    group_snapshot_id: f.groupSnapshotId(),
+    snapshot_ids: Array.from({ length: f.rng.int(0, 3) }, () => f.snapshotId()),
+    secrets: f.secrets(),
+  }),
+  GetVolumeGroupSnapshot: (f) => ({
+    group_snapshot_id: f.groupSnapshotId(),
+    snapshot_ids: Array.from({ length: f.rng.int(0, 3) }, () => f.snapshotId()),
+    secrets: f.secrets(),
+  }),
   NodeGetVolumeStats: (f) => ({
     volume_id: f.volumeId(),
     volume_path: f.path(),
