@@ -145,7 +145,7 @@ export class EbsController {
     this.#ec2 = ec2;
     this.#log = log;
     this.#options = { ...DEFAULT_CONTROLLER_OPTIONS, ...options };
-    this.#snapshots = new EbsSnapshots(ec2, log, {
+    this.#snapshots = new EbsSnapshots(ec2, {
       extraTags: this.#options.extraTags,
       clusterId: this.#options.clusterId,
     });

@@ -33,7 +33,7 @@ export async function createEbsDriver({ options, log, metrics }: DriverDeps): Pr
   let controller: ServiceImpl | undefined;
   let groupController: ServiceImpl | undefined;
   if (options.mode !== "node") {
-    groupController = new EbsGroupSnapshots(ec2, log.child({ service: "group-controller" }), {
+    groupController = new EbsGroupSnapshots(ec2, {
       extraTags: options.extraTags,
       clusterId: options.clusterId,
     });

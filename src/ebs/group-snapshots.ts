@@ -19,12 +19,11 @@ import type {
   GetVolumeGroupSnapshotRequest,
 } from "../csi/types.ts";
 import { checkMap, requireString } from "../csi/validate.ts";
-import type { Logger } from "../log.ts";
 import type { RpcContext } from "../server/rpc.ts";
 import { type Disk, type Ec2, isCloudError, type Snapshot } from "./cloud.ts";
 import { mapCloudError, VOLUME_ID } from "./errors.ts";
 import { GROUP_ID_TAG, parseGroupSnapshotParameters } from "./params.ts";
-import { type CsiSnapshot, type SnapshotOptions, toCsiSnapshot } from "./snapshots.ts";
+import { type CsiSnapshot, deleteSnapshotQuietly, type SnapshotOptions, toCsiSnapshot } from "./snapshots.ts";
 
 /** A group snapshot id: the driver's prefix and a hash of the group's CSI name. */
 export const GROUP_SNAPSHOT_ID = /^groupsnap-[0-9a-f]{32}$/;
@@ -43,12 +42,10 @@ interface CsiGroupSnapshot {
 
 export class EbsGroupSnapshots {
   readonly #ec2: Ec2;
-  readonly #log: Logger;
   readonly #options: SnapshotOptions;
 
-  constructor(ec2: Ec2, log: Logger, options: SnapshotOptions) {
+  constructor(ec2: Ec2, options: SnapshotOptions) {
     this.#ec2 = ec2;
-    this.#log = log;
     this.#options = options;
   }
 
@@ -130,7 +127,7 @@ export class EbsGroupSnapshots {
     const extra = snapshots.filter((s) => !seen.has(s.volumeId));
     if (missing.length > 0 || extra.length > 0) {
       // The instance changed between the look and the call: a group that is not the one asked for is undone.
-      for (const s of snapshots) await this.#deleteQuietly(s.id, ctx.log);
+      for (const s of snapshots) await deleteSnapshotQuietly(this.#ec2, s.id, ctx.log);
       throw failedPrecondition(
         `source_volume_ids: the attachments of instance ${instanceId} changed while the group was taken; try again`,
       );
@@ -220,23 +217,10 @@ export class EbsGroupSnapshots {
   async #unlessFailed(groupId: string, members: Snapshot[], ctx: RpcContext): Promise<CsiGroupSnapshot> {
     const failed = members.filter((s) => s.state === "error");
     if (failed.length === 0) return toGroup(groupId, members);
-    for (const s of members) await this.#deleteQuietly(s.id, ctx.log);
+    for (const s of members) await deleteSnapshotQuietly(this.#ec2, s.id, ctx.log);
     throw internal(
       `group snapshot ${groupId}: EC2 failed ${failed.map((s) => `${s.id} of ${s.volumeId}`).join(", ")}; the group was deleted, a retry takes a new one`,
     );
-  }
-
-  async #deleteQuietly(snapshotId: string, log: Logger): Promise<void> {
-    try {
-      await this.#ec2.deleteSnapshot(snapshotId);
-    } catch (err) {
-      if (!isCloudError(err, "NotFound")) {
-        log.error(
-          { snapshotId, err: (err as Error).message },
-          "could not delete a snapshot that must not stay: delete it by hand",
-        );
-      }
-    }
   }
 }
 

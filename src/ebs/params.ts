@@ -717,6 +717,15 @@ function checkUserTag(field: string, key: string, value: string): void {
   }
 }
 
+/** --extra-tags, checked by the rules for tags a user adds, in key order. */
+function addExtraTags(tags: Map<string, string>, extraTags: Record<string, string>): void {
+  for (const key of Object.keys(extraTags).sort()) {
+    const value = extraTags[key] ?? "";
+    checkUserTag(`extraTags.${key}`, key, value);
+    tags.set(key, value);
+  }
+}
+
 /** tagSpecification_N = "key=value" -> tags; two of them may not give one key different values. */
 function evaluateTagSpecs(
   specs: readonly Param[],
@@ -873,11 +882,7 @@ function createTags(
     tags.set("KubernetesCluster", request.clusterId);
     tags.set("Name", `${request.clusterId}-dynamic-${request.name}`);
   }
-  for (const key of Object.keys(request.extraTags).sort()) {
-    const value = request.extraTags[key] ?? "";
-    checkUserTag(`extraTags.${key}`, key, value);
-    tags.set(key, value);
-  }
+  addExtraTags(tags, request.extraTags);
   const props = templateProps(values, VOLUME_TEMPLATE);
   // The VolumeAttributesClass's tags win over the StorageClass's.
   for (const specs of [tagSpecs, mutableTagSpecs]) {
@@ -1107,11 +1112,7 @@ export function parseSnapshotParameters(
     tags.set("Name", `${request.clusterId}-dynamic-${request.name}`);
     tags.set("ebs.csi.aws.com/cluster-name", request.clusterId);
   }
-  for (const key of Object.keys(request.extraTags).sort()) {
-    const value = request.extraTags[key] ?? "";
-    checkUserTag(`extraTags.${key}`, key, value);
-    tags.set(key, value);
-  }
+  addExtraTags(tags, request.extraTags);
   for (const [key, value] of evaluateTagSpecs(
     tagSpecs,
     templateProps(values, SNAPSHOT_TEMPLATE),
@@ -1201,11 +1202,7 @@ export function parseGroupSnapshotParameters(
     tags.set(`kubernetes.io/cluster/${request.clusterId}`, "owned");
     tags.set("ebs.csi.aws.com/cluster-name", request.clusterId);
   }
-  for (const key of Object.keys(request.extraTags).sort()) {
-    const value = request.extraTags[key] ?? "";
-    checkUserTag(`extraTags.${key}`, key, value);
-    tags.set(key, value);
-  }
+  addExtraTags(tags, request.extraTags);
   for (const [key, value] of evaluateTagSpecs(
     tagSpecs,
     templateProps(values, GROUP_TEMPLATE),

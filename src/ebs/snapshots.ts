@@ -51,12 +51,10 @@ const THROTTLE_PAUSE_MS = 500;
 
 export class EbsSnapshots {
   readonly #ec2: Ec2;
-  readonly #log: Logger;
   readonly #options: SnapshotOptions;
 
-  constructor(ec2: Ec2, log: Logger, options: SnapshotOptions) {
+  constructor(ec2: Ec2, options: SnapshotOptions) {
     this.#ec2 = ec2;
-    this.#log = log;
     this.#options = options;
   }
 
@@ -94,7 +92,7 @@ export class EbsSnapshots {
       if (parsed.lock) await this.#ec2.lockSnapshot(snapshot.id, parsed.lock);
     } catch (err) {
       const what = parsed.lock ? "fast snapshot restore or the lock" : "fast snapshot restore";
-      await this.#deleteQuietly(snapshot.id, ctx.log);
+      await deleteSnapshotQuietly(this.#ec2, snapshot.id, ctx.log);
       mapCloudError(err, `snapshot ${snapshot.id} for "${name}": ${what} failed, the snapshot was deleted`);
     }
     return { snapshot: toCsiSnapshot(snapshot) };
@@ -200,7 +198,7 @@ export class EbsSnapshots {
    */
   async #unlessFailed(snapshot: Snapshot, ctx: RpcContext): Promise<Snapshot> {
     if (snapshot.state !== "error") return snapshot;
-    await this.#deleteQuietly(snapshot.id, ctx.log);
+    await deleteSnapshotQuietly(this.#ec2, snapshot.id, ctx.log);
     throw internal(
       `snapshot ${snapshot.id} of volume ${snapshot.volumeId} failed in EC2` +
         `${snapshot.stateMessage ? ` (${snapshot.stateMessage})` : ""}; it was deleted, a retry takes a new one`,
@@ -256,17 +254,18 @@ export class EbsSnapshots {
       );
     }
   }
+}
 
-  async #deleteQuietly(snapshotId: string, log: Logger): Promise<void> {
-    try {
-      await this.#ec2.deleteSnapshot(snapshotId);
-    } catch (err) {
-      if (!isCloudError(err, "NotFound")) {
-        log.error(
-          { snapshotId, err: (err as Error).message },
-          "could not delete a snapshot that must not stay: delete it by hand",
-        );
-      }
+/** Deletes a snapshot that must not stay (half made, or failed in EC2); a failure is logged for a person. */
+export async function deleteSnapshotQuietly(ec2: Ec2, snapshotId: string, log: Logger): Promise<void> {
+  try {
+    await ec2.deleteSnapshot(snapshotId);
+  } catch (err) {
+    if (!isCloudError(err, "NotFound")) {
+      log.error(
+        { snapshotId, err: (err as Error).message },
+        "could not delete a snapshot that must not stay: delete it by hand",
+      );
     }
   }
 }

@@ -21,7 +21,6 @@ const capability = (fsType: string) => ({
   access_mode: { mode: "SINGLE_NODE_WRITER" },
   mount: { fs_type: fsType, mount_flags: [] },
 });
-const mountCap = capability("ext4");
 
 /** Growing a mounted ext4 (EXT4_IOC_RESIZE_FS) needs CAP_SYS_RESOURCE (bit 24), even for root. */
 function canGrowExt4Online(): boolean {
@@ -258,9 +257,8 @@ describe.skipIf(skip !== undefined)("EBS snapshots and restore (driver process, 
     }
     expect(group.ready_to_use).toBe(true);
 
-    // biome-ignore lint/suspicious/noExplicitAny: decoded protobuf reply.
-    const snapshotOf = (volumeId: string) =>
-      group.snapshots.find((s: any) => s.source_volume_id === volumeId).snapshot_id;
+    const snapshotOf = (volumeId: string): string =>
+      group.snapshots.find((s: { source_volume_id: string }) => s.source_volume_id === volumeId).snapshot_id;
     const restoredA = await createVolume(1, snapshotOf(first), "xfs");
     const restoredB = await createVolume(1, snapshotOf(second), "xfs");
     const [rA, rB] = [await mountVolume(restoredA, "xfs"), await mountVolume(restoredB, "xfs")];

@@ -43,7 +43,7 @@ const create = (name: string, ids: string[], parameters: Record<string, string> 
 
 beforeEach(() => {
   ec2 = new FakeEc2();
-  groups = new EbsGroupSnapshots(ec2, log, { extraTags: {}, clusterId: undefined });
+  groups = new EbsGroupSnapshots(ec2, { extraTags: {}, clusterId: undefined });
   node = ec2.addInstance();
 });
 

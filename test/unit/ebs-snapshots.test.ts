@@ -19,7 +19,7 @@ let volumeId: string;
 
 beforeEach(async () => {
   ec2 = new FakeEc2();
-  snapshots = new EbsSnapshots(ec2, log, { extraTags: { team: "storage" }, clusterId: "prod" });
+  snapshots = new EbsSnapshots(ec2, { extraTags: { team: "storage" }, clusterId: "prod" });
   const disk = await ec2.createVolume({
     clientToken: "t",
     zone: "us-east-1a",
