@@ -159,8 +159,11 @@ export async function startFaultProxy(options: { target: string }): Promise<Faul
       return describeVolumeStatus(call.params, volumeStatuses, (query) => askMoto(target, incoming, query));
     }
     if (call.service === "ec2" && call.action === "DescribeSnapshots") {
-      const answer = await forward(target, incoming);
-      return showPending(call.params.has("Owner.1") ? onlyOwners(answer, call.params) : answer, snapshots);
+      if (!call.params.has("Owner.1")) return showPending(await forward(target, incoming), snapshots);
+      // Filtered by moto itself (owner-id), not after it: its answer with every built-in AMI
+      // snapshot is megabytes, and ListSnapshots asks for it on every call.
+      const body = Buffer.from(ownersAsFilter(call.params).toString());
+      return showPending(onlyOwners(await forward(target, { ...incoming, body }), call.params), snapshots);
     }
     if (call.service === "ec2" && call.action === "EnableFastSnapshotRestores") {
       return enableFastSnapshotRestores(call.params, await regionZones(target, incoming), snapshots);
@@ -383,6 +386,23 @@ function showEfsStates(action: string, response: WireResponse, states: Map<strin
 
 /** The account moto gives the fake credentials: what EC2 means by owner "self". */
 const MOTO_ACCOUNT = "123456789012";
+
+/** Owner.N (which moto ignores) as the filter owner-id (which it applies), "self" as moto's account. */
+function ownersAsFilter(params: URLSearchParams): URLSearchParams {
+  const out = new URLSearchParams();
+  const owners: string[] = [];
+  for (const [name, value] of params) {
+    if (/^Owner\.\d+$/.test(name)) owners.push(value === "self" ? MOTO_ACCOUNT : value);
+    else out.append(name, value);
+  }
+  let n = 1;
+  while (out.has(`Filter.${n}.Name`)) n++;
+  out.set(`Filter.${n}.Name`, "owner-id");
+  owners.forEach((owner, i) => {
+    out.set(`Filter.${n}.Value.${i + 1}`, owner);
+  });
+  return out;
+}
 
 /**
  * DescribeSnapshots with OwnerIds: moto ignores them and answers every snapshot it holds, among
