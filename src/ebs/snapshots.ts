@@ -83,8 +83,10 @@ export class EbsSnapshots {
 
     const snapshot = await this.#create(name, sourceVolumeId, parsed.tags, parsed.outpostArn, ctx);
     ctx.log.info({ name, snapshotId: snapshot.id, volumeId: sourceVolumeId }, "created snapshot");
-    // Fast restore and the lock are part of what was asked: without them the snapshot is deleted
-    // again, so that no half-made snapshot is left for a retry to find and answer as done.
+    // Fast restore and the lock are part of what was asked: when EC2 refuses them the snapshot is
+    // deleted again, and the caller's retry starts over. (A crash between the create and these
+    // calls leaves a snapshot without them that a retry answers as is, as the official driver
+    // does: re-applying them on every readiness poll would cost two EC2 calls a poll.)
     try {
       if (parsed.fastRestoreZones.length > 0) {
         await this.#ec2.enableFastSnapshotRestores(snapshot.id, parsed.fastRestoreZones);
