@@ -39,6 +39,7 @@ import {
   requirePath,
   requireString,
 } from "../csi/validate.ts";
+import { requestedMounts, volumeHealthReply } from "../csi/volume-health.ts";
 import {
   deviceSizeBytes,
   FormatRefusedError,
@@ -363,20 +364,11 @@ export class EbsNode {
    */
   async NodeGetVolumeHealth(req: NodeGetVolumeHealthRequest): Promise<NodeGetVolumeHealthResponse> {
     const volumeId = requireString(req.volume_id, "volume_id");
-    const answer = (issues: HealthIssue[]) => ({
-      volume_health: { volume_id: volumeId, health_statuses: issues },
-    });
+    const answer = (issues: HealthIssue[]) => volumeHealthReply(volumeId, issues);
     if (!VOLUME_ID.test(volumeId)) throw notFound(`volume_id ${volumeId}: not an EBS volume id`);
-    for (const [field, value] of [
-      ["volume_publish_path", req.volume_publish_path],
-      ["staging_target_path", req.staging_target_path],
-    ] as const) {
-      if (value === "") continue;
-      const given = requireString(value, field, MAX_PATH_BYTES);
-      const confined = await this.#o.kubeletDirs.confine(given);
-      if (!confined.ok) throw notFound(`${field} ${given}: volume ${volumeId} is not mounted there`);
+    for await (const { given, mounts } of requestedMounts(req, this.#o.kubeletDirs, volumeId)) {
       // Not mounted (yet, or any more): the other path or the device may still tell.
-      if ((await findMountsAt(confined.path)).length === 0) continue;
+      if (mounts.length === 0) continue;
       const { path: volumePath, mount, device } = await this.#findPublished(volumeId, given);
       return answer(await this.#healthAt(volumeId, volumePath, mount, device));
     }

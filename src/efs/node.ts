@@ -41,6 +41,7 @@ import {
   requirePath,
   requireString,
 } from "../csi/validate.ts";
+import { requestedMounts, volumeHealthReply } from "../csi/volume-health.ts";
 import { type FsStats, fsStats } from "../host/blockdev.ts";
 import { bounded } from "../host/bounded.ts";
 import { CommandError, run } from "../host/exec.ts";
@@ -291,19 +292,9 @@ export class EfsNode {
     const volumeId = requireString(req.volume_id, "volume_id");
     const handle = tryParseVolumeHandle(volumeId);
     if (!handle) throw notFound(`volume ${volumeId} does not exist: it is not an EFS volume handle`);
-    const answer = (issues: HealthIssue[]) => ({
-      volume_health: { volume_id: volumeId, health_statuses: issues },
-    });
-    for (const [field, value] of [
-      ["volume_publish_path", req.volume_publish_path],
-      ["staging_target_path", req.staging_target_path],
-    ] as const) {
-      if (value === "") continue;
-      const given = requireString(value, field, MAX_PATH_BYTES);
-      // Outside the kubelet directory nothing of ours is mounted, and nothing there is looked at.
-      const confined = await this.#o.kubeletDirs.confine(given);
-      if (!confined.ok) throw notFound(`${field} ${given}: volume ${volumeId} is not published there`);
-      const entry = (await findMountsAt(confined.path)).at(-1);
+    const answer = (issues: HealthIssue[]) => volumeHealthReply(volumeId, issues);
+    for await (const { mounts } of requestedMounts(req, this.#o.kubeletDirs, volumeId)) {
+      const entry = mounts.at(-1);
       if (entry) return answer(await this.#probeHealth(entry));
     }
     for (const entry of await listMounts()) {

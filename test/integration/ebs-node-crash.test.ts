@@ -1,7 +1,3 @@
-// The node plugin killed with SIGKILL between kubelet's calls (a crash, an OOM kill, a DaemonSet
-// update): it keeps no state of its own, so after the restart it must find everything it did
-// before in the mount table and carry on where kubelet's retries take it.
-import { execFileSync, spawnSync } from "node:child_process";
 import { createHash, randomUUID } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { mkdir, readFile, realpath, stat, writeFile } from "node:fs/promises";
@@ -9,24 +5,12 @@ import { join } from "node:path";
 import { type ServiceError, status } from "@grpc/grpc-js";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { type EbsEnv, startEbsEnv } from "../harness/ebs-env.ts";
+import { loopDeviceSkipReason } from "../harness/host-support.ts";
 
 const GiB = 1024 ** 3;
 const DRIVER_NAME = "ebs.csi.aws.com";
 
-function skipReason(): string | undefined {
-  if (process.getuid?.() !== 0) return "needs root for loop devices and mounts";
-  for (const cmd of ["losetup", "blkid", "blockdev", "mkfs.ext4"]) {
-    if (spawnSync(cmd, ["-V"], { stdio: "ignore" }).error) return `${cmd} is not installed`;
-  }
-  try {
-    execFileSync("losetup", ["--find"], { stdio: "ignore", timeout: 10_000 });
-  } catch {
-    return "no loop device can be set up here (losetup --find failed)";
-  }
-  return undefined;
-}
-
-const skip = skipReason();
+const skip = loopDeviceSkipReason(["blkid", "blockdev", "mkfs.ext4"]);
 if (skip) console.warn(`[test/integration/ebs-node-crash.test.ts] SKIPPED: ${skip}`);
 
 /** Mount points at or below dir, from /proc/self/mountinfo (our paths hold no escaped characters). */

@@ -9,6 +9,7 @@ import { basename, join } from "node:path";
 import { type ServiceError, status } from "@grpc/grpc-js";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { type EbsEnv, startEbsEnv } from "../harness/ebs-env.ts";
+import { canGrowExt4Online, loopDeviceSkipReason } from "../harness/host-support.ts";
 
 const GiB = 1024 ** 3;
 const MiB = 1024 ** 2;
@@ -16,26 +17,7 @@ const DRIVER_NAME = "ebs.csi.aws.com";
 /** A well-formed EBS volume id that no fake AWS ever hands out. */
 const UNKNOWN_VOLUME = "vol-0123456789abcdef0";
 
-function skipReason(): string | undefined {
-  if (process.getuid?.() !== 0) return "needs root for loop devices and mounts";
-  for (const cmd of ["losetup", "blkid", "blockdev", "mkfs.ext4", "mkfs.xfs", "xfs_growfs", "resize2fs"]) {
-    if (spawnSync(cmd, ["-V"], { stdio: "ignore" }).error) return `${cmd} is not installed`;
-  }
-  try {
-    execFileSync("losetup", ["--find"], { stdio: "ignore", timeout: 10_000 });
-  } catch {
-    return "no loop device can be set up here (losetup --find failed)";
-  }
-  return undefined;
-}
-
-/** Growing a mounted ext4 (EXT4_IOC_RESIZE_FS) needs CAP_SYS_RESOURCE (bit 24), even for root. */
-function canGrowExt4Online(): boolean {
-  const hex = /^CapBnd:\s*([0-9a-f]+)/m.exec(readFileSync("/proc/self/status", "utf8"))?.[1];
-  return hex !== undefined && (BigInt(`0x${hex}`) & (1n << 24n)) !== 0n;
-}
-
-const skip = skipReason();
+const skip = loopDeviceSkipReason(["blkid", "blockdev", "mkfs.ext4", "mkfs.xfs", "xfs_growfs", "resize2fs"]);
 if (skip) console.warn(`[test/integration/ebs-node.test.ts] SKIPPED: ${skip}`);
 
 // --- what the host shows, read independently of the driver's own helpers ---

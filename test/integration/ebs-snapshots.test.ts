@@ -3,9 +3,8 @@
 // the simulated disk, a restore starts from that copy, so the bytes a pod wrote are the bytes the
 // restored volume shows. The proxy keeps snapshots pending for a while, as EC2 does, and can lose
 // CreateSnapshot's answer after EC2 made the snapshot.
-import { execFileSync, spawnSync } from "node:child_process";
+import { execFileSync } from "node:child_process";
 import { createHash, randomBytes, randomUUID } from "node:crypto";
-import { readFileSync } from "node:fs";
 import { mkdir, readFile, realpath, statfs, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
@@ -14,6 +13,7 @@ import { type ServiceError, status } from "@grpc/grpc-js";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { type EbsEnv, startEbsEnv } from "../harness/ebs-env.ts";
 import { defaultFaults } from "../harness/fault-proxy.ts";
+import { canGrowExt4Online, loopDeviceSkipReason } from "../harness/host-support.ts";
 
 const GiB = 1024 ** 3;
 const DRIVER_NAME = "ebs.csi.aws.com";
@@ -22,25 +22,7 @@ const capability = (fsType: string) => ({
   mount: { fs_type: fsType, mount_flags: [] },
 });
 
-/** Growing a mounted ext4 (EXT4_IOC_RESIZE_FS) needs CAP_SYS_RESOURCE (bit 24), even for root. */
-function canGrowExt4Online(): boolean {
-  const hex = /^CapBnd:\s*([0-9a-f]+)/m.exec(readFileSync("/proc/self/status", "utf8"))?.[1];
-  return hex !== undefined && (BigInt(`0x${hex}`) & (1n << 24n)) !== 0n;
-}
-
-function skipReason(): string | undefined {
-  if (process.getuid?.() !== 0) return "needs root for loop devices and mounts";
-  for (const cmd of ["losetup", "mkfs.ext4", "resize2fs", "mkfs.xfs", "xfs_growfs", "cp"]) {
-    if (spawnSync(cmd, ["--version"], { stdio: "ignore" }).error) return `${cmd} is not installed`;
-  }
-  try {
-    execFileSync("losetup", ["--find"], { stdio: "ignore", timeout: 10_000 });
-  } catch {
-    return "no loop device can be set up here (losetup --find failed)";
-  }
-  return undefined;
-}
-const skip = skipReason();
+const skip = loopDeviceSkipReason(["mkfs.ext4", "resize2fs", "mkfs.xfs", "xfs_growfs", "cp"]);
 if (skip) console.warn(`[test/integration/ebs-snapshots.test.ts] SKIPPED: ${skip}`);
 
 describe.skipIf(skip !== undefined)("EBS snapshots and restore (driver process, loop devices)", () => {

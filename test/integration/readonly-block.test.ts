@@ -23,6 +23,7 @@ import {
   releaseReadOnlyDevice,
   releaseUnusedReadOnlyDevices,
 } from "../../src/host/readonly-block.ts";
+import { loopDeviceSkipReason } from "../harness/host-support.ts";
 
 // Real loop devices and mounts. An "EBS disk" is a read-write loop device over a sparse file, as
 // in the attach simulation; everything attached over files under this test's root is detached
@@ -31,24 +32,7 @@ import {
 const MiB = 1024 ** 2;
 const FILE = "[test/integration/readonly-block.test.ts]";
 
-function skipReason(): string | undefined {
-  if (process.getuid?.() !== 0) return "needs root for loop devices and mounts";
-  for (const cmd of ["losetup", "mount", "umount", "blockdev", "blkdiscard"]) {
-    try {
-      execFileSync("sh", ["-c", `command -v ${cmd}`], { stdio: "ignore", timeout: 10_000 });
-    } catch {
-      return `${cmd} is not installed`;
-    }
-  }
-  try {
-    execFileSync("losetup", ["--find"], { stdio: "ignore", timeout: 10_000 });
-  } catch {
-    return "no loop device can be set up here (losetup --find failed)";
-  }
-  return undefined;
-}
-
-const skip = skipReason();
+const skip = loopDeviceSkipReason(["mount", "umount", "blockdev", "blkdiscard"]);
 if (skip) console.warn(`${FILE} SKIPPED: ${skip}`);
 
 let root = "";

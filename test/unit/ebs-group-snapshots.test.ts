@@ -1,10 +1,10 @@
 import { status } from "@grpc/grpc-js";
 import { beforeEach, describe, expect, it } from "vitest";
-import { CsiError } from "../../src/csi/errors.ts";
 import { CloudError } from "../../src/ebs/cloud.ts";
 import { EbsGroupSnapshots, groupSnapshotIdFor } from "../../src/ebs/group-snapshots.ts";
 import { createLogger } from "../../src/log.ts";
 import type { RpcContext } from "../../src/server/rpc.ts";
+import { codeOf } from "./csi-failure.ts";
 import { FakeEc2 } from "./fake-ec2.ts";
 
 const log = createLogger("silent");
@@ -26,16 +26,6 @@ async function volume(attachTo?: string): Promise<string> {
   if (attachTo)
     await ec2.attachVolume(disk.id, attachTo, `/dev/xvd${String.fromCharCode(98 + ec2.disks.size)}`);
   return disk.id;
-}
-
-async function codeOf(call: Promise<unknown>): Promise<{ code: number; message: string }> {
-  try {
-    await call;
-  } catch (err) {
-    expect(err).toBeInstanceOf(CsiError);
-    return { code: (err as CsiError).code, message: (err as CsiError).message };
-  }
-  throw new Error("expected the call to fail");
 }
 
 const create = (name: string, ids: string[], parameters: Record<string, string> = {}) =>

@@ -1,12 +1,12 @@
 import { status } from "@grpc/grpc-js";
 import { beforeEach, describe, expect, it } from "vitest";
-import { CsiError } from "../../src/csi/errors.ts";
 import type { CreateSnapshotRequest } from "../../src/csi/types.ts";
 import { CloudError } from "../../src/ebs/cloud.ts";
 import { parseSnapshotParameters } from "../../src/ebs/params.ts";
 import { EbsSnapshots } from "../../src/ebs/snapshots.ts";
 import { createLogger } from "../../src/log.ts";
 import type { RpcContext } from "../../src/server/rpc.ts";
+import { codeOf } from "./csi-failure.ts";
 import { FakeEc2 } from "./fake-ec2.ts";
 
 const log = createLogger("silent");
@@ -39,16 +39,6 @@ const request = (over: Partial<CreateSnapshotRequest> = {}): CreateSnapshotReque
   accessibility_requirements: null,
   ...over,
 });
-
-async function codeOf(call: Promise<unknown>): Promise<{ code: number; message: string }> {
-  try {
-    await call;
-  } catch (err) {
-    expect(err).toBeInstanceOf(CsiError);
-    return { code: (err as CsiError).code, message: (err as CsiError).message };
-  }
-  throw new Error("expected the call to fail");
-}
 
 describe("CreateSnapshot", () => {
   it("tags the snapshot in the creating call, not ready while pending, ready once EC2 completes it", async () => {

@@ -1,7 +1,6 @@
 // biome-ignore-all lint/suspicious/noTemplateCurlyInString: subPathPattern syntax, not templates
 import { status } from "@grpc/grpc-js";
 import { beforeEach, describe, expect, it } from "vitest";
-import { CsiError } from "../../src/csi/errors.ts";
 import type {
   CreateVolumeRequest,
   DeleteVolumeRequest,
@@ -15,6 +14,7 @@ import { PVC_NAME } from "../../src/efs/params.ts";
 import { TAG_BASE_PATH, TAG_CAPACITY, TAG_CLUSTER } from "../../src/efs/tags.ts";
 import { createLogger } from "../../src/log.ts";
 import type { RpcContext } from "../../src/server/rpc.ts";
+import { codeOf } from "./csi-failure.ts";
 import { MemoryEfs } from "./fake-efs.ts";
 
 const GiB = 1024 ** 3;
@@ -68,16 +68,6 @@ function createRequest(
 }
 
 const deleteRequest = (volume_id: string): DeleteVolumeRequest => ({ volume_id, secrets: {} });
-
-async function codeOf(promise: Promise<unknown>): Promise<{ code: number; message: string }> {
-  try {
-    await promise;
-  } catch (err) {
-    expect(err).toBeInstanceOf(CsiError);
-    return { code: (err as CsiError).code, message: (err as CsiError).message };
-  }
-  throw new Error("expected the call to fail");
-}
 
 const accessPointOf = (volumeId: string) => efs.accessPoints.get(parseVolumeHandle(volumeId).accessPointId!)!;
 
