@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: setup, lint, typecheck, build, every vitest test (unit and
-# integration, against moto and real loop devices), then csi-sanity for both drivers. Every stage
-# runs even when an earlier one failed; the last line sums up all tests that ran.
+# integration, against moto and real loop devices), then csi-sanity for both drivers against the
+# build. Every stage runs even when an earlier one failed; the last line sums up all tests that ran.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh || { echo "setup failed"; exit 1; }
@@ -37,9 +37,11 @@ if [ -f .cache/reports/vitest.json ]; then
     }')
 fi
 
+# csi-sanity drives the bundle the build stage made (dist/main.js), as the image runs it: the
+# vitest stage ran the TypeScript sources, this proves what ships.
 for driver in ebs efs; do
   log=.cache/reports/sanity-$driver.log
-  stage "csi-sanity $driver" bash -c "set -o pipefail; npm run --silent sanity -- $driver 2>&1 | tee $log"
+  stage "csi-sanity $driver" bash -c "set -o pipefail; DRIVER_MAIN=$PWD/dist/main.js npm run --silent sanity -- $driver 2>&1 | tee $log"
   counts=$(sed 's/\x1b\[[0-9;]*m//g' "$log" | grep -Eo '[0-9]+ Passed \| [0-9]+ Failed \| [0-9]+ Pending \| [0-9]+ Skipped' | tail -1)
   if [ -n "$counts" ]; then
     read -r p _ _ f _ _ _ _ _ s _ <<<"$counts"

@@ -1,5 +1,4 @@
 import { readFile } from "node:fs/promises";
-import { request } from "node:https";
 import type { Options } from "./config.ts";
 import type { Logger } from "./log.ts";
 
@@ -76,24 +75,20 @@ export async function resolveInstanceMetadata(sources: MetadataSources): Promise
 
 async function fromImds(endpoint: string, timeoutMs: number): Promise<InstanceMetadata> {
   const base = endpoint.replace(/\/+$/, "");
-  const signal = () => AbortSignal.timeout(timeoutMs);
-  const tokenResponse = await fetch(`${base}/latest/api/token`, {
-    method: "PUT",
-    headers: { "X-aws-ec2-metadata-token-ttl-seconds": "300" },
-    signal: signal(),
-  }).catch((err: Error) => {
-    throw new Error(
-      err.name === "TimeoutError" ? `no answer within ${timeoutMs} ms (hop limit?)` : err.message,
-    );
-  });
-  if (!tokenResponse.ok) throw new Error(`token request answered HTTP ${tokenResponse.status}`);
-  const token = await tokenResponse.text();
-  const get = async (path: string, optional = false): Promise<string | undefined> => {
-    const res = await fetch(`${base}/latest/meta-data/${path}`, {
-      headers: { "X-aws-ec2-metadata-token": token },
-      signal: signal(),
+  const ask = (method: string, path: string, headers: Record<string, string>) =>
+    httpRequest(`${base}${path}`, { method, headers, timeoutMs }).catch((err: Error) => {
+      throw new Error(
+        err.name === "TimeoutError" ? `no answer within ${timeoutMs} ms (hop limit?)` : err.message,
+      );
     });
-    if (res.ok) return (await res.text()).trim();
+  const tokenResponse = await ask("PUT", "/latest/api/token", {
+    "X-aws-ec2-metadata-token-ttl-seconds": "300",
+  });
+  if (tokenResponse.status !== 200) throw new Error(`token request answered HTTP ${tokenResponse.status}`);
+  const token = tokenResponse.body;
+  const get = async (path: string, optional = false): Promise<string | undefined> => {
+    const res = await ask("GET", `/latest/meta-data/${path}`, { "X-aws-ec2-metadata-token": token });
+    if (res.status === 200) return res.body.trim();
     if (optional && res.status === 404) return undefined;
     throw new Error(`${path} answered HTTP ${res.status}`);
   };
@@ -129,6 +124,7 @@ interface KubeNode {
 async function fromKubernetes(nodeName: string, env: NodeJS.ProcessEnv): Promise<InstanceMetadata> {
   const sa = "/var/run/secrets/kubernetes.io/serviceaccount";
   const [token, ca] = await Promise.all([readFile(`${sa}/token`, "utf8"), readFile(`${sa}/ca.crt`)]);
+  const { request } = process.getBuiltinModule("node:https");
   const node = await new Promise<KubeNode>((resolve, reject) => {
     const req = request(
       {
@@ -177,10 +173,12 @@ async function fromKubernetes(nodeName: string, env: NodeJS.ProcessEnv): Promise
  * Where the plugin runs. A node must know its instance; a controller needs only the region, so
  * it asks instance metadata only when no region was given.
  */
-export async function locatePlugin(
-  options: Options,
-  log: Logger,
-): Promise<{ metadata: InstanceMetadata | undefined; region: string }> {
+export interface PluginLocation {
+  metadata: InstanceMetadata | undefined;
+  region: string;
+}
+
+export async function locatePlugin(options: Options, log: Logger): Promise<PluginLocation> {
   let metadata: InstanceMetadata | undefined;
   if (options.mode !== "controller" || !options.region) {
     metadata = await resolveInstanceMetadata({
@@ -193,4 +191,43 @@ export async function locatePlugin(
     log.info({ ...metadata }, "instance metadata");
   }
   return { metadata, region: options.region ?? metadata!.region };
+}
+
+/**
+ * One HTTP request with a time limit, body as text. Node's http module rather than fetch: fetch's
+ * implementation (undici) is loaded on first use and would cost every node plugin megabytes of
+ * memory and tens of milliseconds of start-up for the six requests made here.
+ */
+async function httpRequest(
+  url: string,
+  o: { method: string; headers: Record<string, string>; timeoutMs: number },
+): Promise<{ status: number; body: string }> {
+  // getBuiltinModule, not an import: importing node:http as an ES module reads all its exports,
+  // and its WebSocket getters load undici, the very cost this function avoids.
+  const send = process.getBuiltinModule(url.startsWith("https:") ? "node:https" : "node:http").request;
+  return new Promise((resolve, reject) => {
+    const req = send(url, { method: o.method, headers: o.headers }, (res) => {
+      let body = "";
+      res.setEncoding("utf8");
+      res.on("data", (chunk: string) => {
+        if (body.length < 1024 * 1024) body += chunk;
+      });
+      res.on("end", () => {
+        clearTimeout(timer);
+        resolve({ status: res.statusCode ?? 0, body });
+      });
+      res.on("error", reject);
+    });
+    // The whole exchange, not only a silent socket, is bounded.
+    const timer = setTimeout(() => {
+      const err = new Error(`no answer within ${o.timeoutMs} ms`);
+      err.name = "TimeoutError";
+      req.destroy(err);
+    }, o.timeoutMs);
+    req.on("error", (err) => {
+      clearTimeout(timer);
+      reject(err);
+    });
+    req.end();
+  });
 }

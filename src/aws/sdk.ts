@@ -5,6 +5,8 @@
 import type {
   DeserializeHandler,
   DeserializeHandlerArguments,
+  FinalizeHandler,
+  FinalizeHandlerArguments,
   HandlerExecutionContext,
   InitializeHandler,
   InitializeHandlerArguments,
@@ -13,6 +15,7 @@ import type {
 } from "@smithy/types";
 import type { Logger } from "../log.ts";
 import type { Metrics } from "../metrics.ts";
+import type { LearningRateLimiter } from "./rate-limiter.ts";
 
 export interface AwsClientOptions {
   region: string | undefined;
@@ -183,10 +186,37 @@ export function instrumentClient(client: { middlewareStack: AnyStack }, metrics:
   );
 }
 
+export interface PacingOptions {
+  /** The limiter of an action ("CreateVolume"), or undefined for actions sent as they come. */
+  limiterFor: (action: string) => LearningRateLimiter | undefined;
+  /** The caller's signal when the command was sent without one: a waiting call leaves the line when it aborts. */
+  signal?: () => AbortSignal | undefined;
+}
+
 /**
- * One SDK client per API action, made on first use. Each has its own adaptive rate limiter, as
- * the official driver keeps one retryer per API: throttled DescribeVolumes calls must not slow
- * down AttachVolume.
+ * Puts each attempt of the client's limited actions through their limiter (src/aws/rate-limiter.ts).
+ * Inside the SDK's retry loop, right after it: a throttled attempt is sent again by the limiter and
+ * never reaches the retry strategy, so it spends none of its retry quota and attempts; everything
+ * else (5xx, lost answers, throttles of actions without a limiter) is still the SDK's to retry.
+ */
+export function paceThrottledCalls(client: { middlewareStack: AnyStack }, o: PacingOptions): void {
+  client.middlewareStack.addRelativeTo(
+    (next: FinalizeHandler<object, MetadataBearer>, context: HandlerExecutionContext) =>
+      async (args: FinalizeHandlerArguments<object>) => {
+        const limiter = o.limiterFor(requestName(context));
+        if (!limiter) return next(args);
+        // Where the SDK keeps send()'s options (SMITHY_CONTEXT_KEY of @smithy/types, a type-only dependency here).
+        const signal = context.__smithy_context?.["abortSignal"] as AbortSignal | undefined;
+        return limiter.run(() => next(args), signal ?? o.signal?.());
+      },
+    { relation: "after", toMiddleware: "retryMiddleware", name: "csiPacing", override: true },
+  );
+}
+
+/**
+ * One SDK client per API action, made on first use. Each has its own adaptive rate limiter (and
+ * the paced actions their own pacing limiter, see paceThrottledCalls), as the official driver
+ * keeps one retryer per API: throttled DescribeVolumes calls must not slow down AttachVolume.
  */
 export class ClientPerAction<C extends { destroy(): void }> {
   readonly #make: (action: string) => C;

@@ -1,11 +1,14 @@
-import { fileURLToPath } from "node:url";
-import { type GrpcObject, loadPackageDefinition, type ServiceClientConstructor } from "@grpc/grpc-js";
-import { loadSync } from "@grpc/proto-loader";
+import {
+  type MethodDefinition,
+  makeClientConstructor,
+  type ServiceClientConstructor,
+  type ServiceDefinition,
+} from "@grpc/grpc-js";
+import protobuf from "protobufjs/light.js";
+import descriptor from "../../proto/csi.json" with { type: "json" };
 
 /** How requests decode: proto field names, enums as names, int64 as numbers, defaults filled in. */
-export const LOADER_OPTIONS = { keepCase: true, longs: Number, enums: String, defaults: true, oneofs: true };
-
-export const PROTO_PATH = fileURLToPath(new URL("../../proto/csi.proto", import.meta.url));
+export const CONVERSION_OPTIONS = { longs: Number, enums: String, defaults: true, oneofs: true };
 
 export interface CsiServices {
   Identity: ServiceClientConstructor;
@@ -16,17 +19,87 @@ export interface CsiServices {
 
 let loaded: CsiServices | undefined;
 
-/** The csi.v1 services, loaded once from proto/csi.proto (used by the server and by test clients). */
+interface MethodJson {
+  requestType: string;
+  responseType: string;
+  requestStream?: boolean;
+  responseStream?: boolean;
+}
+
+/**
+ * The csi.v1 services (used by the server and by test clients), from proto/csi.json: the
+ * descriptor scripts/proto-json.ts prepares from proto/csi.proto, so no .proto is parsed here.
+ * Messages decode and encode as @grpc/proto-loader would with keepCase and CONVERSION_OPTIONS.
+ * Each message type is set up at its first use: a plugin serves before it has built any.
+ */
 export function csiServices(): CsiServices {
   if (!loaded) {
-    const root = loadPackageDefinition(loadSync(PROTO_PATH, LOADER_OPTIONS));
-    const v1 = (root.csi as GrpcObject).v1 as GrpcObject;
+    const v1 = descriptor.nested.csi.nested.v1.nested as unknown as Record<
+      string,
+      { methods?: Record<string, MethodJson> }
+    >;
+    const service = (name: keyof CsiServices) =>
+      makeClientConstructor(serviceDefinition(name, v1[name]!.methods!), name);
     loaded = {
-      Identity: v1.Identity as ServiceClientConstructor,
-      Controller: v1.Controller as ServiceClientConstructor,
-      Node: v1.Node as ServiceClientConstructor,
-      GroupController: v1.GroupController as ServiceClientConstructor,
+      Identity: service("Identity"),
+      Controller: service("Controller"),
+      Node: service("Node"),
+      GroupController: service("GroupController"),
     };
   }
   return loaded;
+}
+
+let root: protobuf.Root | undefined;
+
+/**
+ * Builds the message types now rather than at the first call (about 15 ms): main runs this while
+ * it waits for instance metadata, so the first Probe is answered without the wait.
+ */
+export function prepareCsiMessages(): void {
+  for (const name of [
+    "ProbeRequest",
+    "ProbeResponse",
+    "GetPluginInfoResponse",
+    "GetPluginCapabilitiesResponse",
+  ])
+    messageType(name).setup();
+}
+/** A method's message type by its name in the descriptor: relative to csi.v1, or fully qualified. */
+function messageType(name: string): protobuf.Type {
+  root ??= protobuf.Root.fromJSON(descriptor as protobuf.INamespace);
+  return root.lookupType(name.includes(".") ? name.replace(/^\./, "") : `csi.v1.${name}`);
+}
+
+function serviceDefinition(service: string, methods: Record<string, MethodJson>): ServiceDefinition {
+  const definition: Record<string, MethodDefinition<object, object>> = {};
+  for (const [name, method] of Object.entries(methods)) {
+    definition[name] = {
+      path: `/csi.v1.${service}/${name}`,
+      requestStream: !!method.requestStream,
+      responseStream: !!method.responseStream,
+      requestSerialize: encoder(method.requestType),
+      requestDeserialize: decoder(method.requestType),
+      responseSerialize: encoder(method.responseType),
+      responseDeserialize: decoder(method.responseType),
+      originalName: name.charAt(0).toLowerCase() + name.slice(1),
+    };
+  }
+  return definition as ServiceDefinition;
+}
+
+function encoder(typeName: string): (value: object) => Buffer {
+  let type: protobuf.Type | undefined;
+  return (value) => {
+    type ??= messageType(typeName);
+    return Buffer.from(type.encode(type.fromObject(value as Record<string, unknown>)).finish());
+  };
+}
+
+function decoder(typeName: string): (bytes: Buffer) => object {
+  let type: protobuf.Type | undefined;
+  return (bytes) => {
+    type ??= messageType(typeName);
+    return type.toObject(type.decode(bytes), CONVERSION_OPTIONS);
+  };
 }

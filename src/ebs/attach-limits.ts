@@ -1,3 +1,5 @@
+import { execFile } from "node:child_process";
+import { fileURLToPath } from "node:url";
 import type { InstanceTypeEbsInfo } from "./cloud.ts";
 
 /**
@@ -50,4 +52,37 @@ export function volumesPerNode(
 ): number {
   const interfaces = info.limitType === "dedicated" ? 0 : used.networkInterfaces;
   return Math.max(1, info.maxAttachments - interfaces - used.reservedVolumes);
+}
+
+/**
+ * Asks EC2 for an instance type's limit from a short-lived process of its own
+ * (describe-instance-type.ts beside this module, compiled or not), killed after `timeoutMs`.
+ * Resolves undefined when EC2 does not know the type; rejects with EC2's or the process's reason.
+ */
+export function describeInstanceTypeInChild(
+  instanceType: string,
+  o: { region: string; endpoint?: string | undefined; timeoutMs: number },
+): Promise<InstanceTypeEbsInfo | undefined> {
+  const ext = import.meta.url.endsWith(".ts") ? "ts" : "js";
+  const script = fileURLToPath(new URL(`./describe-instance-type.${ext}`, import.meta.url));
+  return new Promise((resolve, reject) => {
+    execFile(
+      process.execPath,
+      [script, instanceType, o.region, o.endpoint ?? ""],
+      { timeout: o.timeoutMs, maxBuffer: 64 * 1024 },
+      (err, stdout, stderr) => {
+        if (err) {
+          const why = err.killed ? `no answer within ${o.timeoutMs} ms` : stderr.trim() || err.message;
+          reject(new Error(why.split("\n")[0]));
+          return;
+        }
+        try {
+          const info = JSON.parse(stdout) as Partial<InstanceTypeEbsInfo>;
+          resolve(info.maxAttachments === undefined ? undefined : (info as InstanceTypeEbsInfo));
+        } catch {
+          reject(new Error(`unexpected answer: ${stdout.slice(0, 200)}`));
+        }
+      },
+    );
+  });
 }

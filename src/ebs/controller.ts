@@ -75,10 +75,10 @@ import { mapCloudError, VOLUME_ID } from "./errors.ts";
 import { VOLUME_LIMITS } from "./limits.ts";
 import { FS_TYPES, parseCreateParameters, parseModifyParameters, VOLUME_NAME_TAG } from "./params.ts";
 import { EbsSnapshots, SNAPSHOT_ID } from "./snapshots.ts";
-
-export const ZONE_KEYS = ["topology.kubernetes.io/zone", "topology.ebs.csi.aws.com/zone"] as const;
+import { ZONE_KEYS } from "./topology.ts";
 
 export { VOLUME_ID } from "./errors.ts";
+export { ZONE_KEYS } from "./topology.ts";
 
 const INSTANCE_ID = /^i-[0-9a-f]{8}([0-9a-f]{9})?$/;
 

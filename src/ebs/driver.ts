@@ -1,43 +1,47 @@
-import { EC2Client } from "@aws-sdk/client-ec2";
-import { awsClientConfig, ClientPerAction, instrumentClient } from "../aws/sdk.ts";
-import type { Driver, DriverDeps } from "../driver.ts";
+import { type Driver, type DriverDeps, firstAnsweredEarly } from "../driver.ts";
 import { exposeSelinuxfs } from "../host/selinux.ts";
 import { locatePlugin } from "../metadata.ts";
 import type { ServiceImpl } from "../server/rpc.ts";
-import { EbsController } from "./controller.ts";
-import { SdkEc2 } from "./ec2.ts";
-import { EbsGroupSnapshots } from "./group-snapshots.ts";
+import { describeInstanceTypeInChild } from "./attach-limits.ts";
+import type { Ec2 } from "./cloud.ts";
 
-/** Builds the EBS driver for the configured mode: EC2 client, controller and/or node service. */
-export async function createEbsDriver({ options, log, metrics }: DriverDeps): Promise<Driver> {
+/** The child process is killed when the node stops waiting for it (src/ebs/node.ts, 5 s). */
+const CHILD_LOOKUP_MS = 5_000;
+
+/**
+ * Builds the EBS driver for the configured mode. The EC2 client and the controller are loaded only
+ * when a controller is served: a node-only plugin runs on every node and never calls EC2 itself
+ * (its one question, the instance type's attachment limit, is asked by a short-lived process).
+ */
+export async function createEbsDriver({ options, log, metrics, location }: DriverDeps): Promise<Driver> {
   const serveNode = options.mode !== "controller";
-  const { metadata, region } = await locatePlugin(options, log);
+  const { metadata, region } = await (location ?? locatePlugin(options, log));
 
-  const clients = new ClientPerAction((action) => {
-    // CreateSnapshot has no ClientToken: an SDK retry after a lost answer would make a second
-    // snapshot. The controller retries throttled creates itself and looks the name up after others.
-    const maxAttempts = action === "CreateSnapshot" || action === "CreateSnapshots" ? 1 : undefined;
-    const client = new EC2Client(
-      awsClientConfig({ region, endpoint: options.awsEndpoint, ...(maxAttempts ? { maxAttempts } : {}) }),
-    );
-    instrumentClient(client, metrics, log);
-    return client;
-  });
-  const ec2 = new SdkEc2({
-    client: (action) => clients.for(action),
-    batching: options.batching,
-    batchWindowMs: options.batchWindowMs,
-    log,
-  });
-
+  let ec2: Ec2 | undefined;
+  let closeEc2 = () => {};
   let controller: ServiceImpl | undefined;
   let groupController: ServiceImpl | undefined;
   if (options.mode !== "node") {
-    groupController = new EbsGroupSnapshots(ec2, {
+    const [{ createEc2 }, { EbsController }, { EbsGroupSnapshots }] = await Promise.all([
+      import("./ec2-client.ts"),
+      import("./controller.ts"),
+      import("./group-snapshots.ts"),
+    ]);
+    const client = createEc2({
+      region,
+      endpoint: options.awsEndpoint,
+      batching: options.batching,
+      batchWindowMs: options.batchWindowMs,
+      metrics,
+      log,
+    });
+    ec2 = client.ec2;
+    closeEc2 = client.close;
+    groupController = new EbsGroupSnapshots(client.ec2, {
       extraTags: options.extraTags,
       clusterId: options.clusterId,
     });
-    controller = new EbsController(ec2, log.child({ service: "controller" }), {
+    controller = new EbsController(client.ec2, log.child({ service: "controller" }), {
       extraTags: options.extraTags,
       clusterId: options.clusterId,
       unpublishReasons: metrics.unpublishReasons,
@@ -47,9 +51,23 @@ export async function createEbsDriver({ options, log, metrics }: DriverDeps): Pr
   if (serveNode && metadata) {
     await exposeSelinuxfs(log);
     const { createEbsNode } = await import("./node.ts");
-    node = await createEbsNode({ options, log: log.child({ service: "node" }), metadata, ec2 });
+    const inProcess = ec2;
+    node = await createEbsNode({
+      options,
+      log: log.child({ service: "node" }),
+      metadata,
+      describeInstanceType: inProcess
+        ? (type) => inProcess.getInstanceTypeEbsInfo(type)
+        : (type) =>
+            describeInstanceTypeInChild(type, {
+              region,
+              endpoint: options.awsEndpoint,
+              timeoutMs: CHILD_LOOKUP_MS,
+            }),
+    });
   }
 
+  const probeEc2 = ec2;
   return {
     controller,
     groupController,
@@ -57,7 +75,7 @@ export async function createEbsDriver({ options, log, metrics }: DriverDeps): Pr
     accessibilityConstraints: true,
     // A node-only plugin must not depend on EC2: node roles often may not call it, and a failed
     // Probe makes the livenessprobe restart a healthy plugin. Serving calls is its health.
-    probe: controller ? () => ec2.probe() : async () => undefined,
-    close: async () => clients.destroy(),
+    probe: probeEc2 ? firstAnsweredEarly(() => probeEc2.probe()) : async () => undefined,
+    close: async () => closeEc2(),
   };
 }

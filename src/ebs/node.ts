@@ -1,4 +1,5 @@
-import { readFile, realpath, stat } from "node:fs/promises";
+import { readlinkSync } from "node:fs";
+import { lstat, readFile, realpath, stat } from "node:fs/promises";
 import { basename, join } from "node:path";
 import { status } from "@grpc/grpc-js";
 import { waitUntil } from "../backoff.ts";
@@ -41,6 +42,7 @@ import {
 } from "../csi/validate.ts";
 import { requestedMounts, volumeHealthReply } from "../csi/volume-health.ts";
 import {
+  blockDeviceSizeBytes,
   deviceSizeBytes,
   FormatRefusedError,
   type FsType,
@@ -74,9 +76,10 @@ import type { Logger } from "../log.ts";
 import type { InstanceMetadata } from "../metadata.ts";
 import type { RpcContext } from "../server/rpc.ts";
 import { attachLimitFromTable, volumesPerNode } from "./attach-limits.ts";
-import type { Ec2 } from "./cloud.ts";
-import { VOLUME_ID, ZONE_KEYS } from "./controller.ts";
+import type { InstanceTypeEbsInfo } from "./cloud.ts";
 import { attachmentIssues, linkName, listDeviceLinks } from "./device-links.ts";
+import { VOLUME_ID } from "./errors.ts";
+import { ZONE_KEYS } from "./topology.ts";
 
 const FS_TYPE_CONTEXT_KEY = "csi.storage.k8s.io/fstype";
 /** The device names EC2 attaches volumes as (the controller allocates /dev/xvdXX). */
@@ -99,12 +102,46 @@ const CAPABILITY_RULES: CapabilityRules = {
   fsTypes: ["ext4", "ext3", "ext2", "xfs"],
 };
 
+/** Stats targets remembered: far above the volumes a node can attach, so only hostile input evicts. */
+const MAX_STATS_TARGETS = 1024;
+
+/** A published volume as NodeGetVolumeStats last found it at a path. */
+interface StatsTarget {
+  /** The path with its parents resolved (KubeletDirs.confine). */
+  path: string;
+  /** A block volume: the path shows its device node (or a read-only view of it). */
+  block: boolean;
+  /**
+   * lstat of the path: the root of the volume's filesystem, or the device node, identified. As
+   * numbers: device numbers fit, and inode numbers of a root or a device node are small.
+   */
+  dev: number;
+  ino: number;
+  rdev: number;
+  /** Where the volume's by-id link pointed when the path was checked the long way. */
+  link: string;
+}
+
+/** The usage figures of a stats target: bytes and inodes of its filesystem, or its device's size. */
+async function usageAt(target: StatsTarget): Promise<NonNullable<NodeGetVolumeStatsResponse["usage"]>> {
+  if (target.block) {
+    const total = await blockDeviceSizeBytes(target.rdev, target.path);
+    return [{ unit: "BYTES", total, available: 0, used: 0 }];
+  }
+  const stats = await fsStats(target.path);
+  return [
+    { unit: "BYTES", total: stats.totalBytes, available: stats.availableBytes, used: stats.usedBytes },
+    { unit: "INODES", total: stats.totalInodes, available: stats.freeInodes, used: stats.usedInodes },
+  ];
+}
+
 export interface EbsNodeOptions {
   /** Where the udev links of attached EBS volumes appear (/dev/disk/by-id). */
   deviceDir: string;
   /** How long NodeStage waits for an attached volume's device to show up. */
   deviceWaitMs: number;
-  maxVolumesPerNode: number;
+  /** A function while the limit is worked out after start-up (see createEbsNode). */
+  maxVolumesPerNode: number | (() => Promise<number>);
   instanceId: string;
   zone: string;
   /** The only place where the node creates, mounts or deletes anything. */
@@ -115,16 +152,23 @@ export interface EbsNodeOptions {
 export class EbsNode {
   readonly #o: EbsNodeOptions;
   readonly #log: Logger;
+  /** By volume id and volume_path as asked; insertion order is age, for eviction. */
+  readonly #statsTargets = new Map<string, StatsTarget>();
 
   constructor(options: EbsNodeOptions, log: Logger) {
     this.#o = options;
     this.#log = log;
   }
 
+  async #maxVolumesPerNode(): Promise<number> {
+    const limit = this.#o.maxVolumesPerNode;
+    return typeof limit === "number" ? limit : limit();
+  }
+
   async NodeGetInfo(): Promise<NodeGetInfoResponse> {
     return {
       node_id: this.#o.instanceId,
-      max_volumes_per_node: this.#o.maxVolumesPerNode,
+      max_volumes_per_node: await this.#maxVolumesPerNode(),
       accessible_topology: { segments: Object.fromEntries(ZONE_KEYS.map((k) => [k, this.#o.zone])) },
     };
   }
@@ -329,29 +373,93 @@ export class EbsNode {
     return {};
   }
 
+  /**
+   * One statfs (a block volume: its device's size, from sysfs) once the path is known to show this
+   * volume: kubelet asks for every volume every minute. The first call for a path checks that the
+   * long way (#findPublished); later ones check that the path still shows the same filesystem root
+   * or device node (its device and inode numbers) and that the volume's by-id link still names the
+   * same device. An unmount or another mount there changes the numbers; another volume on a reused
+   * device (loop3, nvme1n1) comes with a link of its own, and this volume's is gone or moved.
+   */
   async NodeGetVolumeStats(req: NodeGetVolumeStatsRequest): Promise<NodeGetVolumeStatsResponse> {
     const volumeId = requireString(req.volume_id, "volume_id");
-    const { path: volumePath } = await this.#findPublished(
-      volumeId,
-      requireString(req.volume_path, "volume_path", MAX_PATH_BYTES),
-    );
-    // stat fails (EIO) on a filesystem the kernel shut down while statfs may still answer: the
-    // figures are reported as long as they can be read, NodeGetVolumeHealth says what is wrong.
-    const info = await bounded(`stat ${volumePath}`, () => stat(volumePath)).catch(() => undefined);
-    try {
-      if (info?.isBlockDevice()) {
-        const total = await deviceSizeBytes(volumePath);
-        return { usage: [{ unit: "BYTES", total, available: 0, used: 0 }] };
+    const volumePathField = requireString(req.volume_path, "volume_path", MAX_PATH_BYTES);
+    const key = `${volumeId}\0${volumePathField}`;
+    const known = this.#statsTargets.get(key);
+    if (known) {
+      // Read alongside the check (one round trip), used only when it passes: the statfs touches
+      // nothing the check's lstat of the same path does not.
+      const [same, usage] = await Promise.all([
+        this.#stillPublished(volumeId, known),
+        usageAt(known).then(
+          (figures) => ({ figures }),
+          (err: unknown) => ({ err }),
+        ),
+      ]);
+      if (same) {
+        if ("err" in usage)
+          throw asInternal(usage.err, `volume ${volumeId} at ${known.path} (see NodeGetVolumeHealth)`);
+        return { usage: usage.figures };
       }
-      const stats = await fsStats(volumePath);
-      return {
-        usage: [
-          { unit: "BYTES", total: stats.totalBytes, available: stats.availableBytes, used: stats.usedBytes },
-          { unit: "INODES", total: stats.totalInodes, available: stats.freeInodes, used: stats.usedInodes },
-        ],
-      };
+      this.#statsTargets.delete(key);
+    }
+    const target = await this.#findStatsTarget(volumeId, volumePathField, key);
+    try {
+      return { usage: await usageAt(target) };
     } catch (err) {
-      throw asInternal(err, `volume ${volumeId} at ${volumePath} (see NodeGetVolumeHealth)`);
+      throw asInternal(err, `volume ${volumeId} at ${target.path} (see NodeGetVolumeHealth)`);
+    }
+  }
+
+  /** What NodeGetVolumeStats reads at a path, found the long way; remembered when it can be checked cheaply. */
+  async #findStatsTarget(volumeId: string, volumePathField: string, key: string): Promise<StatsTarget> {
+    // Read before the device is looked up: a link that changes in between fails the next check.
+    const link = this.#readDeviceLink(volumeId);
+    const { path, device } = await this.#findPublished(volumeId, volumePathField);
+    // lstat fails (EIO) on a filesystem the kernel shut down while statfs may still answer: the
+    // figures are reported as long as they can be read, NodeGetVolumeHealth says what is wrong.
+    const info = await bounded(`lstat ${path}`, () => lstat(path)).catch(() => undefined);
+    const target: StatsTarget = {
+      path,
+      block: info?.isBlockDevice() ?? false,
+      dev: info?.dev ?? 0,
+      ino: info?.ino ?? 0,
+      rdev: info?.rdev ?? 0,
+      link: link ?? "",
+    };
+    // Without the volume's device (gone, or never linked) there is nothing to check later calls by.
+    if (info && device && link !== undefined) {
+      if (this.#statsTargets.size >= MAX_STATS_TARGETS) {
+        this.#statsTargets.delete(this.#statsTargets.keys().next().value ?? "");
+      }
+      this.#statsTargets.set(key, target);
+    }
+    return target;
+  }
+
+  /** Whether the path still shows what it showed when the target was found, and the volume's link is unchanged. */
+  async #stillPublished(volumeId: string, known: StatsTarget): Promise<boolean> {
+    if (this.#readDeviceLink(volumeId) !== known.link) return false;
+    const info = await bounded(`lstat ${known.path}`, () => lstat(known.path)).catch(() => undefined);
+    return (
+      info !== undefined &&
+      info.dev === known.dev &&
+      info.ino === known.ino &&
+      info.rdev === known.rdev &&
+      info.isBlockDevice() === known.block
+    );
+  }
+
+  /**
+   * Where the volume's by-id link points, or undefined when it has none. Read synchronously: the
+   * links live in /dev (devtmpfs, in memory, never waits for a disk), and a round trip through the
+   * thread pool would cost a stats call more than the rest of its checks.
+   */
+  #readDeviceLink(volumeId: string): string | undefined {
+    try {
+      return readlinkSync(join(this.#o.deviceDir, linkName(volumeId)));
+    } catch {
+      return undefined;
     }
   }
 
@@ -391,7 +499,7 @@ export class EbsNode {
   async NodeGetStorageHealth(req: NodeGetStorageHealthRequest): Promise<NodeGetStorageHealthResponse> {
     checkMap(req.secrets ?? {}, "secrets");
     const links = await listDeviceLinks(this.#o.deviceDir);
-    return { backend_health: attachmentIssues(links, this.#o.maxVolumesPerNode) };
+    return { backend_health: attachmentIssues(links, await this.#maxVolumesPerNode()) };
   }
 
   async #healthAt(
@@ -638,45 +746,76 @@ export interface EbsNodeDeps {
   options: Options;
   log: Logger;
   metadata: InstanceMetadata;
-  ec2: Ec2;
+  /** EC2's facts about an instance type (DescribeInstanceTypes); undefined when EC2 does not know it. */
+  describeInstanceType: (instanceType: string) => Promise<InstanceTypeEbsInfo | undefined>;
 }
 
-/** Builds the node service; the attachment limit is worked out once, at start-up. */
-export async function createEbsNode({ options, log, metadata, ec2 }: EbsNodeDeps): Promise<EbsNode> {
-  let maxVolumesPerNode = options.volumeAttachLimit;
-  if (maxVolumesPerNode === undefined) {
-    // Bounded: a node whose EC2 endpoint does not answer must still serve kubelet soon.
-    let timer: NodeJS.Timeout | undefined;
-    const fromEc2 = await Promise.race([
-      ec2.getInstanceTypeEbsInfo(metadata.instanceType),
-      new Promise<undefined>((resolve) => {
-        timer = setTimeout(() => resolve(undefined), INSTANCE_TYPE_LOOKUP_MS);
-      }),
-    ])
-      .catch((err: Error) => {
-        log.info(
-          { error: err.message },
-          "DescribeInstanceTypes failed: using the built-in attachment limits",
-        );
-        return undefined;
-      })
-      .finally(() => clearTimeout(timer));
-    const info = fromEc2 ?? attachLimitFromTable(metadata.instanceType);
-    maxVolumesPerNode = volumesPerNode(info, {
-      networkInterfaces: metadata.networkInterfaces ?? 1,
-      reservedVolumes: options.reservedVolumeAttachments ?? metadata.blockDevices ?? 1,
-    });
-    log.info({ instanceType: metadata.instanceType, ...info, maxVolumesPerNode }, "attachment limit");
-  }
+/**
+ * Builds the node service. The attachment limit is worked out once, in the background: the plugin
+ * serves at once, and NodeGetInfo (kubelet asks it at registration) waits for the limit.
+ */
+export async function createEbsNode({
+  options,
+  log,
+  metadata,
+  describeInstanceType,
+}: EbsNodeDeps): Promise<EbsNode> {
   return new EbsNode(
     {
       kubeletDirs: await KubeletDirs.open(options.kubeletDirs),
       deviceDir: options.deviceDir,
       deviceWaitMs: 10_000,
-      maxVolumesPerNode,
+      maxVolumesPerNode:
+        options.volumeAttachLimit ??
+        deferred(() => attachmentLimit(metadata, options, describeInstanceType, log)),
       instanceId: metadata.instanceId,
       zone: metadata.zone,
     },
     log,
   );
+}
+
+/** How long after start-up the attachment limit is worked out, unless NodeGetInfo asks for it first. */
+const LIMIT_LOOKUP_DELAY_MS = 1000;
+
+/**
+ * A function for a value whose work starts at the first call, or after LIMIT_LOOKUP_DELAY_MS:
+ * the lookup (a process of its own) does not compete with the plugin's start-up.
+ */
+function deferred<T>(work: () => Promise<T>): () => Promise<T> {
+  let started: Promise<T> | undefined;
+  const start = () => {
+    started ??= work();
+    return started;
+  };
+  setTimeout(start, LIMIT_LOOKUP_DELAY_MS).unref();
+  return start;
+}
+
+/** The type's limit from EC2 (bounded: a node whose EC2 endpoint does not answer must still serve), else the table. */
+async function attachmentLimit(
+  metadata: InstanceMetadata,
+  options: Options,
+  describeInstanceType: EbsNodeDeps["describeInstanceType"],
+  log: Logger,
+): Promise<number> {
+  let timer: NodeJS.Timeout | undefined;
+  const fromEc2 = await Promise.race([
+    describeInstanceType(metadata.instanceType),
+    new Promise<undefined>((resolve) => {
+      timer = setTimeout(() => resolve(undefined), INSTANCE_TYPE_LOOKUP_MS);
+    }),
+  ])
+    .catch((err: Error) => {
+      log.info({ error: err.message }, "DescribeInstanceTypes failed: using the built-in attachment limits");
+      return undefined;
+    })
+    .finally(() => clearTimeout(timer));
+  const info = fromEc2 ?? attachLimitFromTable(metadata.instanceType);
+  const maxVolumesPerNode = volumesPerNode(info, {
+    networkInterfaces: metadata.networkInterfaces ?? 1,
+    reservedVolumes: options.reservedVolumeAttachments ?? metadata.blockDevices ?? 1,
+  });
+  log.info({ instanceType: metadata.instanceType, ...info, maxVolumesPerNode }, "attachment limit");
+  return maxVolumesPerNode;
 }

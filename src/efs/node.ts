@@ -106,8 +106,36 @@ const DEFAULTS = {
   usageWalkMaxMs: 15 * 60_000,
 };
 
+/**
+ * How long a statfs's figures are reused for a mount. They only give the total of a volume without
+ * a recorded capacity and the inode total (EFS reports fixed, huge numbers for both); used comes
+ * from the walks, minutes apart. A server that stops answering shows in stats calls this much later.
+ */
+const STATFS_REUSE_MS = 10_000;
+/** Mounts whose statfs is remembered: far above a node's EFS mounts, so only hostile input evicts. */
+const MAX_STATFS_PROBES = 1024;
+/** volume_path strings whose confined path is remembered, likewise. */
+const MAX_STATS_PATHS = 1024;
+
+/** One statfs of a mount, running or answered. */
+interface StatfsProbe {
+  /** The mount it was made on (its mount table line): another mount there is probed anew. */
+  identity: string;
+  /** When it answered; undefined while it runs. */
+  settledAt: number | undefined;
+  result: Promise<FsStats | HealthIssue>;
+}
+
 export class EfsNode {
   readonly #o: EfsNodeOptions & typeof DEFAULTS;
+  /** By mount point; insertion order is age, for eviction. */
+  readonly #statfsProbes = new Map<string, StatfsProbe>();
+  /**
+   * volume_path as asked -> as confined (KubeletDirs.confine), while something is mounted there:
+   * a stats call then reads only the mount table. Only the confined path is ever looked at, so a
+   * directory swapped for a link later leads nowhere outside; kubelet never swaps one.
+   */
+  readonly #statsPaths = new Map<string, string>();
   readonly #capacity: CapacityCache | undefined;
   readonly #usage: VolumeUsageTracker;
 
@@ -247,15 +275,40 @@ export class EfsNode {
     const handle = tryParseVolumeHandle(volumeId);
     if (!handle) throw notFound(`volume ${volumeId} does not exist: it is not an EFS volume handle`);
     // A path outside the kubelet directory holds no volume of ours (csi-sanity sends a relative
-    // one and expects NOT_FOUND): nothing there is looked at.
-    const notThere = notFound(`volume_path ${volumePathField}: volume ${volumeId} is not published there`);
-    const confined = await this.#o.kubeletDirs.confine(volumePathField);
-    if (!confined.ok) throw notThere;
-    const volumePath = confined.path;
-    const entry = (await findMountsAt(volumePath)).at(-1);
-    if (!entry) throw notThere;
+    // one and expects NOT_FOUND): nothing there is looked at. The error is made only when thrown:
+    // it captures a stack, and most calls find their volume.
+    const notThere = () =>
+      notFound(`volume_path ${volumePathField}: volume ${volumeId} is not published there`);
+    // A path confined before, with a mount still there, is not resolved again (see #statsPaths).
+    let volumePath = this.#statsPaths.get(volumePathField);
+    if (volumePath === undefined && this.#o.kubeletDirs.lexicalReason(volumePathField)) throw notThere();
+    // One read of the mount table for both; confine resolves the parents as the table shows them.
+    const mounts = await listMounts();
+    if (volumePath === undefined) {
+      const confined = await this.#o.kubeletDirs.confine(volumePathField, { mounts });
+      if (!confined.ok) throw notThere();
+      volumePath = confined.path;
+    }
+    const entry = mounts.filter((m) => m.mountPoint === volumePath).at(-1);
+    if (!entry) {
+      this.#statsPaths.delete(volumePathField);
+      this.#statfsProbes.delete(volumePath);
+      throw notThere();
+    }
+    if (!this.#statsPaths.has(volumePathField)) {
+      if (this.#statsPaths.size >= MAX_STATS_PATHS) {
+        this.#statsPaths.delete(this.#statsPaths.keys().next().value ?? "");
+      }
+      this.#statsPaths.set(volumePathField, volumePath);
+    }
+    const mountedFs = nfsFileSystemId(entry);
+    if (mountedFs !== undefined && mountedFs !== handle.fileSystemId) {
+      throw notFound(
+        `volume_path ${volumePathField}: file system ${mountedFs} is mounted there, not ${handle.fileSystemId} of volume ${volumeId}`,
+      );
+    }
 
-    const probed = await statFilesystem(volumePath, this.#o.statsTimeoutMs);
+    const probed = await this.#statfs(entry);
     // A server that does not answer: NodeGetVolumeHealth reports it, kubelet retries this.
     if ("status" in probed) throw unavailable(probed.message);
     // After a plugin restart nothing is tracked: the first stats call starts the walks.
@@ -279,6 +332,51 @@ export class EfsNode {
         },
       ],
     };
+  }
+
+  /**
+   * statfs of the mount, in a child process (statFilesystem), its figures reused for
+   * STATFS_REUSE_MS while the same mount is there: a burst of callers (kubelet, a monitoring
+   * agent) costs one `stat` process, and concurrent calls share the one running. Only an answer is
+   * reused: a server that did not answer is asked again by the next call.
+   */
+  #statfs(entry: MountEntry): Promise<FsStats | HealthIssue> {
+    // Mount ids and anonymous device numbers are reused at once: the whole line tells mounts
+    // apart (options too: efs-utils' TLS mounts differ only in their local port). The same line
+    // again is the same file system: the totals read from it here are the same.
+    const identity = [
+      entry.id,
+      `${entry.major}:${entry.minor}`,
+      entry.root,
+      entry.fsType,
+      entry.source,
+      entry.mountOptions.join(","),
+      entry.superOptions.join(","),
+    ].join(" ");
+    const known = this.#statfsProbes.get(entry.mountPoint);
+    if (
+      known?.identity === identity &&
+      (known.settledAt === undefined || Date.now() - known.settledAt < STATFS_REUSE_MS)
+    ) {
+      return known.result;
+    }
+    if (!known && this.#statfsProbes.size >= MAX_STATFS_PROBES) {
+      this.#statfsProbes.delete(this.#statfsProbes.keys().next().value ?? "");
+    }
+    const probe: StatfsProbe = {
+      identity,
+      settledAt: undefined,
+      result: statFilesystem(entry.mountPoint, this.#o.statsTimeoutMs),
+    };
+    const forget = () => {
+      if (this.#statfsProbes.get(entry.mountPoint) === probe) this.#statfsProbes.delete(entry.mountPoint);
+    };
+    probe.result.then((r) => {
+      if ("status" in r) forget();
+      else probe.settledAt = Date.now();
+    }, forget);
+    this.#statfsProbes.set(entry.mountPoint, probe);
+    return probe.result;
   }
 
   /**
@@ -364,6 +462,16 @@ export async function statFilesystem(path: string, timeoutMs: number): Promise<F
     freeInodes: freeFiles,
     usedInodes: files - freeFiles,
   };
+}
+
+/**
+ * The EFS file system an NFS mount names by DNS (fs-xxx.efs.<region>...), or undefined when its
+ * source does not say (efs-utils with TLS mounts through a local port, 127.0.0.1:/).
+ */
+function nfsFileSystemId(entry: MountEntry): string | undefined {
+  if (!/^(nfs4?|efs)$/.test(entry.fsType)) return undefined;
+  const host = entry.source.slice(0, entry.source.lastIndexOf(":"));
+  return /^(fs-[0-9a-f]+)(\.|$)/.exec(host)?.[1];
 }
 
 /** An NFS mount of the EFS file system (as efs-utils or mount -t nfs4 by DNS name shows it). */

@@ -13,7 +13,7 @@
 import { spawn } from "node:child_process";
 import type { Dir, Stats } from "node:fs";
 import { lstat, opendir } from "node:fs/promises";
-import { join, resolve } from "node:path";
+import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { listMounts, resolveMountPath } from "../host/mounts.ts";
 
@@ -121,7 +121,10 @@ const isGone = (err: unknown): boolean => {
   return code === "ENOENT" || code === "ENOTDIR";
 };
 
-const SCRIPT = fileURLToPath(import.meta.url);
+/** The child's entry: usage-walk-child beside this module (compiled: beside the bundle's chunks). */
+const SCRIPT = fileURLToPath(
+  new URL(`./usage-walk-child.${import.meta.url.endsWith(".ts") ? "ts" : "js"}`, import.meta.url),
+);
 /** A child that outlives its time limit by this much is killed: it is stuck (a server that does not answer). */
 const STUCK_AFTER_MS = 60_000;
 /** After SIGKILL, how long to wait for the child to exit before giving up on it (it may be stuck in the kernel). */
@@ -213,7 +216,7 @@ function parseResult(text: string): WalkResult {
 }
 
 /** The child: walks the root as the kernel names it (mount points are matched by that name), prints the result. */
-async function runChild(arg: string): Promise<void> {
+export async function runChild(arg: string): Promise<void> {
   const request = JSON.parse(arg) as ChildRequest;
   const root = await resolveMountPath(request.root);
   const mountPoints = new Set(
@@ -227,12 +230,4 @@ async function runChild(arg: string): Promise<void> {
   }, 1000).unref();
   const result = await walkUsage(root, { ...request, mountPoints, signal: orphaned.signal });
   process.stdout.write(JSON.stringify(result));
-}
-
-if (process.argv[1] !== undefined && resolve(process.argv[1]) === SCRIPT) {
-  // No process.exit: it could cut off the answer still being written to the pipe.
-  runChild(process.argv[2] ?? "{}").catch((err: unknown) => {
-    process.stderr.write(`${err instanceof Error ? err.message : String(err)}\n`);
-    process.exitCode = 1;
-  });
 }

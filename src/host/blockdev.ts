@@ -1,8 +1,8 @@
-import { open, stat, statfs } from "node:fs/promises";
+import { open, readFile, stat, statfs } from "node:fs/promises";
 import { currentCallSignal } from "../call-scope.ts";
 import { bounded } from "./bounded.ts";
 import { CommandError, run } from "./exec.ts";
-import { mount } from "./mounts.ts";
+import { mount, splitDevNumber } from "./mounts.ts";
 
 /** Filesystems the node formats and grows. */
 export const FS_TYPES = ["ext2", "ext3", "ext4", "xfs"] as const;
@@ -96,6 +96,23 @@ export async function deviceSizeBytes(device: string): Promise<number> {
   if (!Number.isSafeInteger(size) || size < 0)
     throw new Error(`blockdev --getsize64 ${device}: bad output "${stdout}"`);
   return size;
+}
+
+/** sysfs gives a block device's size in 512-byte sectors, whatever its logical block size. */
+const SYSFS_SECTOR_BYTES = 512;
+
+/**
+ * The size of the block device with device number rdev (found at path), read from sysfs: no
+ * process is started for it, as kubelet asks for a block volume's size every minute. Where sysfs
+ * does not say, `blockdev --getsize64 path` does.
+ */
+export async function blockDeviceSizeBytes(rdev: number, path: string): Promise<number> {
+  const { major, minor } = splitDevNumber(BigInt(rdev));
+  const sizeFile = `/sys/dev/block/${major}:${minor}/size`;
+  const text = await bounded(`read ${sizeFile}`, () => readFile(sizeFile, "utf8")).catch(() => undefined);
+  const sectors = Number(text?.trim() || Number.NaN);
+  if (Number.isSafeInteger(sectors * SYSFS_SECTOR_BYTES) && sectors >= 0) return sectors * SYSFS_SECTOR_BYTES;
+  return deviceSizeBytes(path);
 }
 
 /**

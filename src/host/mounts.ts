@@ -1,4 +1,4 @@
-import { readFile, realpath, rmdir, stat, unlink } from "node:fs/promises";
+import { type FileHandle, open, realpath, rmdir, stat, unlink } from "node:fs/promises";
 import path from "node:path";
 import { currentCallSignal } from "../call-scope.ts";
 import { bounded } from "./bounded.ts";
@@ -89,9 +89,93 @@ function splitOptions(s: string): string[] {
   return s === "" ? [] : s.split(",").map(unescapeOctal);
 }
 
-/** The mount table as the kernel sees it now: read on every call, never cached. */
+/** Room for the mount table at first; it grows to whatever the table needs. */
+const MOUNTINFO_INITIAL_BYTES = 64 * 1024;
+/** Beyond this the table is refused rather than read: memory stays bounded whatever is mounted. */
+const MOUNTINFO_MAX_BYTES = 64 * 1024 * 1024;
+
+/**
+ * The mount table, read through one descriptor kept open: reading it again from offset 0 makes
+ * the kernel write it afresh, so a read costs no open, fstat or close (kubelet asks for every
+ * volume's stats every minute). The kernel hands it out a page or so per read, so it is read to
+ * the end; reads are never interleaved on the descriptor. Callers who ask while a read runs share
+ * the next one, which starts after they asked: as fresh as a read of their own. The text is
+ * parsed again only when it differs from the last read's.
+ */
+class MountTableReader {
+  #file: Promise<FileHandle> | undefined;
+  #buffer = Buffer.alloc(0);
+  #running: Promise<Buffer> | undefined;
+  #next: Promise<Buffer> | undefined;
+  #lastText: Buffer | undefined;
+  #lastEntries: readonly MountEntry[] = [];
+
+  async read(): Promise<readonly MountEntry[]> {
+    const text = await bounded(`read ${MOUNTINFO_PATH}`, () => this.#sharedRead());
+    if (this.#lastText?.equals(text)) return this.#lastEntries;
+    const entries = parseMountInfo(text.toString("utf8"));
+    for (const entry of entries) Object.freeze(entry);
+    this.#lastText = text;
+    this.#lastEntries = entries;
+    return entries;
+  }
+
+  #sharedRead(): Promise<Buffer> {
+    if (!this.#running) {
+      this.#running = this.#readWhole().finally(() => {
+        this.#running = undefined;
+      });
+      return this.#running;
+    }
+    this.#next ??= this.#running
+      .catch(() => undefined)
+      .then(() => {
+        this.#next = undefined;
+        return this.#sharedRead();
+      });
+    return this.#next;
+  }
+
+  async #readWhole(): Promise<Buffer> {
+    this.#file ??= open(MOUNTINFO_PATH, "r");
+    const file = this.#file;
+    try {
+      const handle = await file;
+      let length = 0;
+      for (;;) {
+        if (length === this.#buffer.length) this.#grow(length);
+        const { bytesRead } = await handle.read(this.#buffer, length, this.#buffer.length - length, length);
+        if (bytesRead === 0) return Buffer.from(this.#buffer.subarray(0, length));
+        length += bytesRead;
+      }
+    } catch (err) {
+      // A descriptor that cannot be read (or opened) is dropped: the next call opens a new one.
+      if (this.#file === file) this.#file = undefined;
+      (await file.catch(() => undefined))?.close().catch(() => undefined);
+      throw err;
+    }
+  }
+
+  #grow(keep: number): void {
+    const size = Math.max(MOUNTINFO_INITIAL_BYTES, this.#buffer.length * 2);
+    if (size > MOUNTINFO_MAX_BYTES) {
+      throw new Error(`${MOUNTINFO_PATH} is longer than ${MOUNTINFO_MAX_BYTES} bytes: refusing to read it`);
+    }
+    // Unzeroed: only the bytes the kernel wrote are ever looked at.
+    const bigger = Buffer.allocUnsafeSlow(size);
+    this.#buffer.copy(bigger, 0, 0, keep);
+    this.#buffer = bigger;
+  }
+}
+
+const mountTable = new MountTableReader();
+
+/**
+ * The mount table as the kernel sees it now: read on every call (never an earlier read's answer),
+ * parsed only when it changed. The entries are frozen: every caller shares them; the list is the caller's.
+ */
 export async function listMounts(): Promise<MountEntry[]> {
-  return parseMountInfo(await bounded(`read ${MOUNTINFO_PATH}`, () => readFile(MOUNTINFO_PATH, "utf8")));
+  return (await mountTable.read()).slice();
 }
 
 /**

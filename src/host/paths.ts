@@ -1,8 +1,8 @@
 import { constants } from "node:fs";
-import { lstat, mkdir, open, readFile, realpath } from "node:fs/promises";
+import { lstat, mkdir, open, realpath } from "node:fs/promises";
 import path from "node:path";
 import { bounded } from "./bounded.ts";
-import { MOUNTINFO_PATH, parseMountInfo } from "./mounts.ts";
+import { listMounts, type MountEntry } from "./mounts.ts";
 
 /** Linux PATH_MAX (4096) counts the terminating NUL: 4095 bytes is the longest usable path. */
 export const MAX_PATH_BYTES = 4095;
@@ -77,9 +77,10 @@ export class KubeletDirs {
   /**
    * Checks p and returns it with its existing parent directories resolved: the path the kernel
    * will show in the mount table. The last component is not looked at when something is mounted
-   * there (a dead NFS mount would hang a stat of it).
+   * there (a dead NFS mount would hang a stat of it). `mounts`: the mount table, when the caller
+   * has just read it (one read instead of two).
    */
-  async confine(p: string): Promise<Confined> {
+  async confine(p: string, opts: { mounts?: readonly MountEntry[] } = {}): Promise<Confined> {
     const lexical = this.lexicalReason(p);
     if (lexical) return { ok: false, reason: lexical };
     const missing: string[] = [];
@@ -115,7 +116,10 @@ export class KubeletDirs {
       };
     }
     const resolved = path.join(real, ...missing, path.basename(p));
-    if (missing.length === 0 && !(await isMountPoint(resolved))) {
+    if (
+      missing.length === 0 &&
+      !(opts.mounts ?? (await listMounts())).some((m) => m.mountPoint === resolved)
+    ) {
       const info = await lstatOrUndefined(resolved);
       if (info?.isSymbolicLink()) return { ok: false, reason: "must not be a symbolic link" };
     }
@@ -128,11 +132,6 @@ async function lstatOrUndefined(p: string) {
     if (err.code === "ENOENT" || err.code === "ENOTDIR") return undefined;
     throw err;
   });
-}
-
-async function isMountPoint(p: string): Promise<boolean> {
-  const text = await bounded(`read ${MOUNTINFO_PATH}`, () => readFile(MOUNTINFO_PATH, "utf8"));
-  return parseMountInfo(text).some((m) => m.mountPoint === p);
 }
 
 /**

@@ -45,6 +45,21 @@ const READ_ONLY = new Set([
 ]);
 
 /**
+ * Calls kubelet and the sidecars repeat on a timer (every volume's stats every minute, probes
+ * every few seconds): a success is no news, so its "done" line is at debug. Failures keep theirs.
+ */
+const POLLED = new Set([
+  "Probe",
+  "GetPluginInfo",
+  "GetPluginCapabilities",
+  "ControllerGetCapabilities",
+  "NodeGetCapabilities",
+  "NodeGetVolumeStats",
+  "NodeGetVolumeHealth",
+  "NodeGetStorageHealth",
+]);
+
+/**
  * The in-flight key of a call: the name for CreateVolume, the volume id otherwise (with the
  * target path for publish calls, so that two pods of one volume do not turn each other away).
  */
@@ -74,12 +89,12 @@ function reply(
   callback: sendUnaryData<unknown>,
   error: Parameters<sendUnaryData<unknown>>[0],
   response: unknown,
-  log: Logger,
+  logOf: () => Logger,
 ): void {
   try {
     callback(error, response);
   } catch (err) {
-    log.error({ err }, "could not send the reply");
+    logOf().error({ err }, "could not send the reply");
   }
 }
 
@@ -93,7 +108,8 @@ function shortMessage(err: unknown): { code: status; message: string; expected: 
 /**
  * Builds the gRPC handler table for one service: every method of the definition is served, the
  * ones the implementation lacks with UNIMPLEMENTED. Each call gets a request id, a log line with
- * its method, duration and status code, secrets redacted, and errors mapped to status codes.
+ * its method, duration and status code (at debug for a polled call that succeeded), secrets
+ * redacted, and errors mapped to status codes.
  */
 export function bindService(
   service: ServiceDefinition,
@@ -125,9 +141,19 @@ async function handleCall(
   const started = process.hrtime.bigint();
   const requestId = randomUUID().slice(0, 8);
   const req = (call.request ?? {}) as Record<string, unknown>;
-  const log = rt.log.child({ rid: requestId, method });
+  // Made at the first line logged: most successful calls log none.
+  let callLog: Logger | undefined;
+  const logOf = (): Logger => {
+    callLog ??= rt.log.child({ rid: requestId, method });
+    return callLog;
+  };
   const abort = new AbortController();
-  call.on("cancelled", () => abort.abort(new CsiError(status.CANCELLED, "the caller cancelled the call")));
+  // gRPC also reports a call that was answered as "cancelled" when its stream closes: only a call
+  // still being served is aborted (and the error, with its stack, is made only then).
+  let answered = false;
+  call.on("cancelled", () => {
+    if (!answered) abort.abort(new CsiError(status.CANCELLED, "the caller cancelled the call"));
+  });
   // Host calls and waits stop at the caller's deadline, whether or not the transport says so.
   const deadline = call.getDeadline();
   const msLeft = deadline instanceof Date ? deadline.getTime() - Date.now() : Number(deadline) - Date.now();
@@ -138,7 +164,7 @@ async function handleCall(
           Math.max(0, msLeft),
         )
       : undefined;
-  if (log.isLevelEnabled("debug")) log.debug({ request: redactSecrets(req) }, "call");
+  if (rt.log.isLevelEnabled("debug")) logOf().debug({ request: redactSecrets(req) }, "call");
 
   let code: status = status.OK;
   let release: (() => void) | undefined;
@@ -154,28 +180,38 @@ async function handleCall(
         );
       }
     }
-    const response = await runInCallScope(abort.signal, () =>
-      fn(req, { requestId, log, signal: abort.signal }),
-    );
-    reply(callback, null, response, log);
+    const ctx: RpcContext = {
+      requestId,
+      signal: abort.signal,
+      get log() {
+        return logOf();
+      },
+    };
+    const response = await runInCallScope(abort.signal, () => fn(req, ctx));
+    reply(callback, null, response, logOf);
   } catch (err) {
     const { code: errCode, message, expected } = shortMessage(err);
     code = errCode;
     // A host call that hung, or a caller that gave up, is worth a look: warn, with what hung.
+    const log = logOf();
     if (expected && (code === status.UNAVAILABLE || code === status.DEADLINE_EXCEEDED))
       log.warn({ code: statusName(code), error: message }, "call failed");
     else if (expected) log.info({ code: statusName(code), error: message }, "call failed");
     else log.error({ err }, "unexpected error");
     // Well formed: grpc-js percent-encodes details and throws on a lone surrogate.
     const details = message.toWellFormed();
-    reply(callback, { code, details, message: details }, undefined, log);
+    reply(callback, { code, details, message: details }, undefined, logOf);
   } finally {
+    answered = true;
     clearTimeout(deadlineTimer);
     release?.();
     const seconds = Number(process.hrtime.bigint() - started) / 1e9;
     rt.metrics.rpcDuration.observe({ method, code: statusName(code) }, seconds);
-    // Cut: a malformed request may carry a name of any length.
-    const volume = String(req.volume_id || req.name || "").slice(0, 128);
-    log.info({ code: statusName(code), ms: Math.round(seconds * 1000), volume }, "done");
+    const level = code === status.OK && POLLED.has(method) ? "debug" : "info";
+    if (rt.log.isLevelEnabled(level)) {
+      // Cut: a malformed request may carry a name of any length.
+      const volume = String(req.volume_id || req.name || "").slice(0, 128);
+      logOf()[level]({ code: statusName(code), ms: Math.round(seconds * 1000), volume }, "done");
+    }
   }
 }

@@ -11,13 +11,13 @@ import {
   readdirSync,
   readFileSync,
   rmSync,
-  symlinkSync,
   writeFileSync,
 } from "node:fs";
 import { tmpdir } from "node:os";
 import { delimiter, dirname, join, posix, relative } from "node:path";
 import { fileURLToPath } from "node:url";
 import { afterAll, describe, expect, it, type TestContext } from "vitest";
+import { buildDriver, ENTRY_POINTS } from "../../scripts/build.ts";
 import {
   parseCreateParameters,
   parseGroupSnapshotParameters,
@@ -779,10 +779,11 @@ describe("Dockerfile", () => {
     }
     expect(inBuildContext("src/main.ts")).toBe(true);
     expect(inBuildContext("node_modules/typescript/package.json")).toBe(false);
+    expect(inBuildContext("scripts/build.ts")).toBe(true);
     expect(inBuildContext(".git/HEAD")).toBe(false);
   });
 
-  it("npm ci accepts package.json and package-lock.json, as the build and deps stages run it", () => {
+  it("npm ci accepts package.json and package-lock.json, as the build stage runs it and as a production install would", () => {
     const dir = join(work, "npm-ci");
     mkdirSync(dir, { recursive: true });
     for (const f of ["package.json", "package-lock.json"]) cpSync(join(ROOT, f), join(dir, f));
@@ -799,36 +800,19 @@ describe("Dockerfile", () => {
       "node",
       "/app/dist/main.js",
     ]);
-    const build = JSON.parse(readFileSync(join(ROOT, "tsconfig.build.json"), "utf8")).compilerOptions;
-    expect([build.rootDir, build.outDir]).toEqual(["src", "dist"]);
+    expect(ENTRY_POINTS).toContain("src/main.ts");
     expect(existsSync(join(ROOT, "src/main.ts"))).toBe(true);
     expect(JSON.parse(readFileSync(join(ROOT, "package.json"), "utf8")).bin["aws-storage-csi"]).toBe(
       "dist/main.js",
     );
   });
 
-  it("the runtime stage's files, laid out as its COPY lines say, answer --version", () => {
-    // Compile as the build stage does, into a scratch /app; then follow the runtime stage's COPYs.
+  it("the runtime stage's files, laid out as its COPY lines say, answer --version without node_modules", async () => {
+    // Bundle as the build stage does, into a scratch dir; then follow the runtime stage's COPYs.
     const app = join(work, "image/app");
     mkdirSync(app, { recursive: true });
-    if (!existsSync(join(ROOT, "src/csi/gen"))) {
-      const gen = run("npm", ["run", "gen"]);
-      expect(gen.status, output(gen)).toBe(0);
-    }
-    const tsc = run(process.execPath, [
-      join(ROOT, "node_modules/typescript/bin/tsc"),
-      "-p",
-      join(ROOT, "tsconfig.build.json"),
-      "--outDir",
-      join(work, "image/dist"),
-      // Type errors are npm run typecheck's to report; this test is about where files land.
-      "--noCheck",
-    ]);
-    expect(tsc.status, output(tsc)).toBe(0);
-    const stageOutputs: Record<string, string> = {
-      "build:/src/dist/": join(work, "image/dist"),
-      "deps:/app/node_modules/": join(ROOT, "node_modules"),
-    };
+    await buildDriver(join(work, "image/dist"));
+    const stageOutputs: Record<string, string> = { "build:/src/dist/": join(work, "image/dist") };
     const workdir = runtime.lines
       .filter((l) => /^WORKDIR\s/i.test(l))
       .at(-1)
@@ -847,19 +831,25 @@ describe("Dockerfile", () => {
             origin,
             `COPY --from=${from} ${source}: unknown to this test, add it to stageOutputs`,
           ).toBeDefined();
-          if (source.includes("node_modules")) symlinkSync(origin!, target.replace(/\/$/, ""));
-          else cpSync(origin!, target, { recursive: true });
+          cpSync(origin!, target, { recursive: true });
         } else {
           cpSync(join(ROOT, source), target, { recursive: true });
         }
       }
     }
+    // The bundle must not reach for the repository's node_modules: the image has none.
+    expect(existsSync(join(app, "node_modules"))).toBe(false);
     const [command, script] = JSON.parse(entrypoint!.replace(/^ENTRYPOINT\s+/i, "")) as string[];
     expect(command).toBe("node");
     const version = JSON.parse(readFileSync(join(ROOT, "package.json"), "utf8")).version;
-    const r = run(process.execPath, [join(app, posix.relative("/app", script!)), "--version"]);
+    const r = run(process.execPath, [join(app, posix.relative("/app", script!)), "--version"], {
+      cwd: tmpdir(),
+    });
     expect(r.status, output(r)).toBe(0);
     expect(r.stdout.trim()).toBe(`aws-storage-csi ${version}`);
+    // The helper processes the node plugin starts sit beside the chunks that start them.
+    for (const entry of ["describe-instance-type.js", "usage-walk-child.js"])
+      expect(existsSync(join(app, "dist", entry)), entry).toBe(true);
   });
 });
 

@@ -4,10 +4,28 @@
 import { execFileSync, spawnSync } from "node:child_process";
 import { createHash, randomUUID } from "node:crypto";
 import { existsSync, readFileSync } from "node:fs";
-import { mkdir, open, readFile, realpath, rmdir, stat, statfs, writeFile } from "node:fs/promises";
+import {
+  mkdir,
+  mkdtemp,
+  open,
+  readFile,
+  realpath,
+  rm,
+  rmdir,
+  stat,
+  statfs,
+  symlink,
+  writeFile,
+} from "node:fs/promises";
+import { tmpdir } from "node:os";
 import { basename, join } from "node:path";
 import { type ServiceError, status } from "@grpc/grpc-js";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
+import { CsiError } from "../../src/csi/errors.ts";
+import { linkName } from "../../src/ebs/device-links.ts";
+import { EbsNode } from "../../src/ebs/node.ts";
+import { KubeletDirs } from "../../src/host/paths.ts";
+import { createLogger } from "../../src/log.ts";
 import { type EbsEnv, startEbsEnv } from "../harness/ebs-env.ts";
 import { canGrowExt4Online, loopDeviceSkipReason } from "../harness/host-support.ts";
 
@@ -1001,5 +1019,142 @@ describe.skipIf(skip !== undefined)("EBS node service (driver process, loop devi
       await detachAndDelete(volume);
       await call("Controller", "DeleteVolume", { volume_id: other.volumeId });
     });
+  });
+});
+
+/**
+ * NodeGetVolumeStats remembers what it found at a path and checks it cheaply on later calls (the
+ * path's device and inode numbers, the volume's by-id link). In process, against loop devices and
+ * links made here, so that each way the path can change under a remembered answer is made exactly.
+ */
+describe.skipIf(skip !== undefined)("EBS node stats: a remembered path is checked again (in process)", () => {
+  const VOLUME_A = "vol-0aaaaaaaaaaaaaaaa";
+  const VOLUME_B = "vol-0bbbbbbbbbbbbbbbb";
+  let work: string;
+  let byId: string;
+  let target: string;
+  let blockTarget: string;
+  let node: EbsNode;
+  const loops: string[] = [];
+
+  const run = (cmd: string, args: string[]) => execFileSync(cmd, args, { encoding: "utf8" }).trim();
+  const mounted = (path: string) => mountsAt(path).length > 0;
+  const unmountAllAt = (path: string) => {
+    while (mounted(path)) run("umount", ["--", path]);
+  };
+  const link = async (volumeId: string, device: string | undefined) => {
+    const path = join(byId, linkName(volumeId));
+    await rm(path, { force: true });
+    if (device) await symlink(device, path);
+  };
+  const stats = (volumeId: string, path: string) =>
+    node.NodeGetVolumeStats({ volume_id: volumeId, volume_path: path, staging_target_path: "" });
+  const codeOf = (p: Promise<unknown>) =>
+    p.then(
+      () => "OK",
+      (err: unknown) => (err instanceof CsiError ? status[err.code] : Promise.reject(err)),
+    );
+  // biome-ignore lint/suspicious/noExplicitAny: the stats reply.
+  const inodesOf = (reply: any): number => reply.usage.find((u: any) => u.unit === "INODES").total;
+
+  beforeAll(async () => {
+    work = await realpath(await mkdtemp(join(tmpdir(), "ebs-stats-cache-")));
+    const kubelet = join(work, "kubelet");
+    byId = join(work, "by-id");
+    target = join(kubelet, "pods", "p", "volumes", "kubernetes.io~csi", "pv", "mount");
+    blockTarget = join(kubelet, "plugins", "kubernetes.io", "csi", "volumeDevices", "publish", "pv", "pod");
+    await mkdir(target, { recursive: true });
+    await mkdir(join(blockTarget, ".."), { recursive: true });
+    await writeFile(blockTarget, "");
+    await mkdir(byId);
+    // Two filesystems told apart by their inode counts.
+    for (const [name, inodes] of [
+      ["a.img", "4096"],
+      ["b.img", "8192"],
+    ] as const) {
+      const image = join(work, name);
+      run("truncate", ["-s", "64M", image]);
+      run("mkfs.ext4", ["-q", "-F", "-N", inodes, image]);
+      loops.push(run("losetup", ["--find", "--show", "--", image]));
+    }
+    node = new EbsNode(
+      {
+        deviceDir: byId,
+        deviceWaitMs: 0,
+        maxVolumesPerNode: 25,
+        instanceId: "i-0123456789abcdef0",
+        zone: "us-east-1a",
+        kubeletDirs: await KubeletDirs.open([kubelet]),
+      },
+      createLogger("silent"),
+    );
+  });
+
+  afterAll(async () => {
+    if (target) unmountAllAt(target);
+    if (blockTarget) unmountAllAt(blockTarget);
+    for (const loop of loops) spawnSync("losetup", ["--detach", loop]);
+    if (work) await rm(work, { recursive: true, force: true });
+  });
+
+  it("after an unmount, or another filesystem mounted there, the path is NOT_FOUND for the volume", async () => {
+    const [loopA, loopB] = loops as [string, string];
+    await link(VOLUME_A, loopA);
+    run("mount", ["-t", "ext4", "--", loopA, target]);
+    const expected = (await statfs(target)).files;
+    expect(inodesOf(await stats(VOLUME_A, target))).toBe(expected);
+    // Answered again from what the first call found.
+    expect(inodesOf(await stats(VOLUME_A, target))).toBe(expected);
+
+    unmountAllAt(target);
+    expect(await codeOf(stats(VOLUME_A, target))).toBe("NOT_FOUND");
+
+    // Another ext4 there: its root has the same inode number, only the device number differs.
+    for (const other of [
+      ["-t", "ext4", "--", loopB, target],
+      ["-t", "tmpfs", "-o", "size=1m,nr_inodes=77", "other", target],
+    ]) {
+      run("mount", ["-t", "ext4", "--", loopA, target]);
+      expect(inodesOf(await stats(VOLUME_A, target))).toBe(expected);
+      unmountAllAt(target);
+      run("mount", other);
+      expect(await codeOf(stats(VOLUME_A, target))).toBe("NOT_FOUND");
+      unmountAllAt(target);
+    }
+  });
+
+  it("another volume on the device the volume had (a reused device name) is not reported as the volume", async () => {
+    const [loopA, loopB] = loops as [string, string];
+    await link(VOLUME_A, loopA);
+    await link(VOLUME_B, undefined);
+    run("mount", ["-t", "ext4", "--", loopA, target]);
+    const expected = (await statfs(target)).files;
+    expect(inodesOf(await stats(VOLUME_A, target))).toBe(expected);
+
+    // Volume A detached, volume B attached as the same device, mounted at the same path: as the
+    // node sees it, only the links changed (the path shows the very same device and inode numbers).
+    await link(VOLUME_A, undefined);
+    await link(VOLUME_B, loopA);
+    expect(await codeOf(stats(VOLUME_A, target))).toBe("NOT_FOUND");
+    expect(inodesOf(await stats(VOLUME_B, target))).toBe(expected);
+
+    // And A's link now leading to another device: A is still not the volume at this path.
+    await link(VOLUME_A, loopB);
+    expect(await codeOf(stats(VOLUME_A, target))).toBe("NOT_FOUND");
+    unmountAllAt(target);
+    expect(await codeOf(stats(VOLUME_B, target))).toBe("NOT_FOUND");
+  });
+
+  it("a block volume reports its device's size until its device node is unmounted", async () => {
+    const [loopA] = loops as [string, string];
+    await link(VOLUME_A, loopA);
+    run("mount", ["--bind", "--", loopA, blockTarget]);
+    for (let i = 0; i < 2; i++) {
+      expect(await stats(VOLUME_A, blockTarget)).toEqual({
+        usage: [{ unit: "BYTES", total: 64 * MiB, available: 0, used: 0 }],
+      });
+    }
+    unmountAllAt(blockTarget);
+    expect(await codeOf(stats(VOLUME_A, blockTarget))).toBe("NOT_FOUND");
   });
 });

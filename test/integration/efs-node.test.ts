@@ -553,3 +553,56 @@ describe.skipIf(!isRoot || !existsSync("/dev/fuse"))(
     });
   },
 );
+
+describe.skipIf(!isRoot)("EFS node stats (in process): reused figures follow the mount at the path", () => {
+  it("another mount at the path is measured anew, and a path with nothing mounted is NOT_FOUND", async () => {
+    const kubelet = await mkdtemp(join(tmpdir(), "efs-stats-"));
+    const node = new EfsNode({
+      instanceId: "i-0123456789abcdef0",
+      zone: "us-east-1a",
+      region: "us-east-1",
+      kubeletDirs: await KubeletDirs.open([kubelet]),
+      log: createLogger("silent"),
+      efsHelperPath: "/nonexistent/mount.efs",
+    });
+    const FS = "fs-0123456789abcdef0";
+    const target = join(kubelet, "pods", "p", "volumes", "kubernetes.io~csi", "pv", "mount");
+    await mkdir(target, { recursive: true });
+    // tmpfs stands in for the NFS mount: its inode total (nr_inodes) tells two mounts apart.
+    const mountTmpfs = (inodes: number) => {
+      const out = spawnSync("mount", [
+        "-t",
+        "tmpfs",
+        "-o",
+        `size=1m,nr_inodes=${inodes}`,
+        "efs-stats",
+        target,
+      ]);
+      expect(out.status, String(out.stderr)).toBe(0);
+    };
+    // Lazy: a usage walk of the target may still hold it open.
+    const unmount = () => spawnSync("umount", ["--lazy", "--", target]);
+    const stats = async (): Promise<Reply> =>
+      node.NodeGetVolumeStats({ volume_id: FS, volume_path: target, staging_target_path: "" });
+    const code = () =>
+      stats().then(
+        () => "OK",
+        (err: { code: number }) => status[err.code],
+      );
+    try {
+      mountTmpfs(1000);
+      expect(usageOf(await stats()).inodes.total).toBe(1000);
+      expect(usageOf(await stats()).inodes.total).toBe(1000);
+      unmount();
+      expect(await code()).toBe("NOT_FOUND");
+      mountTmpfs(2000);
+      expect(usageOf(await stats()).inodes.total).toBe(2000);
+      unmount();
+      expect(await code()).toBe("NOT_FOUND");
+    } finally {
+      while ((await findMountsAt(target)).length > 0) unmount();
+      await node.close();
+      await rm(kubelet, { recursive: true, force: true });
+    }
+  });
+});

@@ -2,15 +2,17 @@ import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import { Writable } from "node:stream";
 import { DescribeAvailabilityZonesCommand, DescribeVolumesCommand, EC2Client } from "@aws-sdk/client-ec2";
-import { pino } from "pino";
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
+import { LearningRateLimiter, type LimiterTuning } from "../../src/aws/rate-limiter.ts";
 import {
   awsClientConfig,
   awsErrorCode,
   DEFAULT_MAX_ATTEMPTS,
   instrumentClient,
   isThrottlingError,
+  paceThrottledCalls,
 } from "../../src/aws/sdk.ts";
+import { createLogger } from "../../src/log.ts";
 import { createMetrics, type Metrics } from "../../src/metrics.ts";
 
 /** What the fake EC2 answers to the next requests, in order; the last entry repeats. */
@@ -68,7 +70,7 @@ function client(maxAttempts?: number): EC2Client {
     },
   });
   const c = new EC2Client(awsClientConfig({ region: "us-east-1", endpoint: url, maxAttempts }));
-  instrumentClient(c, metrics, pino({ level: "debug" }, sink));
+  instrumentClient(c, metrics, createLogger("debug", sink));
   return c;
 }
 
@@ -124,7 +126,7 @@ describe("instrumentClient", () => {
     expect(await value("awsThrottles", request)).toBe(1);
     expect(await value("awsDuration", request)).toBe(1);
     expect((await metrics.awsErrors.get()).values).toHaveLength(0);
-    const debug = logLines.filter((l) => l["level"] === 20);
+    const debug = logLines.filter((l) => l["level"] === "debug");
     expect(debug.map((l) => l["error"])).toEqual(["RequestLimitExceeded", "InternalError"]);
     expect(debug.map((l) => l["requestId"])).toEqual(["req-1", "req-2"]);
   });
@@ -138,7 +140,7 @@ describe("instrumentClient", () => {
     expect(await value("awsAttempts", request)).toBe(1);
     expect(await value("awsErrors", { ...request, error: "UnauthorizedOperation" })).toBe(1);
     expect(await value("awsDuration", request)).toBe(1);
-    const warn = logLines.filter((l) => l["level"] === 40);
+    const warn = logLines.filter((l) => l["level"] === "warn");
     expect(warn).toHaveLength(1);
     expect(warn[0]).toMatchObject({
       request: "DescribeAvailabilityZones",
@@ -162,7 +164,7 @@ describe("instrumentClient", () => {
     const c = new EC2Client(
       awsClientConfig({ region: "us-east-1", endpoint: "http://127.0.0.1:1", maxAttempts: 1 }),
     );
-    instrumentClient(c, metrics, pino({ level: "silent" }));
+    instrumentClient(c, metrics, createLogger("silent"));
     await expect(c.send(new DescribeAvailabilityZonesCommand({}))).rejects.toThrow();
     expect(await value("awsErrors", { ...request, error: "ECONNREFUSED" })).toBe(1);
   });
@@ -189,5 +191,83 @@ describe("error helpers", () => {
       isThrottlingError(Object.assign(new Error("x"), { name: "X", $metadata: { httpStatusCode: 429 } })),
     ).toBe(true);
     expect(isThrottlingError(Object.assign(new Error("x"), { name: "VolumeInUse" }))).toBe(false);
+  });
+});
+
+describe("paceThrottledCalls", () => {
+  const throttled = { status: 503, code: "RequestLimitExceeded" };
+
+  function pacedClient(maxAttempts: number, limiter: LearningRateLimiter): EC2Client {
+    const c = client(maxAttempts);
+    paceThrottledCalls(c, {
+      limiterFor: (action) => (action === "DescribeAvailabilityZones" ? limiter : undefined),
+    });
+    return c;
+  }
+
+  const limiter = (tuning: Partial<LimiterTuning> = {}) =>
+    new LearningRateLimiter({
+      action: "DescribeAvailabilityZones",
+      priorPerSecond: 200,
+      isThrottle: isThrottlingError,
+      log: createLogger("silent"),
+      tuning,
+    });
+
+  it("sends throttled attempts again itself: they spend none of the SDK's attempts", async () => {
+    answers = [throttled, throttled, throttled, throttled, { status: 200 }];
+    const l = limiter();
+    const out = await pacedClient(2, l).send(new DescribeAvailabilityZonesCommand({}));
+    expect(out.AvailabilityZones?.[0]?.ZoneName).toBe("us-east-1a");
+    expect(out.$metadata.attempts).toBe(1);
+    expect(requests).toBe(5);
+    expect(await value("awsThrottles", request)).toBe(4);
+    expect(await value("awsAttempts", request)).toBe(5);
+    expect(l.state()).toMatchObject({ throttles: 4, queued: 0, inFlight: 0 });
+    expect(l.state().ratePerSecond).toBeGreaterThan(0);
+  });
+
+  it("leaves other failures to the SDK's retries, and never sends a call with one attempt twice after them", async () => {
+    answers = [{ status: 500, code: "InternalError" }, { status: 200 }];
+    await pacedClient(2, limiter()).send(new DescribeAvailabilityZonesCommand({}));
+    expect(requests).toBe(2);
+    requests = 0;
+    answers = [{ status: 500, code: "InternalError" }, { status: 200 }];
+    await expect(pacedClient(1, limiter()).send(new DescribeAvailabilityZonesCommand({}))).rejects.toThrow(
+      /InternalError/,
+    );
+    expect(requests).toBe(1);
+  });
+
+  it("a call waiting for its turn leaves when its abort signal fires, without being sent", async () => {
+    answers = [throttled, { status: 200 }];
+    // After the throttle: one call per 10 s, so the second call waits.
+    const l = new LearningRateLimiter({
+      action: "DescribeAvailabilityZones",
+      priorPerSecond: 0.1,
+      isThrottle: isThrottlingError,
+      log: createLogger("silent"),
+      tuning: { unpacedConcurrency: 1, safety: 1 },
+    });
+    const c = pacedClient(5, l);
+    const firstAbort = new AbortController();
+    const first = c.send(new DescribeAvailabilityZonesCommand({}), { abortSignal: firstAbort.signal });
+    await new Promise((r) => setTimeout(r, 100));
+    expect(requests).toBe(1);
+    expect(l.state().queued).toBe(1);
+    const abort = new AbortController();
+    const second = c.send(new DescribeAvailabilityZonesCommand({}), { abortSignal: abort.signal });
+    await new Promise((r) => setTimeout(r, 50));
+    expect(l.state().queued).toBe(2);
+    abort.abort();
+    await expect(second).rejects.toMatchObject({ name: "AbortError" });
+    expect(l.state().queued).toBe(1);
+    expect(requests).toBe(1);
+    // The first, throttled once, is still first in line: it too leaves unsent when it aborts.
+    firstAbort.abort();
+    await expect(first).rejects.toMatchObject({ name: "AbortError" });
+    expect(l.state()).toMatchObject({ queued: 0, inFlight: 0, throttles: 1 });
+    expect(requests).toBe(1);
+    c.destroy();
   });
 });

@@ -1,5 +1,8 @@
+import { spawnSync } from "node:child_process";
+import { existsSync, readdirSync, statSync } from "node:fs";
 import { describe, expect, it } from "vitest";
 import {
+  blockDeviceSizeBytes,
   FormatRefusedError,
   isBlank,
   isCompatibleFs,
@@ -135,5 +138,28 @@ describe("FormatRefusedError", () => {
     expect(new FormatRefusedError("/dev/x", "ext4", "partition-table", "gpt").message).toMatch(
       /partition table \(gpt\)/,
     );
+  });
+});
+
+/** A block device of this machine that blockdev can read a non-zero size of, and that size. */
+function someBlockDevice(): { node: string; rdev: number; bytes: number } | undefined {
+  for (const name of readdirSync("/sys/block").sort()) {
+    const node = `/dev/${name}`;
+    if (name.startsWith("loop") || !existsSync(node) || !statSync(node).isBlockDevice()) continue;
+    const out = spawnSync("blockdev", ["--getsize64", node], { encoding: "utf8" });
+    const bytes = Number(out.stdout.trim());
+    if (out.status === 0 && bytes > 0) return { node, rdev: statSync(node).rdev, bytes };
+  }
+  return undefined;
+}
+
+const device = existsSync("/sys/block") ? someBlockDevice() : undefined;
+
+describe.skipIf(device === undefined)("blockDeviceSizeBytes", () => {
+  it("reads the size sysfs gives, as blockdev --getsize64 does", async () => {
+    const { node, rdev, bytes: expected } = device!;
+    expect(await blockDeviceSizeBytes(rdev, node)).toBe(expected);
+    // A device number sysfs does not know: blockdev is asked about the path instead.
+    expect(await blockDeviceSizeBytes(0, node)).toBe(expected);
   });
 });

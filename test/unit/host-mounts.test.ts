@@ -1,5 +1,15 @@
+import { execFileSync } from "node:child_process";
+import { mkdir, mkdtemp, realpath, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { describe, expect, it } from "vitest";
-import { parseMountInfo, parseMountInfoLine, splitDevNumber, unescapeOctal } from "../../src/host/mounts.ts";
+import {
+  listMounts,
+  parseMountInfo,
+  parseMountInfoLine,
+  splitDevNumber,
+  unescapeOctal,
+} from "../../src/host/mounts.ts";
 
 describe("parseMountInfoLine", () => {
   it("reads every field of a plain line", () => {
@@ -109,5 +119,54 @@ describe("splitDevNumber", () => {
     expect(splitDevNumber(rdev)).toEqual({ major: 8, minor: 0x12345 });
     // Major above 0xfff lives above bit 32.
     expect(splitDevNumber((0x1000n << 32n) | (0x5n << 8n))).toEqual({ major: 0x1005, minor: 0 });
+  });
+});
+
+describe.skipIf(process.getuid?.() !== 0)("listMounts (mounts a tmpfs: root only)", () => {
+  it("shows a mount and its removal at once, and gives each caller its own list", async () => {
+    const dir = await realpath(await mkdtemp(join(tmpdir(), "list-mounts-")));
+    try {
+      const before = await listMounts();
+      expect(before.some((m) => m.mountPoint === dir)).toBe(false);
+      execFileSync("mount", ["-t", "tmpfs", "-o", "size=16k", "list-mounts-test", dir]);
+      try {
+        const entry = (await listMounts()).find((m) => m.mountPoint === dir);
+        expect(entry).toMatchObject({ fsType: "tmpfs", source: "list-mounts-test" });
+      } finally {
+        execFileSync("umount", ["--", dir]);
+      }
+      const after = await listMounts();
+      expect(after.some((m) => m.mountPoint === dir)).toBe(false);
+      // The table did not change between these two reads: still, a list one caller changes is not another's.
+      after.length = 0;
+      expect((await listMounts()).length).toBe(before.length);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe.skipIf(process.getuid?.() !== 0)("listMounts of a long table (mounts tmpfs: root only)", () => {
+  it("reads the whole table, however many pages the kernel hands it out in, also to callers at once", async () => {
+    const dir = await realpath(await mkdtemp(join(tmpdir(), "list-mounts-long-")));
+    // Far more than the page or so the kernel gives per read.
+    const points = Array.from({ length: 80 }, (_, i) => join(dir, `mount-point-with-a-long-name-${i}`));
+    const mounted: string[] = [];
+    try {
+      for (const point of points) {
+        await mkdir(point);
+        execFileSync("mount", ["-t", "tmpfs", "-o", "size=16k", "list-mounts-long", point]);
+        mounted.push(point);
+      }
+      const tables = await Promise.all(Array.from({ length: 8 }, () => listMounts()));
+      for (const table of tables) {
+        const seen = new Set(table.map((m) => m.mountPoint));
+        expect(points.filter((p) => !seen.has(p))).toEqual([]);
+      }
+    } finally {
+      for (const point of mounted.reverse()) execFileSync("umount", ["--", point]);
+      await rm(dir, { recursive: true, force: true });
+    }
+    expect((await listMounts()).filter((m) => m.mountPoint.startsWith(`${dir}/`))).toEqual([]);
   });
 });

@@ -1,7 +1,8 @@
 import { status } from "@grpc/grpc-js";
-import { describe, expect, it } from "vitest";
+import { describe, expect, it, vi } from "vitest";
 import { CsiError } from "../../src/csi/errors.ts";
 import { identityService } from "../../src/csi/identity.ts";
+import { firstAnsweredEarly } from "../../src/driver.ts";
 
 const base = { name: "ebs.csi.aws.com", version: "1.2.3", controller: true, accessibilityConstraints: true };
 
@@ -51,5 +52,46 @@ describe("Identity", () => {
     const late = await failure(hanging.Probe());
     expect(late.code).toBe(status.FAILED_PRECONDITION);
     expect(late.message).toMatch(/no answer within/);
+  });
+});
+
+describe("firstAnsweredEarly (the controller's Probe at start-up)", () => {
+  it("asks at once, gives that answer to the first Probe, and asks anew for every later one", async () => {
+    let asked = 0;
+    const probe = firstAnsweredEarly(async () => {
+      asked++;
+    });
+    expect(asked).toBe(1);
+    await probe();
+    expect(asked).toBe(1);
+    await probe();
+    await probe();
+    expect(asked).toBe(3);
+  });
+
+  it("a failed early answer is the first Probe's failure, not an unhandled rejection", async () => {
+    let asked = 0;
+    const probe = firstAnsweredEarly(async () => {
+      asked++;
+      if (asked === 1) throw new Error("EC2 unreachable");
+    });
+    await new Promise((r) => setTimeout(r, 10));
+    await expect(probe()).rejects.toThrow("EC2 unreachable");
+    await expect(probe()).resolves.toBeUndefined();
+  });
+
+  it("an early answer older than 5 s is not used: the first Probe asks anew", async () => {
+    vi.useFakeTimers({ toFake: ["performance"] });
+    try {
+      let asked = 0;
+      const probe = firstAnsweredEarly(async () => {
+        asked++;
+      });
+      vi.advanceTimersByTime(6000);
+      await probe();
+      expect(asked).toBe(2);
+    } finally {
+      vi.useRealTimers();
+    }
   });
 });

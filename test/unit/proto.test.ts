@@ -8,6 +8,8 @@ import * as grpc from "@grpc/grpc-js";
 import * as protoLoader from "@grpc/proto-loader";
 import protobuf from "protobufjs";
 import { describe, expect, it } from "vitest";
+import { CSI_JSON_PATH, csiDescriptorJson } from "../../scripts/proto-json.ts";
+import { csiServices } from "../../src/csi/proto.ts";
 
 // Structural equivalence between our hand-written proto/csi.proto and the official CSI v1.14.0 csi.proto.
 
@@ -308,5 +310,58 @@ describe("proto/csi.proto loads with @grpc/proto-loader and @grpc/grpc-js", () =
     const streaming = (v1["SnapshotMetadata"] as grpc.ServiceClientConstructor).service;
     expect(streaming["GetMetadataDelta"]?.responseStream).toBe(true);
     expect(streaming["GetMetadataDelta"]?.requestStream).toBe(false);
+  });
+});
+
+describe("proto/csi.json: the descriptor the driver loads instead of parsing proto/csi.proto", () => {
+  it("is what scripts/proto-json.ts writes from proto/csi.proto (run it after editing the .proto)", () => {
+    expect(readFileSync(CSI_JSON_PATH, "utf8")).toBe(csiDescriptorJson());
+  });
+
+  it("serves every method of proto-loader's services, on the same paths", () => {
+    const loaded = grpc.loadPackageDefinition(protoLoader.loadSync(ourProtoPath, { keepCase: true }));
+    const v1 = (loaded["csi"] as grpc.GrpcObject)["v1"] as grpc.GrpcObject;
+    const services = csiServices();
+    for (const name of ["Identity", "Controller", "Node", "GroupController"] as const) {
+      const theirs = (v1[name] as grpc.ServiceClientConstructor).service;
+      const mine = services[name].service;
+      expect(Object.keys(mine).sort(), name).toEqual(Object.keys(theirs).sort());
+      for (const [method, def] of Object.entries(theirs)) {
+        expect(mine[method]!.path).toBe(def.path);
+        expect(mine[method]!.originalName).toBe(def.originalName);
+      }
+    }
+  });
+
+  it("encodes and decodes as proto-loader does with the driver's options (enums as names, int64 as numbers, defaults, oneofs)", () => {
+    const options = { keepCase: true, longs: Number, enums: String, defaults: true, oneofs: true };
+    const loaded = grpc.loadPackageDefinition(protoLoader.loadSync(ourProtoPath, options));
+    const theirs = ((loaded["csi"] as grpc.GrpcObject)["v1"] as grpc.GrpcObject)[
+      "Controller"
+    ] as grpc.ServiceClientConstructor;
+    const mine = csiServices().Controller.service;
+    const request = {
+      name: "pvc-1",
+      capacity_range: { required_bytes: 5 * 1024 ** 4 + 1 },
+      volume_capabilities: [{ access_mode: { mode: "MULTI_NODE_MULTI_WRITER" }, block: {} }],
+      parameters: { type: "gp3" },
+      volume_content_source: { snapshot: { snapshot_id: "snap-1" } },
+      accessibility_requirements: {
+        preferred: [{ segments: { "topology.kubernetes.io/zone": "us-east-1a" } }],
+      },
+    };
+    const bytes = mine["CreateVolume"]!.requestSerialize(request);
+    expect(bytes.equals(theirs.service["CreateVolume"]!.requestSerialize(request))).toBe(true);
+    const decoded = mine["CreateVolume"]!.requestDeserialize(bytes);
+    expect(decoded).toEqual(theirs.service["CreateVolume"]!.requestDeserialize(bytes));
+    expect(decoded).toMatchObject({ ...request, volume_content_source: { type: "snapshot" } });
+    const reply = {
+      volume: { volume_id: "vol-1", capacity_bytes: 2 ** 40, accessible_topology: [], content_source: null },
+    };
+    const replyBytes = mine["CreateVolume"]!.responseSerialize(reply);
+    expect(replyBytes.equals(theirs.service["CreateVolume"]!.responseSerialize(reply))).toBe(true);
+    expect(mine["CreateVolume"]!.responseDeserialize(replyBytes)).toEqual(
+      theirs.service["CreateVolume"]!.responseDeserialize(replyBytes),
+    );
   });
 });

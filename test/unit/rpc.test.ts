@@ -120,3 +120,20 @@ describe("unexpected exceptions", () => {
     expect(info.name).toBe("ebs.csi.aws.com");
   });
 });
+
+describe("the done line", () => {
+  it("is at debug for a successful polled call (kubelet repeats them), at info for a failure or another call", async () => {
+    await client.call("Identity", "GetPluginInfo", {});
+    // Polled, but failed: the failure is news.
+    await failure(client.call("Identity", "Probe", {}, 10_000));
+    await failure(call("ControllerUnpublishVolume", { volume_id: "vol-1", node_id: "i-1" }));
+    const lines = (await readFile(logFile, "utf8"))
+      .trim()
+      .split("\n")
+      .map((l) => JSON.parse(l));
+    const doneOf = (method: string) => lines.filter((l) => l.msg === "done" && l.method === method).at(-1);
+    expect(doneOf("GetPluginInfo")).toMatchObject({ level: "debug", code: "OK" });
+    expect(doneOf("Probe")).toMatchObject({ level: "info", code: "UNIMPLEMENTED" });
+    expect(doneOf("ControllerUnpublishVolume")).toMatchObject({ level: "info", code: "NOT_FOUND" });
+  });
+});

@@ -1,0 +1,111 @@
+/**
+ * npm run build: the driver as the image runs it, in dist/. esbuild bundles src/ with its
+ * dependencies into ES modules: main.js, the two helper processes' entries
+ * (describe-instance-type.js, usage-walk-child.js) and the chunks they share, all in one directory
+ * (the helpers are found beside the chunk that starts them). Each mode loads only its own chunks:
+ * a node plugin never reads the controller's or the AWS SDK's code. Nothing in node_modules is
+ * needed at run time.
+ *
+ *   node scripts/build.ts [outdir]     # default: dist
+ */
+import { readFileSync, rmSync } from "node:fs";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import { build, type Metafile, type Plugin } from "esbuild";
+
+const REPO = fileURLToPath(new URL("..", import.meta.url));
+
+export const ENTRY_POINTS = [
+  "src/main.ts",
+  "src/ebs/describe-instance-type.ts",
+  "src/efs/usage-walk-child.ts",
+];
+
+/**
+ * gRPC loads @grpc/proto-loader (and with it protobufjs's .proto parser) only for channelz and
+ * ORCA, which the driver does not serve: the bundle gets a stand-in that says so if ever called,
+ * instead of half a megabyte of code every plugin would read at start-up.
+ */
+const withoutProtoLoader: Plugin = {
+  name: "without-proto-loader",
+  setup(b) {
+    b.onResolve({ filter: /^@grpc\/proto-loader$/ }, () => ({ path: "proto-loader", namespace: "stub" }));
+    b.onLoad({ filter: /.*/, namespace: "stub" }, () => ({
+      contents:
+        'const absent = () => { throw new Error("@grpc/proto-loader is not in this build: channelz and ORCA are not served"); };\n' +
+        "module.exports = { loadSync: absent, fromJSON: absent };\n",
+      loader: "js",
+    }));
+  },
+};
+
+/**
+ * An ES module import of node:http or node:https makes Node read every export of the module, and
+ * their WebSocket getters load undici (fetch): about 20 ms and several MiB in every plugin that
+ * imports them this way, as the AWS SDK does. The bundle gets them from process.getBuiltinModule
+ * instead, with the same named exports, getters left out (static and dynamic imports alike).
+ * require() does not make a facade and is left as it is.
+ */
+const builtinsWithoutUndici: Plugin = {
+  name: "builtins-without-undici",
+  setup(b) {
+    b.onResolve({ filter: /^(node:)?https?$/ }, (args) =>
+      args.kind === "import-statement" || args.kind === "dynamic-import"
+        ? { path: args.path.replace(/^node:/, ""), namespace: "builtin-facade" }
+        : undefined,
+    );
+    b.onLoad({ filter: /.*/, namespace: "builtin-facade" }, (args) => {
+      const id = `node:${args.path}`;
+      const mod = process.getBuiltinModule(id) as Record<string, unknown>;
+      const names = Object.keys(mod).filter(
+        (k) =>
+          /^[A-Za-z_$][\w$]*$/.test(k) && typeof Object.getOwnPropertyDescriptor(mod, k)?.get !== "function",
+      );
+      return {
+        contents:
+          `const m = process.getBuiltinModule(${JSON.stringify(id)});\n` +
+          `export default m;\nexport const { ${names.join(", ")} } = m;\n`,
+        loader: "js",
+      };
+    });
+  },
+};
+
+/** Builds the bundle; returns esbuild's metafile (which module went into which file, and their imports). */
+export async function buildDriver(outdir = path.join(REPO, "dist")): Promise<Metafile> {
+  const { version } = JSON.parse(readFileSync(path.join(REPO, "package.json"), "utf8")) as {
+    version: string;
+  };
+  rmSync(outdir, { recursive: true, force: true });
+  const result = await build({
+    absWorkingDir: REPO,
+    metafile: true,
+    entryPoints: ENTRY_POINTS,
+    outdir,
+    entryNames: "[name]",
+    chunkNames: "[name]-[hash]",
+    bundle: true,
+    splitting: true,
+    format: "esm",
+    platform: "node",
+    target: "node24",
+    // ES module builds of the dependencies, where they have them: unused exports are left out.
+    mainFields: ["module", "main"],
+    // CommonJS dependencies (gRPC) call require() for Node's own modules.
+    banner: {
+      js: 'import { createRequire as __createRequire } from "node:module"; const require = __createRequire(import.meta.url);',
+    },
+    define: { BUILD_VERSION: JSON.stringify(version) },
+    minifySyntax: true,
+    minifyWhitespace: true,
+    sourcemap: "linked",
+    legalComments: "linked",
+    plugins: [withoutProtoLoader, builtinsWithoutUndici],
+    logLevel: "warning",
+  });
+  return result.metafile;
+}
+
+if (process.argv[1] === fileURLToPath(import.meta.url)) {
+  await buildDriver(process.argv[2] ? path.resolve(process.argv[2]) : undefined);
+}

@@ -1,0 +1,65 @@
+// The bundle npm run build makes (scripts/build.ts), as a node plugin loads it: main.js and what it
+// imports, then the driver's chunk and the node service's chunk, each with what they import. A
+// node plugin runs on every node, so it must not load the AWS SDK or the controller's code.
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, relative } from "node:path";
+import type { Metafile } from "esbuild";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { buildDriver } from "../../scripts/build.ts";
+
+const out = mkdtempSync(join(tmpdir(), "bundle-test-"));
+let meta: Metafile;
+
+beforeAll(async () => {
+  meta = await buildDriver(out);
+}, 120_000);
+afterAll(() => rmSync(out, { recursive: true, force: true }));
+
+/** The output file a module's dynamic import() loads, by the module's source path. */
+function chunkOf(source: string): string {
+  const found = Object.entries(meta.outputs).find(([, o]) => o.entryPoint === source);
+  if (!found) throw new Error(`no output file starts at ${source}`);
+  return found[0];
+}
+
+/** The source modules in these output files and every file they import statically (loaded with them). */
+function loadedWith(files: string[]): Set<string> {
+  const seen = new Set<string>();
+  const pending = [...files];
+  while (pending.length > 0) {
+    const file = pending.pop()!;
+    if (seen.has(file)) continue;
+    seen.add(file);
+    for (const i of meta.outputs[file]!.imports)
+      if (i.kind === "import-statement" && !i.external) pending.push(i.path);
+  }
+  return new Set([...seen].flatMap((f) => Object.keys(meta.outputs[f]!.inputs)));
+}
+
+const main = () => relative(process.cwd(), join(out, "main.js"));
+const FORBIDDEN =
+  /@aws-sdk\/|@smithy\/|dataloader|src\/ebs\/(controller|ec2|snapshots|params)\.ts|src\/efs\/(controller|sdk)\.ts/;
+
+describe("the bundle, as a node plugin loads it", () => {
+  it.each([
+    ["ebs", ["src/ebs/driver.ts", "src/ebs/node.ts"]],
+    ["efs", ["src/efs/driver.ts", "src/efs/node.ts"]],
+  ])("%s: no AWS SDK, no controller code", (_driver, dynamic) => {
+    const modules = loadedWith([main(), ...dynamic.map(chunkOf)]);
+    expect([...modules].filter((m) => m.includes("src/csi/proto.ts"))).toHaveLength(1);
+    expect([...modules].filter((m) => FORBIDDEN.test(m))).toEqual([]);
+  });
+
+  it("the controller's chunks do hold the EC2 client (the check above can see it)", () => {
+    const modules = loadedWith([main(), chunkOf("src/ebs/driver.ts"), chunkOf("src/ebs/ec2-client.ts")]);
+    expect([...modules].some((m) => m.includes("@aws-sdk/client-ec2"))).toBe(true);
+  });
+
+  it("leaves out @grpc/proto-loader and protobufjs's .proto parser (gRPC needs them only for channelz)", () => {
+    const all = Object.keys(meta.inputs);
+    expect(
+      all.filter((m) => m.includes("@grpc/proto-loader") || /protobufjs\/src\/parse\.js/.test(m)),
+    ).toEqual([]);
+  });
+});
