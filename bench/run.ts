@@ -197,7 +197,7 @@ function printRows(): void {
       format(oursMedian, r.unit),
       hasOfficial ? format(min(r.official), r.unit) : "-",
       hasOfficial ? format(median(r.official), r.unit) : "-",
-      hasOfficial ? `${ratio.toFixed(2)}x` : "-",
+      hasOfficial && Number.isFinite(ratio) ? `${ratio.toFixed(2)}x` : "-",
       target,
       verdict,
     ]);
