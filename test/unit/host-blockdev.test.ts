@@ -1,6 +1,8 @@
 import { spawnSync } from "node:child_process";
-import { existsSync, readdirSync, statSync } from "node:fs";
-import { describe, expect, it } from "vitest";
+import { mkdtempSync, rmSync, statSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import {
   blockDeviceSizeBytes,
   FormatRefusedError,
@@ -9,6 +11,7 @@ import {
   mkfsArgsFromVolumeContext,
   parseBlkidExport,
 } from "../../src/host/blockdev.ts";
+import { loopDeviceSkipReason } from "../harness/host-support.ts";
 
 describe("parseBlkidExport", () => {
   it("reads a filesystem", () => {
@@ -141,25 +144,38 @@ describe("FormatRefusedError", () => {
   });
 });
 
-/** A block device of this machine that blockdev can read a non-zero size of, and that size. */
-function someBlockDevice(): { node: string; rdev: number; bytes: number } | undefined {
-  for (const name of readdirSync("/sys/block").sort()) {
-    const node = `/dev/${name}`;
-    if (name.startsWith("loop") || !existsSync(node) || !statSync(node).isBlockDevice()) continue;
-    const out = spawnSync("blockdev", ["--getsize64", node], { encoding: "utf8" });
-    const bytes = Number(out.stdout.trim());
-    if (out.status === 0 && bytes > 0) return { node, rdev: statSync(node).rdev, bytes };
-  }
-  return undefined;
-}
+/**
+ * A loop device over a 48 MiB sparse file, as a real block device of known size (needs root);
+ * removed after the test, also when it fails.
+ */
+const loopSkip = loopDeviceSkipReason(["blockdev", "truncate"]);
+if (loopSkip) console.log(`blockDeviceSizeBytes: skipped, ${loopSkip}`);
 
-const device = existsSync("/sys/block") ? someBlockDevice() : undefined;
+describe.skipIf(loopSkip !== undefined)("blockDeviceSizeBytes", () => {
+  const SIZE = 48 * 1024 * 1024;
+  let dir: string;
+  let node: string | undefined;
+  beforeAll(() => {
+    dir = mkdtempSync(join(tmpdir(), "blockdev-size-"));
+    const file = join(dir, "disk");
+    spawnSync("truncate", ["-s", String(SIZE), file]);
+    const out = spawnSync("losetup", ["--find", "--show", file], { encoding: "utf8" });
+    if (out.status !== 0) throw new Error(`losetup failed: ${out.stderr}`);
+    node = out.stdout.trim();
+  });
+  afterAll(() => {
+    if (node) spawnSync("losetup", ["-d", node]);
+    rmSync(dir, { recursive: true, force: true });
+  });
 
-describe.skipIf(device === undefined)("blockDeviceSizeBytes", () => {
   it("reads the size sysfs gives, as blockdev --getsize64 does", async () => {
-    const { node, rdev, bytes: expected } = device!;
-    expect(await blockDeviceSizeBytes(rdev, node)).toBe(expected);
+    const rdev = statSync(node!).rdev;
+    const blockdev = Number(
+      spawnSync("blockdev", ["--getsize64", node!], { encoding: "utf8" }).stdout.trim(),
+    );
+    expect(blockdev).toBe(SIZE);
+    expect(await blockDeviceSizeBytes(rdev, node!)).toBe(SIZE);
     // A device number sysfs does not know: blockdev is asked about the path instead.
-    expect(await blockDeviceSizeBytes(0, node)).toBe(expected);
+    expect(await blockDeviceSizeBytes(0, node!)).toBe(SIZE);
   });
 });
