@@ -98,6 +98,20 @@ function reply(
   }
 }
 
+/**
+ * What an aborted call answers: once its deadline passed (or its caller cancelled), that is the
+ * outcome, whatever the aborted work threw on its way out (an AWS request "aborted", a wait cut
+ * short); sidecars retry DEADLINE_EXCEEDED as "still in progress". Other failures are unchanged.
+ */
+export function abortedOutcome(caught: unknown, signal: AbortSignal): unknown {
+  const reason: unknown = signal.aborted ? signal.reason : undefined;
+  if (!(reason instanceof CsiError)) return caught;
+  return new CsiError(
+    reason.code,
+    caught instanceof CsiError ? `${reason.message}; ${caught.message}` : reason.message,
+  );
+}
+
 function shortMessage(err: unknown): { code: status; message: string; expected: boolean } {
   if (err instanceof CsiError) return { code: err.code, message: err.message, expected: true };
   const timedOut = asTimeout(err);
@@ -189,7 +203,8 @@ async function handleCall(
     };
     const response = await runInCallScope(abort.signal, () => fn(req, ctx));
     reply(callback, null, response, logOf);
-  } catch (err) {
+  } catch (caught) {
+    const err = abortedOutcome(caught, abort.signal);
     const { code: errCode, message, expected } = shortMessage(err);
     code = errCode;
     // A host call that hung, or a caller that gave up, is worth a look: warn, with what hung.

@@ -10,6 +10,7 @@ import { CsiError } from "../../src/csi/errors.ts";
 import { createLogger } from "../../src/log.ts";
 import { createMetrics } from "../../src/metrics.ts";
 import { InflightKeys } from "../../src/server/inflight.ts";
+import { abortedOutcome } from "../../src/server/rpc.ts";
 import { type RunningServer, serveCsi } from "../../src/server/server.ts";
 import { CsiClient, callFailure as failure } from "../harness/csi-client.ts";
 
@@ -135,5 +136,37 @@ describe("the done line", () => {
     expect(doneOf("GetPluginInfo")).toMatchObject({ level: "debug", code: "OK" });
     expect(doneOf("Probe")).toMatchObject({ level: "info", code: "UNIMPLEMENTED" });
     expect(doneOf("ControllerUnpublishVolume")).toMatchObject({ level: "info", code: "NOT_FOUND" });
+  });
+});
+
+describe("abortedOutcome: what a call answers once it was aborted", () => {
+  const aborted = (reason: unknown) => {
+    const c = new AbortController();
+    c.abort(reason);
+    return c.signal;
+  };
+  const deadline = new CsiError(status.DEADLINE_EXCEEDED, "the caller's deadline passed");
+
+  it("the deadline, not the CANCELLED of the aborted AWS request (which a sidecar would not retry)", () => {
+    const out = abortedOutcome(
+      new CsiError(status.CANCELLED, "creating volume pvc-1: AbortError: Request aborted"),
+      aborted(deadline),
+    ) as CsiError;
+    expect(out.code).toBe(status.DEADLINE_EXCEEDED);
+    expect(out.message).toBe(
+      "the caller's deadline passed; creating volume pvc-1: AbortError: Request aborted",
+    );
+  });
+
+  it("an unexpected error of aborted work is not shown, only the abort", () => {
+    const out = abortedOutcome(new TypeError("x is undefined"), aborted(deadline)) as CsiError;
+    expect(out.code).toBe(status.DEADLINE_EXCEEDED);
+    expect(out.message).toBe("the caller's deadline passed");
+  });
+
+  it("a call that was not aborted keeps its own failure", () => {
+    const own = new CsiError(status.NOT_FOUND, "no such volume");
+    expect(abortedOutcome(own, new AbortController().signal)).toBe(own);
+    expect(abortedOutcome(own, aborted(new Error("not a CSI reason")))).toBe(own);
   });
 });
