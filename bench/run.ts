@@ -350,51 +350,21 @@ async function main(): Promise<void> {
         };
         const official = d.official;
         const [ours, theirs] = await alternate(r, run(d.ours, "c"), official && run(official, "d"));
+        const both = (figure: string, unit: string, of: (b: BurstFigures) => number, targets = {}) =>
+          record(figure, unit, of(ours), theirs && of(theirs), targets);
         const withinFloor = { absolute: { max: floor * 1.05, label: `<= ${(floor * 1.05).toFixed(1)} s` } };
-        record(
-          `buckets: ${n} creates`,
-          "s",
-          ours.create.ms / 1000,
-          theirs && theirs.create.ms / 1000,
-          withinFloor,
-        );
-        record(
-          `buckets: ${n} deletes`,
-          "s",
-          ours.delete.ms / 1000,
-          theirs && theirs.delete.ms / 1000,
-          withinFloor,
-        );
-        const callsTarget = { absolute: { max: 1.02, label: "<= 1.02" } };
-        record(
-          `buckets: CreateVolume calls per volume`,
-          "calls/vol",
-          perVolume(ours.calls, "CreateVolume", n),
-          theirs && perVolume(theirs.calls, "CreateVolume", n),
-          callsTarget,
-        );
-        record(
-          `buckets: DeleteVolume calls per volume`,
-          "calls/vol",
-          perVolume(ours.calls, "DeleteVolume", n),
-          theirs && perVolume(theirs.calls, "DeleteVolume", n),
-          callsTarget,
-        );
-        const noUnavailable = { absolute: { max: 0, label: "0" } };
-        record(
-          `buckets: UNAVAILABLE answers to the sidecar`,
-          "calls",
-          count(ours.create.failures, "UNAVAILABLE") + count(ours.delete.failures, "UNAVAILABLE"),
-          theirs &&
-            count(theirs.create.failures, "UNAVAILABLE") + count(theirs.delete.failures, "UNAVAILABLE"),
-          noUnavailable,
-        );
-        record(
-          `buckets: failed attempts the sidecar retried`,
-          "calls",
-          count(ours.create.failures) + count(ours.delete.failures),
-          theirs && count(theirs.create.failures) + count(theirs.delete.failures),
-        );
+        for (const phase of ["create", "delete"] as const)
+          both(`buckets: ${n} ${phase}s`, "s", (b) => b[phase].ms / 1000, withinFloor);
+        for (const action of ["CreateVolume", "DeleteVolume"])
+          both(`buckets: ${action} calls per volume`, "calls/vol", (b) => perVolume(b.calls, action, n), {
+            absolute: { max: 1.02, label: "<= 1.02" },
+          });
+        const failed = (b: BurstFigures, code?: string) =>
+          count(b.create.failures, code) + count(b.delete.failures, code);
+        both("buckets: UNAVAILABLE answers to the sidecar", "calls", (b) => failed(b, "UNAVAILABLE"), {
+          absolute: { max: 0, label: "0" },
+        });
+        both("buckets: failed attempts the sidecar retried", "calls", (b) => failed(b));
       }
     }
   } finally {

@@ -42,9 +42,10 @@ const withoutProtoLoader: Plugin = {
 /**
  * An ES module import of node:http or node:https makes Node read every export of the module, and
  * their WebSocket getters load undici (fetch): about 20 ms and several MiB in every plugin that
- * imports them this way, as the AWS SDK does. The bundle gets them from process.getBuiltinModule
- * instead, with the same named exports, getters left out (static and dynamic imports alike).
- * require() does not make a facade and is left as it is.
+ * imports them this way, as the AWS SDK and the driver itself do. The bundle gets them from
+ * process.getBuiltinModule instead, with the same named exports, getters left out (static and
+ * dynamic imports alike); test/unit/bundle.test.ts checks that no undici is loaded. require()
+ * does not make a facade and is left as it is.
  */
 const builtinsWithoutUndici: Plugin = {
   name: "builtins-without-undici",

@@ -1,4 +1,6 @@
 import { readFile } from "node:fs/promises";
+import { request as httpRequestOf } from "node:http";
+import { request as httpsRequest } from "node:https";
 import type { Options } from "./config.ts";
 import type { Logger } from "./log.ts";
 
@@ -124,36 +126,23 @@ interface KubeNode {
 async function fromKubernetes(nodeName: string, env: NodeJS.ProcessEnv): Promise<InstanceMetadata> {
   const sa = "/var/run/secrets/kubernetes.io/serviceaccount";
   const [token, ca] = await Promise.all([readFile(`${sa}/token`, "utf8"), readFile(`${sa}/ca.crt`)]);
-  const { request } = process.getBuiltinModule("node:https");
-  const node = await new Promise<KubeNode>((resolve, reject) => {
-    const req = request(
-      {
-        host: env.KUBERNETES_SERVICE_HOST,
-        port: env.KUBERNETES_SERVICE_PORT ?? 443,
-        path: `/api/v1/nodes/${encodeURIComponent(nodeName)}`,
-        headers: { authorization: `Bearer ${token.trim()}`, accept: "application/json" },
-        ca,
-        timeout: 5000,
-      },
-      (res) => {
-        let body = "";
-        res.on("data", (chunk) => {
-          body += chunk;
-        });
-        res.on("end", () => {
-          if (res.statusCode !== 200) return reject(new Error(`API server answered HTTP ${res.statusCode}`));
-          try {
-            resolve(JSON.parse(body) as KubeNode);
-          } catch {
-            reject(new Error("API server answered with something other than JSON"));
-          }
-        });
-      },
-    );
-    req.on("timeout", () => req.destroy(new Error("API server did not answer within 5 s")));
-    req.on("error", reject);
-    req.end();
+  const host = env.KUBERNETES_SERVICE_HOST ?? "";
+  const server = `https://${host.includes(":") ? `[${host}]` : host}:${env.KUBERNETES_SERVICE_PORT ?? 443}`;
+  const res = await httpRequest(`${server}/api/v1/nodes/${encodeURIComponent(nodeName)}`, {
+    method: "GET",
+    headers: { authorization: `Bearer ${token.trim()}`, accept: "application/json" },
+    ca,
+    timeoutMs: 5000,
+  }).catch((err: Error) => {
+    throw new Error(err.name === "TimeoutError" ? "API server did not answer within 5 s" : err.message);
   });
+  if (res.status !== 200) throw new Error(`API server answered HTTP ${res.status}`);
+  let node: KubeNode;
+  try {
+    node = JSON.parse(res.body) as KubeNode;
+  } catch {
+    throw new Error("API server answered with something other than JSON");
+  }
   // providerID: aws:///us-east-1a/i-0123456789abcdef0
   const match = /^aws:\/\/\/([^/]+)\/(i-[0-9a-f]+)$/.exec(node.spec?.providerID ?? "");
   if (!match)
@@ -169,15 +158,16 @@ async function fromKubernetes(nodeName: string, env: NodeJS.ProcessEnv): Promise
   };
 }
 
-/**
- * Where the plugin runs. A node must know its instance; a controller needs only the region, so
- * it asks instance metadata only when no region was given.
- */
+/** Where the plugin runs: its instance (a controller given its region may not know it), its region. */
 export interface PluginLocation {
   metadata: InstanceMetadata | undefined;
   region: string;
 }
 
+/**
+ * Where the plugin runs. A node must know its instance; a controller needs only the region, so
+ * it asks instance metadata only when no region was given.
+ */
 export async function locatePlugin(options: Options, log: Logger): Promise<PluginLocation> {
   let metadata: InstanceMetadata | undefined;
   if (options.mode !== "controller" || !options.region) {
@@ -193,24 +183,26 @@ export async function locatePlugin(options: Options, log: Logger): Promise<Plugi
   return { metadata, region: options.region ?? metadata!.region };
 }
 
+/** Above the API server's largest object (etcd's 1.5 MiB), far above any metadata answer. */
+const MAX_BODY_CHARS = 4 * 1024 * 1024;
+
 /**
- * One HTTP request with a time limit, body as text. Node's http module rather than fetch: fetch's
- * implementation (undici) is loaded on first use and would cost every node plugin megabytes of
- * memory and tens of milliseconds of start-up for the six requests made here.
+ * One HTTP(S) request with a time limit, body as text (cut at MAX_BODY_CHARS). Node's http module
+ * rather than fetch: fetch's implementation (undici) is loaded on first use and would cost every
+ * node plugin megabytes of memory and tens of milliseconds of start-up for the few requests made
+ * here (instance metadata, else the Kubernetes Node).
  */
 async function httpRequest(
   url: string,
-  o: { method: string; headers: Record<string, string>; timeoutMs: number },
+  o: { method: string; headers: Record<string, string>; timeoutMs: number; ca?: Buffer },
 ): Promise<{ status: number; body: string }> {
-  // getBuiltinModule, not an import: importing node:http as an ES module reads all its exports,
-  // and its WebSocket getters load undici, the very cost this function avoids.
-  const send = process.getBuiltinModule(url.startsWith("https:") ? "node:https" : "node:http").request;
+  const send = url.startsWith("https:") ? httpsRequest : httpRequestOf;
   return new Promise((resolve, reject) => {
-    const req = send(url, { method: o.method, headers: o.headers }, (res) => {
+    const req = send(url, { method: o.method, headers: o.headers, ...(o.ca ? { ca: o.ca } : {}) }, (res) => {
       let body = "";
       res.setEncoding("utf8");
       res.on("data", (chunk: string) => {
-        if (body.length < 1024 * 1024) body += chunk;
+        if (body.length < MAX_BODY_CHARS) body += chunk;
       });
       res.on("end", () => {
         clearTimeout(timer);

@@ -1,4 +1,4 @@
-import type { Server } from "node:http";
+import { createServer, type Server } from "node:http";
 import { memoryUsage } from "node:process";
 
 /**
@@ -289,9 +289,7 @@ export function createMetrics(prefix: string, withProcessMetrics = false): Metri
 }
 
 export async function serveMetrics(metrics: Metrics, host: string, port: number): Promise<Server> {
-  // getBuiltinModule: an ES module import of node:http would load undici (its WebSocket getters)
-  // in every plugin, serving metrics or not.
-  const server = process.getBuiltinModule("node:http").createServer((req, res) => {
+  const server = createServer((req, res) => {
     if (req.url !== "/metrics") {
       res.writeHead(404).end("not found: try /metrics\n");
       return;

@@ -15,7 +15,7 @@ import type {
 } from "@smithy/types";
 import type { Logger } from "../log.ts";
 import type { Metrics } from "../metrics.ts";
-import type { LearningRateLimiter } from "./rate-limiter.ts";
+import { LearningRateLimiter } from "./rate-limiter.ts";
 
 export interface AwsClientOptions {
   region: string | undefined;
@@ -184,6 +184,22 @@ export function instrumentClient(client: { middlewareStack: AnyStack }, metrics:
       },
     { step: "deserialize", priority: "high", name: "csiAttemptMetrics", override: true },
   );
+}
+
+/**
+ * EC2's documented refill for mutating actions (a bucket of 200, 5 per second): the rate a limiter
+ * assumes at an action's first throttle. EFS documents none and starts from the same; both learn.
+ */
+export const MUTATING_REFILL_PER_SECOND = 5;
+
+/** The pacing limiter of one mutating action (src/aws/rate-limiter.ts), for paceThrottledCalls. */
+export function mutationLimiter(action: string, log: Logger): LearningRateLimiter {
+  return new LearningRateLimiter({
+    action,
+    priorPerSecond: MUTATING_REFILL_PER_SECOND,
+    isThrottle: isThrottlingError,
+    log,
+  });
 }
 
 export interface PacingOptions {

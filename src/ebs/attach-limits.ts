@@ -1,6 +1,11 @@
-import { execFile } from "node:child_process";
-import { fileURLToPath } from "node:url";
+import { entryBeside, run } from "../host/exec.ts";
 import type { InstanceTypeEbsInfo } from "./cloud.ts";
+
+/**
+ * How long the node waits for DescribeInstanceTypes before using the built-in table; a lookup in a
+ * process of its own is killed then too.
+ */
+export const INSTANCE_TYPE_LOOKUP_MS = 5000;
 
 /**
  * EBS attachment limits by instance family, for when DescribeInstanceTypes cannot be asked (the
@@ -57,32 +62,22 @@ export function volumesPerNode(
 /**
  * Asks EC2 for an instance type's limit from a short-lived process of its own
  * (describe-instance-type.ts beside this module, compiled or not), killed after `timeoutMs`.
- * Resolves undefined when EC2 does not know the type; rejects with EC2's or the process's reason.
+ * Resolves undefined when EC2 does not know the type; rejects with EC2's or the process's reason
+ * (a CommandError with the child's stderr).
  */
-export function describeInstanceTypeInChild(
+export async function describeInstanceTypeInChild(
   instanceType: string,
   o: { region: string; endpoint?: string | undefined; timeoutMs: number },
 ): Promise<InstanceTypeEbsInfo | undefined> {
-  const ext = import.meta.url.endsWith(".ts") ? "ts" : "js";
-  const script = fileURLToPath(new URL(`./describe-instance-type.${ext}`, import.meta.url));
-  return new Promise((resolve, reject) => {
-    execFile(
-      process.execPath,
-      [script, instanceType, o.region, o.endpoint ?? ""],
-      { timeout: o.timeoutMs, maxBuffer: 64 * 1024 },
-      (err, stdout, stderr) => {
-        if (err) {
-          const why = err.killed ? `no answer within ${o.timeoutMs} ms` : stderr.trim() || err.message;
-          reject(new Error(why.split("\n")[0]));
-          return;
-        }
-        try {
-          const info = JSON.parse(stdout) as Partial<InstanceTypeEbsInfo>;
-          resolve(info.maxAttachments === undefined ? undefined : (info as InstanceTypeEbsInfo));
-        } catch {
-          reject(new Error(`unexpected answer: ${stdout.slice(0, 200)}`));
-        }
-      },
-    );
+  const script = entryBeside(import.meta.url, "describe-instance-type");
+  const { stdout } = await run(process.execPath, [script, instanceType, o.region, o.endpoint ?? ""], {
+    timeoutMs: o.timeoutMs,
   });
+  let info: Partial<InstanceTypeEbsInfo>;
+  try {
+    info = JSON.parse(stdout) as Partial<InstanceTypeEbsInfo>;
+  } catch {
+    throw new Error(`unexpected answer: ${stdout.slice(0, 200)}`);
+  }
+  return info.maxAttachments === undefined ? undefined : (info as InstanceTypeEbsInfo);
 }

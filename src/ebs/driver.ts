@@ -2,11 +2,8 @@ import { type Driver, type DriverDeps, firstAnsweredEarly } from "../driver.ts";
 import { exposeSelinuxfs } from "../host/selinux.ts";
 import { locatePlugin } from "../metadata.ts";
 import type { ServiceImpl } from "../server/rpc.ts";
-import { describeInstanceTypeInChild } from "./attach-limits.ts";
+import { describeInstanceTypeInChild, INSTANCE_TYPE_LOOKUP_MS } from "./attach-limits.ts";
 import type { Ec2 } from "./cloud.ts";
-
-/** The child process is killed when the node stops waiting for it (src/ebs/node.ts, 5 s). */
-const CHILD_LOOKUP_MS = 5_000;
 
 /**
  * Builds the EBS driver for the configured mode. The EC2 client and the controller are loaded only
@@ -62,7 +59,7 @@ export async function createEbsDriver({ options, log, metrics, location }: Drive
             describeInstanceTypeInChild(type, {
               region,
               endpoint: options.awsEndpoint,
-              timeoutMs: CHILD_LOOKUP_MS,
+              timeoutMs: INSTANCE_TYPE_LOOKUP_MS,
             }),
     });
   }

@@ -4,12 +4,11 @@
  * load the SDK: the client is the largest piece of code the driver has.
  */
 import { EC2Client } from "@aws-sdk/client-ec2";
-import { LearningRateLimiter, type LimiterState } from "../aws/rate-limiter.ts";
 import {
   awsClientConfig,
   ClientPerAction,
   instrumentClient,
-  isThrottlingError,
+  mutationLimiter,
   paceThrottledCalls,
 } from "../aws/sdk.ts";
 import type { Logger } from "../log.ts";
@@ -45,16 +44,7 @@ const PACED_ACTIONS = new Set([
   "LockSnapshot",
 ]);
 
-/** EC2's documented refill for mutating actions (bucket of 200, 5 per second), the rate assumed at the first throttle. */
-const MUTATING_REFILL_PER_SECOND = 5;
-
-export function createEc2(o: Ec2ClientOptions): {
-  ec2: SdkEc2;
-  /** What each limiter of a paced action is doing, for logs and metrics. */
-  pacing(): LimiterState[];
-  close(): void;
-} {
-  const limiters = new Map<string, LearningRateLimiter>();
+export function createEc2(o: Ec2ClientOptions): { ec2: SdkEc2; close(): void } {
   const clients = new ClientPerAction((action) => {
     // CreateSnapshot has no ClientToken: an SDK retry after a lost answer would make a second
     // snapshot. The controller retries throttled creates itself and looks the name up after others;
@@ -65,13 +55,7 @@ export function createEc2(o: Ec2ClientOptions): {
     );
     instrumentClient(client, o.metrics, o.log);
     if (PACED_ACTIONS.has(action)) {
-      const limiter = new LearningRateLimiter({
-        action,
-        priorPerSecond: MUTATING_REFILL_PER_SECOND,
-        isThrottle: isThrottlingError,
-        log: o.log,
-      });
-      limiters.set(action, limiter);
+      const limiter = mutationLimiter(action, o.log);
       paceThrottledCalls(client, { limiterFor: (name) => (name === action ? limiter : undefined) });
     }
     return client;
@@ -82,9 +66,5 @@ export function createEc2(o: Ec2ClientOptions): {
     batchWindowMs: o.batchWindowMs,
     log: o.log,
   });
-  return {
-    ec2,
-    pacing: () => [...limiters.values()].map((l) => l.state()),
-    close: () => clients.destroy(),
-  };
+  return { ec2, close: () => clients.destroy() };
 }

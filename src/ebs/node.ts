@@ -75,7 +75,7 @@ import {
 import type { Logger } from "../log.ts";
 import type { InstanceMetadata } from "../metadata.ts";
 import type { RpcContext } from "../server/rpc.ts";
-import { attachLimitFromTable, volumesPerNode } from "./attach-limits.ts";
+import { attachLimitFromTable, INSTANCE_TYPE_LOOKUP_MS, volumesPerNode } from "./attach-limits.ts";
 import type { InstanceTypeEbsInfo } from "./cloud.ts";
 import { attachmentIssues, linkName, listDeviceLinks } from "./device-links.ts";
 import { VOLUME_ID } from "./errors.ts";
@@ -84,8 +84,6 @@ import { ZONE_KEYS } from "./topology.ts";
 const FS_TYPE_CONTEXT_KEY = "csi.storage.k8s.io/fstype";
 /** The device names EC2 attaches volumes as (the controller allocates /dev/xvdXX). */
 const EC2_DEVICE_NAME = /^\/dev\/(xvd|sd)[a-z]{1,3}$/;
-/** How long start-up waits for DescribeInstanceTypes before using the built-in table. */
-const INSTANCE_TYPE_LOOKUP_MS = 5000;
 const DEFAULT_FS_TYPE: FsType = "ext4";
 /** A filesystem this much smaller than its device is grown at stage time (EBS grows by whole GiB). */
 const GROW_SLACK_BYTES = 64 * 1024 * 1024;

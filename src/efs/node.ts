@@ -396,7 +396,7 @@ export class EfsNode {
       if (entry) return answer(await this.#probeHealth(entry));
     }
     for (const entry of await listMounts()) {
-      if (!mountsFileSystem(entry, handle.fileSystemId)) continue;
+      if (nfsFileSystemId(entry) !== handle.fileSystemId) continue;
       if (!(await this.#o.kubeletDirs.confine(entry.mountPoint)).ok) continue;
       return answer(await this.#probeHealth(entry));
     }
@@ -472,13 +472,6 @@ function nfsFileSystemId(entry: MountEntry): string | undefined {
   if (!/^(nfs4?|efs)$/.test(entry.fsType)) return undefined;
   const host = entry.source.slice(0, entry.source.lastIndexOf(":"));
   return /^(fs-[0-9a-f]+)(\.|$)/.exec(host)?.[1];
-}
-
-/** An NFS mount of the EFS file system (as efs-utils or mount -t nfs4 by DNS name shows it). */
-function mountsFileSystem(entry: MountEntry, fileSystemId: string): boolean {
-  if (!/^(nfs4?|efs)$/.test(entry.fsType)) return false;
-  const host = entry.source.slice(0, entry.source.lastIndexOf(":"));
-  return host === fileSystemId || host.startsWith(`${fileSystemId}.`);
 }
 
 async function isExecutable(path: string): Promise<boolean> {

@@ -9,13 +9,13 @@ import {
   EFSClient,
   TagResourceCommand,
 } from "@aws-sdk/client-efs";
-import { LearningRateLimiter } from "../aws/rate-limiter.ts";
 import {
   awsClientConfig,
   awsErrorCode,
   instrumentClient,
   isThrottlingError,
   isTransientError,
+  mutationLimiter,
   paceThrottledCalls,
 } from "../aws/sdk.ts";
 import { currentCallSignal } from "../call-scope.ts";
@@ -28,10 +28,9 @@ const PAGE_SIZE = 1000;
 
 /**
  * The calls made one per CSI CreateVolume or DeleteVolume, paced once EFS throttles them. EFS
- * documents no refill rate: the limiter starts from EC2's for mutating actions and learns.
+ * documents no refill rate: the limiter starts from EC2's for mutating actions and learns (mutationLimiter).
  */
 const PACED_ACTIONS = ["CreateAccessPoint", "DeleteAccessPoint"];
-const PRIOR_PER_SECOND = 5;
 
 export interface SdkEfsOptions {
   region: string | undefined;
@@ -47,17 +46,7 @@ export interface SdkEfs extends Efs {
 export function createSdkEfs(o: SdkEfsOptions): SdkEfs {
   const client = new EFSClient(awsClientConfig({ region: o.region, endpoint: o.endpoint }));
   instrumentClient(client, o.metrics, o.log);
-  const limiters = new Map(
-    PACED_ACTIONS.map((action) => [
-      action,
-      new LearningRateLimiter({
-        action,
-        priorPerSecond: PRIOR_PER_SECOND,
-        isThrottle: isThrottlingError,
-        log: o.log,
-      }),
-    ]),
-  );
+  const limiters = new Map(PACED_ACTIONS.map((action) => [action, mutationLimiter(action, o.log)]));
   // Only the wait in line ends with the caller's deadline; a call already sent runs to its answer.
   paceThrottledCalls(client, { limiterFor: (action) => limiters.get(action), signal: currentCallSignal });
 

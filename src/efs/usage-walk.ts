@@ -14,7 +14,7 @@ import { spawn } from "node:child_process";
 import type { Dir, Stats } from "node:fs";
 import { lstat, opendir } from "node:fs/promises";
 import { join } from "node:path";
-import { fileURLToPath } from "node:url";
+import { entryBeside } from "../host/exec.ts";
 import { listMounts, resolveMountPath } from "../host/mounts.ts";
 
 export interface WalkResult {
@@ -122,9 +122,7 @@ const isGone = (err: unknown): boolean => {
 };
 
 /** The child's entry: usage-walk-child beside this module (compiled: beside the bundle's chunks). */
-const SCRIPT = fileURLToPath(
-  new URL(`./usage-walk-child.${import.meta.url.endsWith(".ts") ? "ts" : "js"}`, import.meta.url),
-);
+const SCRIPT = entryBeside(import.meta.url, "usage-walk-child");
 /** A child that outlives its time limit by this much is killed: it is stuck (a server that does not answer). */
 const STUCK_AFTER_MS = 60_000;
 /** After SIGKILL, how long to wait for the child to exit before giving up on it (it may be stuck in the kernel). */

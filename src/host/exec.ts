@@ -1,4 +1,14 @@
 import { execFile } from "node:child_process";
+import { fileURLToPath } from "node:url";
+
+/**
+ * The path of a Node.js entry point (`name`, no extension) that sits beside the module at
+ * moduleUrl: its .ts source when the sources run as they are, its .js file in the build, where
+ * scripts/build.ts puts every entry point beside the chunks that start it.
+ */
+export function entryBeside(moduleUrl: string, name: string): string {
+  return fileURLToPath(new URL(`./${name}.${moduleUrl.endsWith(".ts") ? "ts" : "js"}`, moduleUrl));
+}
 
 export interface RunOptions {
   /** Kill the command and fail after this long. Default DEFAULT_TIMEOUT_MS. */

@@ -469,22 +469,31 @@ async function mountDeadServer(target: string): Promise<() => Promise<void>> {
   };
 }
 
+/** An EFS node service in this process, on kubelet directory `kubelet`, without efs-utils or AWS. */
+async function inProcessNode(kubelet: string, extra: { statsTimeoutMs?: number } = {}): Promise<EfsNode> {
+  return new EfsNode({
+    instanceId: "i-0123456789abcdef0",
+    zone: "us-east-1a",
+    region: "us-east-1",
+    kubeletDirs: await KubeletDirs.open([kubelet]),
+    log: createLogger("silent"),
+    efsHelperPath: "/nonexistent/mount.efs",
+    ...extra,
+  });
+}
+
+/** Where kubelet publishes a pod's volume below `kubelet`. */
+const podVolumePath = (kubelet: string) =>
+  join(kubelet, "pods", "p", "volumes", "kubernetes.io~csi", "pv", "mount");
+
 describe.skipIf(!isRoot || !existsSync("/dev/fuse"))(
   "EFS node health (in process, a FUSE mount that never answers)",
   () => {
     it("NodeGetVolumeHealth: INACCESSIBLE within the statfs deadline; stats UNAVAILABLE; NOT_FOUND and INVALID_ARGUMENT where due", async () => {
       const kubelet = await mkdtemp(join(tmpdir(), "efs-health-"));
-      const node = new EfsNode({
-        instanceId: "i-0123456789abcdef0",
-        zone: "us-east-1a",
-        region: "us-east-1",
-        kubeletDirs: await KubeletDirs.open([kubelet]),
-        log: createLogger("silent"),
-        efsHelperPath: "/nonexistent/mount.efs",
-        statsTimeoutMs: 1000,
-      });
+      const node = await inProcessNode(kubelet, { statsTimeoutMs: 1000 });
       const FS = "fs-0123456789abcdef0";
-      const target = join(kubelet, "pods", "p", "volumes", "kubernetes.io~csi", "pv", "mount");
+      const target = podVolumePath(kubelet);
       await mkdir(target, { recursive: true });
       const codeOf = (p: Promise<unknown>) =>
         p.then(
@@ -557,16 +566,9 @@ describe.skipIf(!isRoot || !existsSync("/dev/fuse"))(
 describe.skipIf(!isRoot)("EFS node stats (in process): reused figures follow the mount at the path", () => {
   it("another mount at the path is measured anew, and a path with nothing mounted is NOT_FOUND", async () => {
     const kubelet = await mkdtemp(join(tmpdir(), "efs-stats-"));
-    const node = new EfsNode({
-      instanceId: "i-0123456789abcdef0",
-      zone: "us-east-1a",
-      region: "us-east-1",
-      kubeletDirs: await KubeletDirs.open([kubelet]),
-      log: createLogger("silent"),
-      efsHelperPath: "/nonexistent/mount.efs",
-    });
+    const node = await inProcessNode(kubelet);
     const FS = "fs-0123456789abcdef0";
-    const target = join(kubelet, "pods", "p", "volumes", "kubernetes.io~csi", "pv", "mount");
+    const target = podVolumePath(kubelet);
     await mkdir(target, { recursive: true });
     // tmpfs stands in for the NFS mount: its inode total (nr_inodes) tells two mounts apart.
     const mountTmpfs = (inodes: number) => {

@@ -1,7 +1,8 @@
 // The bundle npm run build makes (scripts/build.ts), as a node plugin loads it: main.js and what it
 // imports, then the driver's chunk and the node service's chunk, each with what they import. A
 // node plugin runs on every node, so it must not load the AWS SDK or the controller's code.
-import { mkdtempSync, rmSync } from "node:fs";
+import { spawnSync } from "node:child_process";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, relative } from "node:path";
 import type { Metafile } from "esbuild";
@@ -61,5 +62,18 @@ describe("the bundle, as a node plugin loads it", () => {
     expect(
       all.filter((m) => m.includes("@grpc/proto-loader") || /protobufjs\/src\/parse\.js/.test(m)),
     ).toEqual([]);
+  });
+
+  it("loads node:http and node:https without undici (fetch), which an ES import of them would load", () => {
+    const probe = join(out, "undici-probe.mjs");
+    writeFileSync(
+      probe,
+      'process.on("exit", () => process.stderr.write("undici=" + process.moduleLoadList.some((m) => m.includes("undici")) + "\\n"));\n',
+    );
+    const r = spawnSync(process.execPath, ["--import", probe, join(out, "main.js"), "--version"], {
+      encoding: "utf8",
+    });
+    expect(r.status, r.stderr).toBe(0);
+    expect(r.stderr).toContain("undici=false");
   });
 });
