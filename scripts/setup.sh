@@ -53,6 +53,23 @@ if [ ${#missing[@]} -gt 0 ]; then
   fi
 fi
 
+# The e2e cluster's node and store (test/e2e/README.md): Debian's etcd, containerd, runc, CNI
+# plugins, and busybox-static for the one test image.
+e2e_missing=()
+for tool in etcd containerd runc ctr busybox; do
+  command -v "$tool" >/dev/null || e2e_missing+=("$tool")
+done
+[ -d /usr/lib/cni ] || e2e_missing+=("cni-plugins")
+if [ ${#e2e_missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    step "e2e host packages (missing: ${e2e_missing[*]})"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+      etcd-server containerd runc containernetworking-plugins busybox-static >/dev/null
+  else
+    echo "e2e needs ${e2e_missing[*]}: as root on Debian, apt-get install etcd-server containerd runc containernetworking-plugins busybox-static" >&2
+  fi
+fi
+
 if [ -x scripts/install-deploy-tools.sh ]; then
   scripts/install-deploy-tools.sh
 fi

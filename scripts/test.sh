@@ -11,31 +11,38 @@ failed_stages=()
 passed=0 failed=0 skipped=0
 
 stage() {
-  local name=$1; shift
+  local name=$1 started=$SECONDS; shift
   printf '\n===== %s\n' "$name"
   "$@" || failed_stages+=("$name")
+  printf '===== %s: %ds\n' "$name" $((SECONDS - started))
 }
+
+# Adds a vitest JSON report's counts to the totals, and names its failed tests (CI shows the tail).
+count_vitest() {
+  [ -f "$1" ] || return 0
+  local p f s found
+  read -r p f s < <(node -e '
+    const r = JSON.parse(require("fs").readFileSync(process.argv[1], "utf8"));
+    console.log(r.numPassedTests, r.numFailedTests, r.numPendingTests + r.numTodoTests);' "$1")
+  passed=$((passed + p)) failed=$((failed + f)) skipped=$((skipped + s))
+  found=$(node -e '
+    const r = JSON.parse(require("fs").readFileSync(process.argv[1], "utf8"));
+    for (const file of r.testResults) {
+      if (file.status === "failed" && file.assertionResults.every((a) => a.status !== "failed"))
+        console.log(`  ${file.name}: ${(file.message || "failed").split("\n")[0]}`);
+      for (const a of file.assertionResults.filter((a) => a.status === "failed"))
+        console.log(`  ${file.name} > ${a.fullName}: ${(a.failureMessages[0] || "").split("\n")[0]}`);
+    }' "$1")
+  if [ -n "$found" ]; then vitest_failures+="$found"$'\n'; fi
+}
+vitest_failures=""
 
 stage lint npm run --silent lint
 stage typecheck npm run --silent typecheck
 stage build npm run --silent build
 
 stage vitest npx vitest run --reporter=default --reporter=json --outputFile.json=.cache/reports/vitest.json
-if [ -f .cache/reports/vitest.json ]; then
-  read -r p f s < <(node -e '
-    const r = JSON.parse(require("fs").readFileSync(".cache/reports/vitest.json", "utf8"));
-    console.log(r.numPassedTests, r.numFailedTests, r.numPendingTests + r.numTodoTests);')
-  passed=$((passed + p)) failed=$((failed + f)) skipped=$((skipped + s))
-  # CI shows the tail of the log: name every failed test there, with the first line of its error.
-  vitest_failures=$(node -e '
-    const r = JSON.parse(require("fs").readFileSync(".cache/reports/vitest.json", "utf8"));
-    for (const file of r.testResults) {
-      if (file.status === "failed" && file.assertionResults.every((a) => a.status !== "failed"))
-        console.log(`  ${file.name}: ${(file.message || "failed").split("\n")[0]}`);
-      for (const a of file.assertionResults.filter((a) => a.status === "failed"))
-        console.log(`  ${file.name} > ${a.fullName}: ${(a.failureMessages[0] || "").split("\n")[0]}`);
-    }')
-fi
+count_vitest .cache/reports/vitest.json
 
 # csi-sanity drives the bundle the build stage made (dist/main.js), as the image runs it: the
 # vitest stage ran the TypeScript sources, this proves what ships.
@@ -49,13 +56,20 @@ for driver in ebs efs; do
   fi
 done
 
+# The real cluster (test/e2e): builds its components first (minutes cold, seconds warm; bounded by
+# E2E_BUILD_TIMEOUT), then runs the scenarios.
+rm -f .cache/reports/e2e.json
+stage "e2e build" scripts/e2e-build.sh
+stage e2e npx vitest run --config test/e2e/vitest.config.ts --reporter=default --reporter=json --outputFile.json=.cache/reports/e2e.json
+count_vitest .cache/reports/e2e.json
+
 leftover_loops=$(losetup -a 2>/dev/null | grep -c -e ebs-env -e aws-storage-csi || true)
 [ "$leftover_loops" -gt 0 ] && { echo "loop devices left behind:"; losetup -a; failed_stages+=("cleanup"); }
 
 echo
 if [ ${#failed_stages[@]} -gt 0 ]; then
   echo "failed stages: ${failed_stages[*]}"
-  [ -n "${vitest_failures:-}" ] && printf 'failed vitest tests:\n%s\n' "$vitest_failures"
+  [ -n "$vitest_failures" ] && printf 'failed vitest tests:\n%s' "$vitest_failures"
   [ "$failed" -eq 0 ] && failed=${#failed_stages[@]}
 fi
 echo "total: $passed passed, $failed failed, $skipped skipped"

@@ -106,7 +106,7 @@ export async function startEbsEnv(options: EbsEnvOptions): Promise<EbsEnv> {
 }
 
 /** On EC2 a disk appears when AttachVolume succeeds: here a loop device does, and nothing more. */
-function wireAttachSimulation(aws: FakeAws, sim: AttachSim, nodeId: string): void {
+export function wireAttachSimulation(aws: FakeAws, sim: AttachSim, nodeId: string): void {
   const sizeOf = async (volumeId: string) => {
     const out = await aws.ec2.send(new DescribeVolumesCommand({ VolumeIds: [volumeId] }));
     return out.Volumes?.[0]?.Size ?? 1;

@@ -1,0 +1,465 @@
+import { readFileSync } from "node:fs";
+import { mkdir, writeFile } from "node:fs/promises";
+import { request } from "node:https";
+import { join } from "node:path";
+import { run } from "../../src/host/exec.ts";
+import { buildTestImage } from "./image.ts";
+import { Component, freePort, waitFor } from "./processes.ts";
+
+/** Where scripts/e2e-build.sh puts the binaries. */
+export interface ClusterOptions {
+  /** Everything of this cluster lives below it: certificates, etcd's data, kubelet's root, logs. */
+  dir: string;
+  /** The binaries of scripts/e2e-build.sh. */
+  bin: string;
+}
+
+/**
+ * The node's name is also the address the apiserver reaches kubelet at (for exec and logs):
+ * kubelet refuses a loopback node IP, and listens on 127.0.0.1 only, so the apiserver prefers the
+ * node's Hostname address, and "localhost" resolves to 127.0.0.1 on any machine.
+ */
+export const NODE_NAME = "localhost";
+
+/**
+ * A one-node Kubernetes cluster of real components, on 127.0.0.1 only: etcd (Debian's), and
+ * kube-apiserver, kube-controller-manager, kube-scheduler and kubelet built from k8s.io/kubernetes,
+ * with containerd and runc (Debian's) running the pods. The node's programs (containerd, kubelet,
+ * and whatever the test adds: the CSI node plugin, the registrar) share a mount namespace of their
+ * own, as a node's programs share the node's: mounts made there are seen by all of them and by the
+ * pods, and die with it. In it, kubelet finds the kernel settings it wants already set (bind-mounted
+ * copies), so the host's /proc/sys is never written.
+ */
+export interface Cluster {
+  dir: string;
+  kubeconfig: string;
+  /** kubelet's --root-dir: what /var/lib/kubelet is on a real node. */
+  kubeletDir: string;
+  /** The command prefix that runs a program in the node's mount namespace. */
+  onNode: string[];
+  components: Component[];
+  /** Starts a program as part of the cluster (stopped by stop(), its log listed by logs()). */
+  add(name: string, command: string[], env?: Record<string, string>): Component;
+  kubectl(args: string[], input?: string, timeoutMs?: number): Promise<string>;
+  /** Every component's last log lines, for failure messages. */
+  logs(lines?: number): string;
+  stop(): Promise<void>;
+}
+
+/** The values kubelet would write into /proc/sys (pkg/kubelet/cm: setupKernelTunables). */
+const KERNEL_TUNABLES: Record<string, string> = {
+  "vm/overcommit_memory": "1",
+  "vm/panic_on_oom": "0",
+  "kernel/panic": "10",
+  "kernel/panic_on_oops": "1",
+  "kernel/keys/root_maxkeys": "1000000",
+  "kernel/keys/root_maxbytes": "25000000",
+};
+
+export async function startCluster(options: ClusterOptions): Promise<Cluster> {
+  const { dir, bin } = options;
+  const logDir = join(dir, "logs");
+  await mkdir(logDir, { recursive: true });
+  const components: Component[] = [];
+  const add = (name: string, command: string[], env?: Record<string, string>) => {
+    const c = new Component(name, command, join(logDir, `${name}.log`), env);
+    components.push(c);
+    c.start();
+    return c;
+  };
+  const containerdSock = join(dir, "containerd", "containerd.sock");
+  const stop = async () => {
+    // Last started first: the test's programs, kubelet, containerd, the control plane, the
+    // namespace holder (its end unmounts whatever the node still had mounted).
+    for (const c of [...components].reverse()) {
+      // containerd leaves its shims, and so the pods, running when it stops: end them first.
+      if (c.name === "containerd" && c.running) await killAllContainers(containerdSock);
+      await c.stop().catch(() => undefined);
+    }
+  };
+  const logs = (lines = 25) =>
+    components.map((c) => `----- ${c.name} (${c.logFile})\n${c.tail(lines)}`).join("\n");
+
+  try {
+    const pki = await makePki(join(dir, "pki"));
+    const etcdPort = await freePort();
+    const apiPort = await freePort();
+    const server = `https://127.0.0.1:${apiPort}`;
+    const kubeconfig = join(dir, "admin.kubeconfig");
+    await writeFile(kubeconfig, kubeconfigFor(server, pki));
+
+    const etcd = add("etcd", [
+      "etcd",
+      "--name=e2e",
+      `--data-dir=${join(dir, "etcd")}`,
+      `--listen-client-urls=http://127.0.0.1:${etcdPort}`,
+      `--advertise-client-urls=http://127.0.0.1:${etcdPort}`,
+      `--listen-peer-urls=http://127.0.0.1:${await freePort()}`,
+      "--log-level=warn",
+    ]);
+    const apiserver = add("kube-apiserver", [
+      join(bin, "kube-apiserver"),
+      `--etcd-servers=http://127.0.0.1:${etcdPort}`,
+      "--bind-address=127.0.0.1",
+      "--advertise-address=127.0.0.1",
+      `--secure-port=${apiPort}`,
+      "--endpoint-reconciler-type=none",
+      `--tls-cert-file=${pki.serverCert}`,
+      `--tls-private-key-file=${pki.serverKey}`,
+      `--client-ca-file=${pki.caCert}`,
+      `--kubelet-client-certificate=${pki.adminCert}`,
+      `--kubelet-client-key=${pki.adminKey}`,
+      `--service-account-key-file=${pki.saPub}`,
+      `--service-account-signing-key-file=${pki.saKey}`,
+      "--service-account-issuer=https://kubernetes.default.svc",
+      "--service-cluster-ip-range=10.0.0.0/24",
+      "--authorization-mode=RBAC",
+      "--allow-privileged=true",
+      "--v=1",
+    ]);
+    await waitFor(
+      "kube-apiserver /readyz",
+      async () => ((await httpsGet(`${server}/readyz`, pki)) === 200 ? true : undefined),
+      60_000,
+      Promise.race([etcd.exited(), apiserver.exited()]),
+    );
+
+    const cluster: Cluster = {
+      dir,
+      kubeconfig,
+      kubeletDir: join(dir, "kubelet"),
+      onNode: [],
+      components,
+      add,
+      kubectl: async (args, input, timeoutMs = 60_000) => {
+        const out = await run(join(bin, "kubectl"), ["--kubeconfig", kubeconfig, ...args], {
+          ...(input !== undefined ? { input } : {}),
+          timeoutMs,
+        });
+        return out.stdout;
+      },
+      logs,
+      stop,
+    };
+
+    add("kube-controller-manager", [
+      join(bin, "kube-controller-manager"),
+      `--kubeconfig=${kubeconfig}`,
+      "--bind-address=127.0.0.1",
+      `--secure-port=${await freePort()}`,
+      "--leader-elect=false",
+      `--service-account-private-key-file=${pki.saKey}`,
+      `--root-ca-file=${pki.caCert}`,
+      "--controllers=*",
+      // Detach as soon as the pod is gone, as on a healthy node (the default waits for kubelet).
+      "--v=2",
+    ]);
+    add("kube-scheduler", [
+      join(bin, "kube-scheduler"),
+      `--kubeconfig=${kubeconfig}`,
+      "--bind-address=127.0.0.1",
+      `--secure-port=${await freePort()}`,
+      "--leader-elect=false",
+      "--v=1",
+    ]);
+
+    // The node: a mount namespace held open by a sleeping process.
+    const holder = add("node-namespace", [
+      "unshare",
+      "--mount",
+      "--propagation",
+      "private",
+      "sleep",
+      "infinity",
+    ]);
+    await waitFor("the node's mount namespace", async () => (await nsReady(holder.pid)) || undefined, 10_000);
+    cluster.onNode = ["nsenter", `--target=${holder.pid}`, "--mount", "--"];
+    const sysDir = join(dir, "node-sysctl");
+    await mkdir(sysDir, { recursive: true });
+    for (const [key, value] of Object.entries(KERNEL_TUNABLES)) {
+      const copy = join(sysDir, key.replaceAll("/", "."));
+      await writeFile(copy, `${value}\n`);
+      await run(cluster.onNode[0]!, [
+        ...cluster.onNode.slice(1),
+        "mount",
+        "--bind",
+        copy,
+        `/proc/sys/${key}`,
+      ]);
+    }
+
+    const containerdDir = join(dir, "containerd");
+    await writeContainerdConfig(dir, containerdDir);
+    const containerd = add("containerd", [
+      ...cluster.onNode,
+      "containerd",
+      "--config",
+      join(containerdDir, "config.toml"),
+    ]);
+    await waitFor(
+      "containerd",
+      async () =>
+        (await run("ctr", ["--address", containerdSock, "version"], { okCodes: [0, 1] })).code === 0 ||
+        undefined,
+      30_000,
+      containerd.exited(),
+    );
+    const image = await buildTestImage(join(dir, "image"));
+    await run("ctr", ["--address", containerdSock, "--namespace", "k8s.io", "images", "import", image], {
+      timeoutMs: 120_000,
+    });
+
+    await mkdir(cluster.kubeletDir, { recursive: true });
+    const kubeletConfig = join(dir, "kubelet.yaml");
+    await writeFile(kubeletConfig, kubeletConfigFor(containerdSock, await freePort(), await freePort()));
+    const kubelet = add("kubelet", [
+      ...cluster.onNode,
+      join(bin, "kubelet"),
+      `--config=${kubeletConfig}`,
+      `--kubeconfig=${kubeconfig}`,
+      `--root-dir=${cluster.kubeletDir}`,
+      `--cert-dir=${join(dir, "kubelet-pki")}`,
+      `--hostname-override=${NODE_NAME}`,
+      "--v=2",
+    ]);
+    await waitFor(
+      `node ${NODE_NAME} Ready`,
+      async () => {
+        const ready = await cluster.kubectl([
+          "get",
+          "node",
+          NODE_NAME,
+          "-o",
+          "jsonpath={.status.conditions[?(@.type=='Ready')].status}",
+        ]);
+        return ready === "True" || undefined;
+      },
+      120_000,
+      kubelet.exited(),
+    );
+    return cluster;
+  } catch (err) {
+    const detail = logs();
+    await stop();
+    throw new Error(`starting the cluster failed: ${String(err)}\n${detail}`);
+  }
+}
+
+/** SIGKILLs every container containerd runs for Kubernetes and deletes its task. */
+async function killAllContainers(sock: string): Promise<void> {
+  const ctr = (args: string[]) =>
+    run("ctr", ["--address", sock, "--namespace", "k8s.io", "tasks", ...args], {
+      okCodes: [0, 1],
+      timeoutMs: 20_000,
+    });
+  const ids = (await ctr(["ls", "--quiet"]).catch(() => ({ stdout: "" }))).stdout.split("\n").filter(Boolean);
+  for (const id of ids) await ctr(["kill", "--signal", "SIGKILL", id]).catch(() => undefined);
+  for (const id of ids) {
+    await waitFor(
+      `container ${id} to stop`,
+      async () => ((await ctr(["delete", id])).code === 0 ? true : undefined),
+      10_000,
+    ).catch(() => undefined);
+  }
+}
+
+async function nsReady(pid: number | undefined): Promise<boolean> {
+  if (!pid) return false;
+  const { stdout } = await run("readlink", [`/proc/${pid}/ns/mnt`, "/proc/self/ns/mnt"], { okCodes: [0, 1] });
+  const [theirs, ours] = stdout.trim().split("\n");
+  // unshare has made the namespace once the sleeping process has a mount namespace of its own.
+  const { stdout: comm } = await run("cat", [`/proc/${pid}/comm`], { okCodes: [0, 1] });
+  return comm.trim() === "sleep" && theirs !== ours;
+}
+
+interface Pki {
+  caCert: string;
+  serverCert: string;
+  serverKey: string;
+  adminCert: string;
+  adminKey: string;
+  saKey: string;
+  saPub: string;
+}
+
+/** A CA, the apiserver's serving certificate, an admin client certificate and a service-account key. */
+async function makePki(dir: string): Promise<Pki> {
+  await mkdir(dir, { recursive: true });
+  const p = (name: string) => join(dir, name);
+  const openssl = (args: string[]) => run("openssl", args);
+  await openssl([
+    "req",
+    "-x509",
+    "-newkey",
+    "rsa:2048",
+    "-nodes",
+    "-keyout",
+    p("ca.key"),
+    "-out",
+    p("ca.crt"),
+    "-days",
+    "2",
+    "-subj",
+    "/CN=e2e-ca",
+  ]);
+  const issue = async (name: string, subject: string, ext: string) => {
+    await openssl([
+      "req",
+      "-newkey",
+      "rsa:2048",
+      "-nodes",
+      "-keyout",
+      p(`${name}.key`),
+      "-out",
+      p(`${name}.csr`),
+      "-subj",
+      subject,
+    ]);
+    await writeFile(p(`${name}.ext`), ext);
+    await openssl([
+      "x509",
+      "-req",
+      "-in",
+      p(`${name}.csr`),
+      "-CA",
+      p("ca.crt"),
+      "-CAkey",
+      p("ca.key"),
+      "-CAcreateserial",
+      "-out",
+      p(`${name}.crt`),
+      "-days",
+      "2",
+      "-extfile",
+      p(`${name}.ext`),
+    ]);
+  };
+  await issue(
+    "apiserver",
+    "/CN=kube-apiserver",
+    "subjectAltName=IP:127.0.0.1,IP:10.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc\nextendedKeyUsage=serverAuth\n",
+  );
+  await issue("admin", "/O=system:masters/CN=e2e-admin", "extendedKeyUsage=clientAuth\n");
+  await openssl(["genrsa", "-out", p("sa.key"), "2048"]);
+  await openssl(["rsa", "-in", p("sa.key"), "-pubout", "-out", p("sa.pub")]);
+  return {
+    caCert: p("ca.crt"),
+    serverCert: p("apiserver.crt"),
+    serverKey: p("apiserver.key"),
+    adminCert: p("admin.crt"),
+    adminKey: p("admin.key"),
+    saKey: p("sa.key"),
+    saPub: p("sa.pub"),
+  };
+}
+
+function kubeconfigFor(server: string, pki: Pki): string {
+  return JSON.stringify({
+    apiVersion: "v1",
+    kind: "Config",
+    clusters: [{ name: "e2e", cluster: { server, "certificate-authority": pki.caCert } }],
+    users: [{ name: "admin", user: { "client-certificate": pki.adminCert, "client-key": pki.adminKey } }],
+    contexts: [{ name: "e2e", context: { cluster: "e2e", user: "admin" } }],
+    "current-context": "e2e",
+  });
+}
+
+function httpsGet(url: string, pki: Pki): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const req = request(
+      url,
+      {
+        ca: readFileSync(pki.caCert),
+        cert: readFileSync(pki.adminCert),
+        key: readFileSync(pki.adminKey),
+        timeout: 2000,
+      },
+      (res) => {
+        res.resume();
+        resolve(res.statusCode ?? 0);
+      },
+    );
+    req.on("error", reject);
+    req.on("timeout", () => req.destroy(new Error("timeout")));
+    req.end();
+  });
+}
+
+async function writeContainerdConfig(dir: string, containerdDir: string): Promise<void> {
+  const cniDir = join(dir, "cni");
+  await mkdir(cniDir, { recursive: true });
+  await mkdir(containerdDir, { recursive: true });
+  // Pods use the host's network (containerd 1.6 wants an eth0 address from a pod network), but the
+  // runtime reports the network ready only once a CNI configuration exists.
+  await writeFile(
+    join(cniDir, "10-loopback.conflist"),
+    JSON.stringify({ cniVersion: "0.4.0", name: "e2e", plugins: [{ type: "loopback" }] }),
+  );
+  const cri = 'plugins."io.containerd.grpc.v1.cri"';
+  await writeFile(
+    join(containerdDir, "config.toml"),
+    `version = 2
+root = "${join(containerdDir, "root")}"
+state = "${join(containerdDir, "state")}"
+
+[grpc]
+  address = "${join(containerdDir, "containerd.sock")}"
+
+[ttrpc]
+  address = "${join(containerdDir, "containerd.sock.ttrpc")}"
+
+[${cri}]
+  sandbox_image = "e2e.local/busybox:1"
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+  disable_apparmor = true
+  # root here lacks CAP_SYS_RESOURCE: lowering oom_score_adj is all runc may do.
+  restrict_oom_score_adj = true
+
+[${cri}.containerd]
+  snapshotter = "overlayfs"
+  default_runtime_name = "runc"
+
+[${cri}.containerd.runtimes.runc]
+  runtime_type = "io.containerd.runc.v2"
+
+[${cri}.cni]
+  bin_dir = "/usr/lib/cni"
+  conf_dir = "${cniDir}"
+
+[plugins."io.containerd.internal.v1.opt"]
+  path = "${join(containerdDir, "opt")}"
+`,
+  );
+}
+
+function kubeletConfigFor(containerdSock: string, port: number, healthzPort: number): string {
+  return JSON.stringify({
+    apiVersion: "kubelet.config.k8s.io/v1beta1",
+    kind: "KubeletConfiguration",
+    address: "127.0.0.1",
+    port,
+    readOnlyPort: 0,
+    healthzBindAddress: "127.0.0.1",
+    healthzPort,
+    containerRuntimeEndpoint: `unix://${containerdSock}`,
+    // The test node is not isolated: anything on 127.0.0.1 may talk to it (the apiserver does).
+    authentication: { anonymous: { enabled: true }, webhook: { enabled: false } },
+    authorization: { mode: "AlwaysAllow" },
+    cgroupDriver: "cgroupfs",
+    cgroupsPerQOS: false,
+    enforceNodeAllocatable: [],
+    // This machine has cgroup v1 (hybrid) and swap: neither matters to the test.
+    failCgroupV1: false,
+    failSwapOn: false,
+    // A shared machine's disk and memory are not the test's business: never evict, never collect.
+    evictionHard: { "memory.available": "1Mi", "nodefs.available": "1%", "imagefs.available": "1%" },
+    imageGCHighThresholdPercent: 100,
+    imageGCLowThresholdPercent: 99,
+    localStorageCapacityIsolation: false,
+    serializeImagePulls: false,
+    // Volume stats (kubelet_volume_stats_*) every 10 s instead of every minute.
+    volumeStatsAggPeriod: "10s",
+    resolvConf: "/etc/resolv.conf",
+  });
+}

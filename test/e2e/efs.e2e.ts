@@ -1,0 +1,123 @@
+// EFS under its real callers (see ebs.e2e.ts): a shared ReadWriteMany claim and a static PV.
+import { readFile } from "node:fs/promises";
+import { join } from "node:path";
+import { DescribeAccessPointsCommand } from "@aws-sdk/client-efs";
+import { afterAll, afterEach, beforeAll, describe, expect, test } from "vitest";
+import { type E2eEnv, EFS, e2eSkipReason, startE2e } from "./env.ts";
+import { pod, pvc, SLEEP_FOREVER, storageClass } from "./objects.ts";
+import { waitFor } from "./processes.ts";
+import { MINUTE, steps } from "./steps.ts";
+
+const skip = e2eSkipReason();
+if (skip) console.warn(`e2e skipped: ${skip}`);
+
+describe.skipIf(skip)("EFS on a real cluster", () => {
+  let env: E2eEnv;
+  beforeAll(async () => {
+    env = await startE2e();
+  }, 10 * MINUTE);
+  afterAll(async () => {
+    await env?.stop();
+  }, 5 * MINUTE);
+  afterEach(async () => {
+    await env?.deleteAll();
+  }, 5 * MINUTE);
+
+  const { diagnoseOnFailure, waitRunning, exec, waitGone, volumeOf } = steps(() => env);
+  const accessPoints = async () =>
+    (await env.aws.efs.send(new DescribeAccessPointsCommand({ FileSystemId: env.fileSystemId })))
+      .AccessPoints ?? [];
+
+  test("ReadWriteMany: two pods share one access point, one writes and the other reads", async () => {
+    diagnoseOnFailure();
+    await env.apply(
+      storageClass("efs-ap", EFS, {
+        parameters: { provisioningMode: "efs-ap", fileSystemId: env.fileSystemId, directoryPerms: "700" },
+        binding: "Immediate",
+        expand: false,
+      }),
+      pvc("shared", "efs-ap", { accessMode: "ReadWriteMany", size: "5Gi" }),
+    );
+    await waitFor(
+      "PVC shared Bound",
+      async () => ((await env.get("pvc", "shared")).status.phase === "Bound" ? true : undefined),
+      2 * MINUTE,
+    );
+    const { volumeId, pvName } = await volumeOf("shared");
+    // fs-id::fsap-id, as the official driver's handles.
+    const [fs, , accessPointId] = volumeId.split(":");
+    expect(fs).toBe(env.fileSystemId);
+    expect((await accessPoints()).map((a) => a.AccessPointId)).toEqual([accessPointId]);
+
+    await env.apply(
+      pod("writer", `echo "from the writer" > /data/note && sync && ${SLEEP_FOREVER}`, { claim: "shared" }),
+      pod("reader", SLEEP_FOREVER, { claim: "shared" }),
+    );
+    await waitRunning("writer");
+    await waitRunning("reader");
+    await waitFor(
+      "the reader to see the writer's file",
+      async () =>
+        (await exec("reader", "cat /data/note 2>/dev/null || true")).trim() === "from the writer"
+          ? true
+          : undefined,
+      MINUTE,
+    );
+    await exec("reader", "echo 'and the reader' >> /data/note");
+    expect((await exec("writer", "cat /data/note")).trim().split("\n")).toEqual([
+      "from the writer",
+      "and the reader",
+    ]);
+
+    await env.kubectl(["delete", "pod", "writer", "reader", "--wait=true"]);
+    await env.kubectl(["delete", "pvc", "shared", "--wait=true"]);
+    await waitGone("pv", pvName);
+    await waitFor(
+      "the access point to be deleted",
+      async () => ((await accessPoints()).length === 0 ? true : undefined),
+      MINUTE,
+    );
+  });
+
+  test("static PV: a pod writes to the file system's root", async () => {
+    diagnoseOnFailure();
+    await env.apply(
+      {
+        apiVersion: "v1",
+        kind: "PersistentVolume",
+        metadata: { name: "efs-static" },
+        spec: {
+          capacity: { storage: "5Gi" },
+          accessModes: ["ReadWriteMany"],
+          persistentVolumeReclaimPolicy: "Retain",
+          storageClassName: "",
+          csi: { driver: EFS, volumeHandle: env.fileSystemId },
+        },
+      },
+      pvc("static", "", { accessMode: "ReadWriteMany", size: "5Gi", volumeName: "efs-static" }),
+    );
+    await env.apply(
+      pod("static", `echo static-data > /data/static-file && sync && ${SLEEP_FOREVER}`, { claim: "static" }),
+    );
+    await waitRunning("static");
+    // What the pod wrote is in the file system (the directory the test's mount.efs serves it from).
+    const served = join(env.efsHelper.fileSystemDir(env.fileSystemId), "static-file");
+    await waitFor(
+      "the file in the file system",
+      async () =>
+        (await readFile(served, "utf8").catch(() => "")).trim() === "static-data" ? true : undefined,
+      MINUTE,
+    );
+    await env.kubectl(["delete", "pod", "static", "--wait=true"]);
+    expect(await env.nodeMounts(env.fileSystemId)).toEqual([]);
+    await env.kubectl(["delete", "pvc", "static", "--wait=true"]);
+    await env.kubectl(["delete", "pv", "efs-static", "--wait=true"]);
+    // Retain, and a static volume besides: the data stays.
+    expect((await readFile(served, "utf8")).trim()).toBe("static-data");
+  });
+
+  test("nothing is left in the fake AWS", async () => {
+    diagnoseOnFailure();
+    expect(await accessPoints()).toEqual([]);
+  });
+});
