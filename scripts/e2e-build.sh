@@ -3,12 +3,12 @@
 # proxy, into .cache/e2e/bin. Each component's versions are pinned by a wrapper module under
 # test/e2e/build/ (go.mod, go.sum and its `tool` lines). Go's caches stay in their default places,
 # so a machine that built them once rebuilds in seconds. A cold build takes about 15 minutes on a
-# quiet 2-core machine; E2E_BUILD_TIMEOUT (seconds, default 2700) bounds it.
+# quiet 2-core machine; E2E_BUILD_TIMEOUT (seconds, default 2400) bounds it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out="$PWD/.cache/e2e/bin"
 mkdir -p "$out"
-timeout_s=${E2E_BUILD_TIMEOUT:-2700}
+timeout_s=${E2E_BUILD_TIMEOUT:-2400}
 deadline=$(( $(date +%s) + timeout_s ))
 
 KUBE_VERSION=v1.37.2

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: setup, lint, typecheck, build, every vitest test (unit and
-# integration, against moto and real loop devices), then csi-sanity for both drivers against the
-# build. Every stage runs even when an earlier one failed; the last line sums up all tests that ran.
+# integration, against moto and real loop devices), csi-sanity for both drivers against the
+# build, then the e2e scenarios on a real cluster (test/e2e). Every stage runs even when an
+# earlier one failed, and prints its duration; the last line sums up all tests that ran.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh || { echo "setup failed"; exit 1; }
@@ -60,10 +61,18 @@ done
 # E2E_BUILD_TIMEOUT), then runs the scenarios.
 rm -f .cache/reports/e2e.json
 stage "e2e build" scripts/e2e-build.sh
-stage e2e npx vitest run --config test/e2e/vitest.config.ts --reporter=default --reporter=json --outputFile.json=.cache/reports/e2e.json
+e2e_timeout=${E2E_TIMEOUT:-1200}
+run_e2e() {
+  timeout --kill-after=30 "$e2e_timeout" npx vitest run --config test/e2e/vitest.config.ts \
+    --reporter=default --reporter=json --outputFile.json=.cache/reports/e2e.json
+  local rc=$?
+  [ $rc -eq 124 ] && echo "e2e: out of time after ${e2e_timeout}s (E2E_TIMEOUT)" >&2
+  return $rc
+}
+stage e2e run_e2e
 count_vitest .cache/reports/e2e.json
 
-leftover_loops=$(losetup -a 2>/dev/null | grep -c -e ebs-env -e aws-storage-csi || true)
+leftover_loops=$(losetup -a 2>/dev/null | grep -c -e ebs-env -e aws-storage-csi -e /e2e- || true)
 [ "$leftover_loops" -gt 0 ] && { echo "loop devices left behind:"; losetup -a; failed_stages+=("cleanup"); }
 
 echo

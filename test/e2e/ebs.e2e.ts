@@ -73,7 +73,8 @@ describe.skipIf(skip)("EBS on a real cluster", () => {
       expect(node.metadata.labels[EBS_TOPOLOGY_KEY]).toBe(env.zone);
 
       const attachments = (await env.get("volumeattachments")).items.filter(
-        (va: any) => va.spec.source.persistentVolumeName === pv.metadata.name,
+        (va: { spec: { source: { persistentVolumeName?: string } } }) =>
+          va.spec.source.persistentVolumeName === pv.metadata.name,
       );
       expect(attachments).toHaveLength(1);
       expect(attachments[0].status.attached).toBe(true);

@@ -65,7 +65,8 @@ export interface E2eEnv {
   kubectl: Cluster["kubectl"];
   /** kubectl apply of objects given as JavaScript values. */
   apply(...objects: object[]): Promise<void>;
-  /** kubectl get -o json. */
+  /** kubectl get -o json, as kubectl prints it (the scenarios read the fields a user would). */
+  // biome-ignore lint/suspicious/noExplicitAny: Kubernetes objects of every kind, read field by field
   get<T = any>(kind: string, name?: string): Promise<T>;
   /**
    * Deletes every workload, snapshot and claim of the test namespace and waits until the volumes
