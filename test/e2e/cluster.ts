@@ -1,5 +1,5 @@
-import { readFileSync } from "node:fs";
-import { mkdir, writeFile } from "node:fs/promises";
+import { existsSync, readFileSync } from "node:fs";
+import { mkdir, rmdir, writeFile } from "node:fs/promises";
 import { request } from "node:https";
 import { join } from "node:path";
 import { run } from "../../src/host/exec.ts";
@@ -12,6 +12,12 @@ export interface ClusterOptions {
   dir: string;
   /** The binaries of scripts/e2e-build.sh. */
   bin: string;
+  /**
+   * A host directory the node shows at /dev/disk/by-id, where a real node has its disks' links
+   * (the official EBS driver looks there; this driver takes --device-dir). Only the node's mount
+   * namespace sees it: the host's /dev is left as it was.
+   */
+  diskLinks?: string;
 }
 
 /**
@@ -32,6 +38,8 @@ export const NODE_NAME = "localhost";
  */
 export interface Cluster {
   dir: string;
+  /** The binaries of scripts/e2e-build.sh. */
+  bin: string;
   kubeconfig: string;
   /** kubelet's --root-dir: what /var/lib/kubelet is on a real node. */
   kubeletDir: string;
@@ -68,6 +76,8 @@ export async function startCluster(options: ClusterOptions): Promise<Cluster> {
     return c;
   };
   const containerdSock = join(dir, "containerd", "containerd.sock");
+  /** What must wait until the node's namespace is gone. */
+  const cleanupsAfterStop: (() => Promise<unknown>)[] = [];
   const stop = async () => {
     // Last started first: the test's programs, kubelet, containerd, the control plane, the
     // namespace holder (its end unmounts whatever the node still had mounted).
@@ -76,6 +86,7 @@ export async function startCluster(options: ClusterOptions): Promise<Cluster> {
       if (c.name === "containerd" && c.running) await killAllContainers(containerdSock);
       await c.stop().catch(() => undefined);
     }
+    for (const cleanup of cleanupsAfterStop.splice(0)) await cleanup().catch(() => undefined);
   };
   const logs = (lines = 25) =>
     components.map((c) => `----- ${c.name} (${c.logFile})\n${c.tail(lines)}`).join("\n");
@@ -126,6 +137,7 @@ export async function startCluster(options: ClusterOptions): Promise<Cluster> {
 
     const cluster: Cluster = {
       dir,
+      bin,
       kubeconfig,
       kubeletDir: join(dir, "kubelet"),
       onNode: [],
@@ -188,6 +200,8 @@ export async function startCluster(options: ClusterOptions): Promise<Cluster> {
       ]);
     }
 
+    if (options.diskLinks) await showDiskLinks(cluster.onNode, options.diskLinks, cleanupsAfterStop);
+
     const containerdDir = join(dir, "containerd");
     await writeContainerdConfig(dir, containerdDir);
     const containerd = add("containerd", [
@@ -243,6 +257,26 @@ export async function startCluster(options: ClusterOptions): Promise<Cluster> {
     await stop();
     throw new Error(`starting the cluster failed: ${String(err)}\n${detail}`);
   }
+}
+
+/**
+ * Makes `links` appear at /dev/disk/by-id in the node's mount namespace: a tmpfs over /dev/disk
+ * there, holding a bind mount of the directory. /dev/disk is made on the host's /dev only if it is
+ * missing (an empty directory, removed again after the node stops).
+ */
+async function showDiskLinks(
+  onNode: string[],
+  links: string,
+  after: (() => Promise<unknown>)[],
+): Promise<void> {
+  if (!existsSync("/dev/disk")) {
+    await mkdir("/dev/disk");
+    after.push(() => rmdir("/dev/disk"));
+  }
+  const node = (args: string[]) => run(onNode[0]!, [...onNode.slice(1), ...args]);
+  await node(["mount", "-t", "tmpfs", "-o", "size=1m,mode=755", "e2e-disk-links", "/dev/disk"]);
+  await node(["mkdir", "/dev/disk/by-id"]);
+  await node(["mount", "--bind", links, "/dev/disk/by-id"]);
 }
 
 /** SIGKILLs every container containerd runs for Kubernetes and deletes its task. */

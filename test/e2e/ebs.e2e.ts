@@ -19,7 +19,7 @@ describe.skipIf(skip)("EBS on a real cluster", () => {
   let env: E2eEnv;
 
   beforeAll(async () => {
-    env = await startE2e();
+    env = await startE2e({ efs: false });
   }, 10 * MINUTE);
 
   afterAll(async () => {
@@ -308,9 +308,9 @@ describe.skipIf(skip)("EBS on a real cluster", () => {
     await waitRunning("survivor");
     const { volumeId, pvName } = await volumeOf("survivor");
 
-    await env.ebsNode.stop("SIGKILL");
+    await env.ebs!.node.stop("SIGKILL");
     await exec("survivor", "echo two >> /data/log && sync");
-    await env.ebsNode.start();
+    await env.ebs!.restartNode();
     await exec("survivor", "echo three >> /data/log && sync");
     expect((await exec("survivor", "cat /data/log")).trim().split("\n")).toEqual(["one", "two", "three"]);
 

@@ -14,7 +14,7 @@ if (skip) console.warn(`e2e skipped: ${skip}`);
 describe.skipIf(skip)("EFS on a real cluster", () => {
   let env: E2eEnv;
   beforeAll(async () => {
-    env = await startE2e();
+    env = await startE2e({ ebs: false });
   }, 10 * MINUTE);
   afterAll(async () => {
     await env?.stop();

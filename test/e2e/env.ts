@@ -3,19 +3,21 @@ import { mkdir, mkdtemp, realpath, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { run } from "../../src/host/exec.ts";
-import { createAttachSim } from "../harness/attach-sim.ts";
-import { type Cleanups, DriverProcess, REPO_ROOT, runAll } from "../harness/driver-process.ts";
+import { type AttachSim, createAttachSim } from "../harness/attach-sim.ts";
+import { type Cleanups, REPO_ROOT, runAll } from "../harness/driver-process.ts";
 import { unmountUnder, wireAttachSimulation } from "../harness/ebs-env.ts";
 import { type FakeEfsMountHelper, installFakeEfsMountHelper } from "../harness/efs-mount-helper.ts";
 import { type FakeAws, startFakeAws } from "../harness/fake-aws.ts";
 import { startImds } from "../harness/imds.ts";
-import { type Cluster, NODE_NAME, startCluster } from "./cluster.ts";
+import { type Cluster, startCluster } from "./cluster.ts";
+import { type DeployContext, type Deployment, deployEbs, deployEfs, type EbsFlavor } from "./deploy.ts";
 import { waitFor } from "./processes.ts";
 
 export const BIN = join(REPO_ROOT, ".cache", "e2e", "bin");
-export const EBS = "ebs.csi.aws.com";
+export { EBS, EFS } from "./deploy.ts";
 export const EBS_TOPOLOGY_KEY = "topology.ebs.csi.aws.com/zone";
-export const EFS = "efs.csi.aws.com";
+/** The official EBS driver, as the benchmarks build it (scripts/e2e-build.sh builds it too). */
+export const OFFICIAL_BINARY = join(REPO_ROOT, ".cache", "aws-ebs-csi-driver-v1.44.0", "cmd");
 /** external-snapshotter's version in test/e2e/build/snapshotter/go.mod: its CRDs come from there. */
 const SNAPSHOTTER_VERSION = "v8.7.0";
 const BINARIES = [
@@ -33,10 +35,12 @@ const BINARIES = [
 ];
 
 /** Why the e2e test cannot run here, or undefined when it can. */
-export function e2eSkipReason(): string | undefined {
+export function e2eSkipReason(o: { official?: boolean } = {}): string | undefined {
   if (process.getuid?.() !== 0) return "needs root: loop devices, mounts, containerd and kubelet";
   const missing = BINARIES.filter((b) => !existsSync(join(BIN, b)));
   if (missing.length > 0) return `missing ${missing.join(", ")} in ${BIN}: run scripts/e2e-build.sh`;
+  if (o.official && !existsSync(OFFICIAL_BINARY))
+    return `missing ${OFFICIAL_BINARY}: run scripts/e2e-build.sh`;
   for (const tool of ["etcd", "containerd", "runc", "ctr", "unshare", "nsenter", "busybox"]) {
     if (!["/usr/bin", "/usr/sbin", "/bin", "/sbin"].some((d) => existsSync(join(d, tool))))
       return `missing ${tool}: scripts/setup.sh installs it (Debian packages etcd-server containerd runc busybox-static)`;
@@ -44,24 +48,33 @@ export function e2eSkipReason(): string | undefined {
   return undefined;
 }
 
+export interface E2eOptions {
+  /** Which EBS driver to install at the start (default: this one), or none. */
+  ebs?: EbsFlavor | false;
+  /** Install this driver's EFS side (default: true). */
+  efs?: boolean;
+}
+
 /**
  * The cluster, the fake AWS behind it (moto behind the fault proxy, a fake IMDS for the node's one
- * instance, the attach simulation), and the driver deployed as on a cluster: the EBS controller
- * with the real sidecars (provisioner, attacher, resizer) talking to the apiserver, the EBS node
- * plugin in the node's mount namespace registered with the real kubelet.
+ * instance, the attach simulation), and the drivers deployed as on a cluster (test/e2e/deploy.ts):
+ * controllers with the real sidecars talking to the apiserver, node plugins in the node's mount
+ * namespace registered with the real kubelet.
  */
 export interface E2eEnv {
   cluster: Cluster;
   aws: FakeAws;
   instanceId: string;
   zone: string;
-  ebsController: DriverProcess;
-  ebsNode: DriverProcess;
+  sim: AttachSim;
+  /** What deployEbs and deployEfs need, to install a driver while the cluster runs. */
+  deployContext: DeployContext;
+  /** The EBS driver installed now, if any. */
+  ebs: Deployment | undefined;
+  efs: Deployment | undefined;
   /** The EFS file system the cluster's StorageClasses and static PVs use. */
   fileSystemId: string;
   efsHelper: FakeEfsMountHelper;
-  efsController: DriverProcess;
-  efsNode: DriverProcess;
   kubectl: Cluster["kubectl"];
   /** kubectl apply of objects given as JavaScript values. */
   apply(...objects: object[]): Promise<void>;
@@ -80,7 +93,7 @@ export interface E2eEnv {
   stop(): Promise<void>;
 }
 
-export async function startE2e(): Promise<E2eEnv> {
+export async function startE2e(options: E2eOptions = {}): Promise<E2eEnv> {
   const dir = await realpath(await mkdtemp(join(tmpdir(), "e2e-")));
   const cleanups: Cleanups = [() => rm(dir, { recursive: true, force: true })];
   try {
@@ -106,7 +119,8 @@ export async function startE2e(): Promise<E2eEnv> {
     });
     cleanups.unshift(() => efsHelper.uninstall());
 
-    const cluster = await startCluster({ dir: join(dir, "cluster"), bin: BIN });
+    // The official driver finds disks under /dev/disk/by-id: the node shows the simulation's links there.
+    const cluster = await startCluster({ dir: join(dir, "cluster"), bin: BIN, diskLinks: byIdDir });
     // The node's mounts die with its namespace; these unmount what the host may still hold.
     cleanups.unshift(
       () => unmountUnder(dir),
@@ -121,78 +135,6 @@ export async function startE2e(): Promise<E2eEnv> {
     }
 
     const awsEnv = { ...aws.env, AWS_EC2_METADATA_SERVICE_ENDPOINT: imds.url };
-    const logLevel = process.env.DRIVER_LOG_LEVEL ?? "info";
-
-    /** A controller Deployment's pod: the driver and its sidecars, with the flags of deploy/kubernetes/base. */
-    const startController = async (driver: "ebs" | "efs", sidecars: Record<string, string[]>) => {
-      const socketDir = join(dir, `${driver}-controller`);
-      await mkdir(join(socketDir, "tmp"), { recursive: true });
-      const socketPath = join(socketDir, "csi.sock");
-      const controller = new DriverProcess({
-        socketPath,
-        args: ["--driver", driver, "--mode", "controller", "--log-level", logLevel],
-        // The EFS controller's temporary mounts (to make and remove access point directories) go here.
-        env: { ...awsEnv, TMPDIR: join(socketDir, "tmp") },
-      });
-      cleanups.unshift(() => controller.stop("SIGTERM"));
-      await controller.start();
-      for (const [name, extra] of Object.entries(sidecars)) {
-        // One replica: no leader election.
-        cluster.add(`${driver}-${name}`, [
-          join(BIN, `csi-${name}`),
-          `--csi-address=${socketPath}`,
-          `--kubeconfig=${cluster.kubeconfig}`,
-          "--timeout=60s",
-          "--leader-election=false",
-          "--v=2",
-          ...extra,
-        ]);
-      }
-      return controller;
-    };
-
-    /** A node DaemonSet's pod: the driver in the node's mount namespace and its registrar. */
-    const startNode = async (driver: "ebs" | "efs", name: string, nodeId: string, args: string[]) => {
-      const pluginDir = join(cluster.kubeletDir, "plugins", name);
-      await mkdir(pluginDir, { recursive: true });
-      const socketPath = join(pluginDir, "csi.sock");
-      const node = new DriverProcess({
-        socketPath,
-        launcher: cluster.onNode,
-        args: [
-          "--driver",
-          driver,
-          "--mode",
-          "node",
-          "--log-level",
-          logLevel,
-          "--kubelet-dir",
-          cluster.kubeletDir,
-          ...args,
-        ],
-        env: awsEnv,
-      });
-      cleanups.unshift(() => node.stop("SIGTERM"));
-      await node.start();
-      cluster.add(`${driver}-registrar`, [
-        ...cluster.onNode,
-        join(BIN, "registrar"),
-        `--driver=${name}`,
-        `--csi-address=${socketPath}`,
-        `--registration-socket=${join(cluster.kubeletDir, "plugins_registry", `${name}-reg.sock`)}`,
-      ]);
-      await waitFor(
-        `kubelet to register ${name} (CSINode ${NODE_NAME})`,
-        async () => {
-          const out = await kubectl(["get", "csinode", NODE_NAME, "-o", "json"]);
-          const drivers = (JSON.parse(out).spec?.drivers ?? []) as { name: string; nodeID: string }[];
-          return drivers.find((d) => d.name === name && d.nodeID === nodeId);
-        },
-        60_000,
-      );
-      return node;
-    };
-
     // Snapshots: the CRDs and the snapshot-controller of external-snapshotter, the version built.
     const crdDir = join(
       (await run("go", ["env", "GOMODCACHE"])).stdout.trim(),
@@ -214,29 +156,28 @@ export async function startE2e(): Promise<E2eEnv> {
       "--v=2",
     ]);
 
-    const ebsController = await startController("ebs", {
-      provisioner: ["--extra-create-metadata", "--feature-gates=Topology=true", "--default-fstype=ext4"],
-      attacher: [],
-      resizer: ["--handle-volume-inuse-error=false"],
-      snapshotter: ["--extra-create-metadata"],
-    });
-    const ebsNode = await startNode("ebs", EBS, instanceId, ["--device-dir", byIdDir]);
-    const efsController = await startController("efs", {
-      provisioner: ["--extra-create-metadata", "--feature-gates=Topology=true"],
-    });
-    const efsNode = await startNode("efs", EFS, instanceId, []);
+    const deployContext: DeployContext = {
+      cluster,
+      dir,
+      awsEnv,
+      instanceId,
+      byIdDir,
+      ...(existsSync(OFFICIAL_BINARY) ? { officialBinary: OFFICIAL_BINARY } : {}),
+    };
+    const ebs = options.ebs === false ? undefined : await deployEbs(deployContext, options.ebs ?? "ours");
+    const efs = options.efs === false ? undefined : await deployEfs(deployContext);
 
     const env: E2eEnv = {
       cluster,
       aws,
       instanceId,
       zone,
-      ebsController,
-      ebsNode,
+      sim,
+      deployContext,
+      ebs,
+      efs,
       fileSystemId,
       efsHelper,
-      efsController,
-      efsNode,
       kubectl,
       apply,
       get: async (kind, name) =>
@@ -282,10 +223,8 @@ export async function startE2e(): Promise<E2eEnv> {
         ]) {
           parts.push(`$ kubectl ${args.join(" ")}\n${await kubectl(args).catch((err) => String(err))}`);
         }
-        for (const [name, driver] of Object.entries({ ebsController, ebsNode, efsController, efsNode })) {
-          parts.push(`----- ${name}\n${tailOf(driver.stderr)}`);
-        }
-        parts.push(cluster.logs(15));
+        // The drivers' logs are among the components' (ebs-controller, ebs-node, ...).
+        parts.push(cluster.logs(30));
         return parts.join("\n");
       },
       stop: () => runAll(cleanups),
@@ -295,8 +234,4 @@ export async function startE2e(): Promise<E2eEnv> {
     await runAll(cleanups).catch(() => undefined);
     throw err;
   }
-}
-
-function tailOf(text: string, lines = 30): string {
-  return text.trimEnd().split("\n").slice(-lines).join("\n");
 }
