@@ -5,6 +5,7 @@ import { status } from "@grpc/grpc-js";
 import { waitUntil } from "../backoff.ts";
 import type { Options } from "../config.ts";
 import {
+  aborted,
   alreadyExists,
   asInternal,
   CsiError,
@@ -226,6 +227,17 @@ export class EbsNode {
     } catch (err) {
       if (err instanceof FormatRefusedError)
         throw failedPrecondition(`volume_id ${volumeId}: ${err.message}`);
+      // A concurrent call removed the directory between its creation and the mount (kubelet never
+      // does; a confused caller may): nothing was mounted, the call may simply be repeated.
+      const stagingGone = await bounded(`lstat ${stagingPath}`, () => lstat(stagingPath)).then(
+        () => false,
+        () => true,
+      );
+      if (stagingGone) {
+        throw aborted(
+          `volume_id ${volumeId}: staging_target_path ${stagingPath} was removed while the volume was being staged; retry`,
+        );
+      }
       // The volume was detached meanwhile (its device gone or empty): retry once it is back.
       const size = await deviceSizeBytes(device).catch(() => 0);
       if (size === 0) {

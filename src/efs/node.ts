@@ -10,8 +10,9 @@
  * is mounted on it.
  */
 import { constants } from "node:fs";
-import { access, rmdir } from "node:fs/promises";
+import { access, lstat, rmdir } from "node:fs/promises";
 import {
+  aborted,
   alreadyExists,
   asInternal,
   CsiError,
@@ -220,6 +221,17 @@ export class EfsNode {
     try {
       await run("mount", command.args, { timeoutMs: this.#o.mountTimeoutMs });
     } catch (err) {
+      // A concurrent call removed the directory between its creation and the mount (kubelet never
+      // does; a confused caller may): nothing was mounted, the call may simply be repeated.
+      const targetGone = await bounded(`lstat ${targetPath}`, () => lstat(targetPath)).then(
+        () => false,
+        () => true,
+      );
+      if (targetGone) {
+        throw aborted(
+          `target_path ${targetPath} was removed while volume ${volumeId} was being mounted; retry`,
+        );
+      }
       // The target is ours (the plugin creates it) and nothing is mounted on it: an empty directory.
       await bounded(`rmdir ${targetPath}`, () => rmdir(targetPath)).catch(() => undefined);
       throw mountError(err, volumeId, handle, targetPath);

@@ -54,70 +54,49 @@ const EFS_SIDECARS: Record<string, string[]> = {
 export async function deployEbs(ctx: DeployContext, flavor: EbsFlavor = "ours"): Promise<Deployment> {
   const official = ctx.officialBinary;
   if (flavor === "official" && !official) throw new Error("the official driver's binary is not built");
-  const logLevel = process.env.DRIVER_LOG_LEVEL ?? "info";
+  const officialArgs = ["--logging-format=text", "--v=2"];
   return deploy(ctx, {
     driver: EBS,
     label: flavor === "ours" ? "ebs" : "official-ebs",
     sidecars: EBS_SIDECARS,
     controller: (socket) =>
       flavor === "ours"
-        ? ours(["--driver", "ebs", "--mode", "controller", "--log-level", logLevel], socket)
-        : [
-            official!,
-            "controller",
-            `--endpoint=unix://${socket}`,
-            "--batching=true",
-            "--logging-format=text",
-            "--v=2",
-          ],
+        ? ours(ctx, "ebs", "controller", socket)
+        : [official!, "controller", `--endpoint=unix://${socket}`, "--batching=true", ...officialArgs],
     node: (socket) =>
       flavor === "ours"
-        ? ours(
-            [
-              "--driver",
-              "ebs",
-              "--mode",
-              "node",
-              "--log-level",
-              logLevel,
-              "--kubelet-dir",
-              ctx.cluster.kubeletDir,
-            ].concat(["--device-dir", ctx.byIdDir]),
-            socket,
-          )
+        ? ours(ctx, "ebs", "node", socket, ["--device-dir", ctx.byIdDir])
         : // It finds disks under /dev/disk/by-id, where the node's namespace shows the simulation's links.
-          [official!, "node", `--endpoint=unix://${socket}`, "--logging-format=text", "--v=2"],
+          [official!, "node", `--endpoint=unix://${socket}`, ...officialArgs],
   });
 }
 
 export async function deployEfs(ctx: DeployContext): Promise<Deployment> {
-  const logLevel = process.env.DRIVER_LOG_LEVEL ?? "info";
   return deploy(ctx, {
     driver: EFS,
     label: "efs",
     sidecars: EFS_SIDECARS,
-    controller: (socket) =>
-      ours(["--driver", "efs", "--mode", "controller", "--log-level", logLevel], socket),
-    node: (socket) =>
-      ours(
-        [
-          "--driver",
-          "efs",
-          "--mode",
-          "node",
-          "--log-level",
-          logLevel,
-          "--kubelet-dir",
-          ctx.cluster.kubeletDir,
-        ],
-        socket,
-      ),
+    controller: (socket) => ours(ctx, "efs", "controller", socket),
+    node: (socket) => ours(ctx, "efs", "node", socket),
   });
 }
 
 /** This driver's command line, from the sources (or DRIVER_MAIN, e.g. the bundle). */
-function ours(args: string[], socket: string): string[] {
-  return [process.execPath, process.env.DRIVER_MAIN ?? MAIN, ...args, "--endpoint", `unix://${socket}`];
+function ours(
+  ctx: DeployContext,
+  driver: "ebs" | "efs",
+  mode: "controller" | "node",
+  socket: string,
+  extra: string[] = [],
+): string[] {
+  return [
+    process.execPath,
+    process.env.DRIVER_MAIN ?? MAIN,
+    ...["--driver", driver, "--mode", mode, "--log-level", process.env.DRIVER_LOG_LEVEL ?? "info"],
+    ...(mode === "node" ? ["--kubelet-dir", ctx.cluster.kubeletDir] : []),
+    ...extra,
+    ...["--endpoint", `unix://${socket}`],
+  ];
 }
 
 interface Recipe {

@@ -2,37 +2,21 @@
 // kubelet, the kubernetes-csi sidecars, containerd running the pods. Each scenario checks what a
 // user would see with kubectl. See test/e2e/README.md.
 import { DeleteVolumeCommand, DescribeSnapshotsCommand, DescribeVolumesCommand } from "@aws-sdk/client-ec2";
-import { afterAll, afterEach, beforeAll, describe, expect, test } from "vitest";
+import { describe, expect, test } from "vitest";
 import { SNAPSHOT_NAME_TAG } from "../../src/ebs/params.ts";
 import { HARNESS_TAG } from "../harness/fake-aws.ts";
 import { canGrowExt4Online } from "../harness/host-support.ts";
 import { NODE_NAME } from "./cluster.ts";
-import { type E2eEnv, EBS, EBS_TOPOLOGY_KEY, e2eSkipReason, startE2e } from "./env.ts";
+import { EBS, EBS_TOPOLOGY_KEY, e2eSkipReason } from "./env.ts";
 import { pod, pvc, SLEEP_FOREVER, statefulSet, storageClass } from "./objects.ts";
 import { waitFor } from "./processes.ts";
-import { MINUTE, steps } from "./steps.ts";
+import { MINUTE, useE2e } from "./steps.ts";
 
 const skip = e2eSkipReason();
 if (skip) console.warn(`e2e skipped: ${skip}`);
 
 describe.skipIf(skip)("EBS on a real cluster", () => {
-  let env: E2eEnv;
-
-  beforeAll(async () => {
-    env = await startE2e({ efs: false });
-  }, 10 * MINUTE);
-
-  afterAll(async () => {
-    await env?.stop();
-  }, 5 * MINUTE);
-
-  // A failed scenario leaves its objects: remove them so the next starts clean (the scenarios
-  // themselves check that their own deletions work).
-  afterEach(async () => {
-    await env?.deleteAll();
-  }, 5 * MINUTE);
-
-  const { diagnoseOnFailure, waitRunning, exec, waitGone, volumeOf } = steps(() => env);
+  const { env, diagnoseOnFailure, waitRunning, exec, waitGone, volumeOf } = useE2e({ efs: false });
 
   const ec2Volume = async (volumeId: string) => {
     const out = await env.aws.ec2

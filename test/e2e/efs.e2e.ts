@@ -2,28 +2,17 @@
 import { readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { DescribeAccessPointsCommand } from "@aws-sdk/client-efs";
-import { afterAll, afterEach, beforeAll, describe, expect, test } from "vitest";
-import { type E2eEnv, EFS, e2eSkipReason, startE2e } from "./env.ts";
+import { describe, expect, test } from "vitest";
+import { EFS, e2eSkipReason } from "./env.ts";
 import { pod, pvc, SLEEP_FOREVER, storageClass } from "./objects.ts";
 import { waitFor } from "./processes.ts";
-import { MINUTE, steps } from "./steps.ts";
+import { MINUTE, useE2e } from "./steps.ts";
 
 const skip = e2eSkipReason();
 if (skip) console.warn(`e2e skipped: ${skip}`);
 
 describe.skipIf(skip)("EFS on a real cluster", () => {
-  let env: E2eEnv;
-  beforeAll(async () => {
-    env = await startE2e({ ebs: false });
-  }, 10 * MINUTE);
-  afterAll(async () => {
-    await env?.stop();
-  }, 5 * MINUTE);
-  afterEach(async () => {
-    await env?.deleteAll();
-  }, 5 * MINUTE);
-
-  const { diagnoseOnFailure, waitRunning, exec, waitGone, volumeOf } = steps(() => env);
+  const { env, diagnoseOnFailure, waitRunning, exec, waitGone, volumeOf } = useE2e({ ebs: false });
   const accessPoints = async () =>
     (await env.aws.efs.send(new DescribeAccessPointsCommand({ FileSystemId: env.fileSystemId })))
       .AccessPoints ?? [];

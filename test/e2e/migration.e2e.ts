@@ -1,14 +1,14 @@
 // The drop-in promise, tested: volumes made by the official EBS driver keep working after it is
 // replaced by this one (and the other way round, for a rollback), on the real cluster.
 import { DescribeVolumesCommand, type Tag } from "@aws-sdk/client-ec2";
-import { afterAll, afterEach, beforeAll, describe, expect, test } from "vitest";
+import { describe, expect, test } from "vitest";
 import { run } from "../../src/host/exec.ts";
 import { NODE_NAME } from "./cluster.ts";
 import { type Deployment, deployEbs, EBS, type EbsFlavor } from "./deploy.ts";
-import { type E2eEnv, e2eSkipReason, startE2e } from "./env.ts";
+import { e2eSkipReason } from "./env.ts";
 import { pod, pvc, SLEEP_FOREVER, storageClass } from "./objects.ts";
 import { waitFor } from "./processes.ts";
-import { MINUTE, steps } from "./steps.ts";
+import { MINUTE, useE2e } from "./steps.ts";
 
 const skip = e2eSkipReason({ official: true });
 if (skip) console.warn(`e2e skipped: ${skip}`);
@@ -40,19 +40,8 @@ type Claim = (typeof CLAIMS)[number];
 type Footprint = Record<string, string[]>;
 
 describe.skipIf(skip)("EBS: switching between the official driver and this one", () => {
-  let env: E2eEnv;
+  const { env, diagnoseOnFailure, waitRunning, exec, volumeOf } = useE2e({ ebs: false, efs: false });
   let installed: { flavor: EbsFlavor; deployment: Deployment } | undefined;
-  beforeAll(async () => {
-    env = await startE2e({ ebs: false, efs: false });
-  }, 10 * MINUTE);
-  afterAll(async () => {
-    await env?.stop();
-  }, 5 * MINUTE);
-  afterEach(async () => {
-    await env?.deleteAll();
-  }, 5 * MINUTE);
-
-  const { diagnoseOnFailure, waitRunning, exec, volumeOf } = steps(() => env);
 
   const install = async (flavor: EbsFlavor) => {
     if (installed?.flavor === flavor) return;

@@ -1,15 +1,47 @@
-import { onTestFailed } from "vitest";
-import type { E2eEnv } from "./env.ts";
+import { afterAll, afterEach, beforeAll, onTestFailed } from "vitest";
+import { type E2eEnv, type E2eOptions, startE2e } from "./env.ts";
 import { waitFor } from "./processes.ts";
 
 export const MINUTE = 60_000;
 
+/**
+ * One environment for the scenarios of a describe block: started before the first, stopped after
+ * the last. After each scenario, what it left in the test namespace is deleted (a failed scenario
+ * leaves its objects; the scenarios themselves check that their own deletions work). `env` reads
+ * through to the environment once it has started.
+ */
+export function useE2e(options: E2eOptions) {
+  let current: E2eEnv | undefined;
+  beforeAll(async () => {
+    current = await startE2e(options);
+  }, 10 * MINUTE);
+  afterAll(async () => {
+    await current?.stop();
+  }, 5 * MINUTE);
+  afterEach(async () => {
+    await current?.deleteAll();
+  }, 5 * MINUTE);
+  const getEnv = () => {
+    if (!current) throw new Error("the e2e environment did not start (see the error of beforeAll)");
+    return current;
+  };
+  const env = new Proxy({} as E2eEnv, {
+    get: (_, key) => Reflect.get(getEnv(), key),
+    set: (_, key, value) => Reflect.set(getEnv(), key, value),
+  });
+  return { env, ...steps(getEnv) };
+}
+
 /** The steps the scenarios share, each as a user would take it with kubectl. */
-export function steps(getEnv: () => E2eEnv) {
+function steps(getEnv: () => E2eEnv) {
   /** On failure, print what a person would look at. */
   const diagnoseOnFailure = () =>
     onTestFailed(async () => {
-      console.error(await getEnv().diagnostics());
+      console.error(
+        await getEnv()
+          .diagnostics()
+          .catch((err: unknown) => `no diagnostics: ${String(err)}`),
+      );
     });
 
   const podPhase = async (name: string) =>
