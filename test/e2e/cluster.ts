@@ -1,12 +1,11 @@
 import { existsSync, readFileSync } from "node:fs";
-import { mkdir, rmdir, writeFile } from "node:fs/promises";
+import { mkdir, readFile, readlink, rmdir, writeFile } from "node:fs/promises";
 import { request } from "node:https";
 import { join } from "node:path";
 import { run } from "../../src/host/exec.ts";
 import { buildTestImage } from "./image.ts";
 import { Component, freePort, waitFor } from "./processes.ts";
 
-/** Where scripts/e2e-build.sh puts the binaries. */
 export interface ClusterOptions {
   /** Everything of this cluster lives below it: certificates, etcd's data, kubelet's root, logs. */
   dir: string;
@@ -163,7 +162,6 @@ export async function startCluster(options: ClusterOptions): Promise<Cluster> {
       `--service-account-private-key-file=${pki.saKey}`,
       `--root-ca-file=${pki.caCert}`,
       "--controllers=*",
-      // Detach as soon as the pod is gone, as on a healthy node (the default waits for kubelet).
       "--v=2",
     ]);
     add("kube-scheduler", [
@@ -297,13 +295,15 @@ async function killAllContainers(sock: string): Promise<void> {
   }
 }
 
+/** Whether unshare has made the namespace: the sleeping process has a mount namespace of its own. */
 async function nsReady(pid: number | undefined): Promise<boolean> {
   if (!pid) return false;
-  const { stdout } = await run("readlink", [`/proc/${pid}/ns/mnt`, "/proc/self/ns/mnt"], { okCodes: [0, 1] });
-  const [theirs, ours] = stdout.trim().split("\n");
-  // unshare has made the namespace once the sleeping process has a mount namespace of its own.
-  const { stdout: comm } = await run("cat", [`/proc/${pid}/comm`], { okCodes: [0, 1] });
-  return comm.trim() === "sleep" && theirs !== ours;
+  const [theirs, ours, comm] = await Promise.all([
+    readlink(`/proc/${pid}/ns/mnt`),
+    readlink("/proc/self/ns/mnt"),
+    readFile(`/proc/${pid}/comm`, "utf8"),
+  ]).catch(() => []);
+  return comm?.trim() === "sleep" && theirs !== ours;
 }
 
 interface Pki {

@@ -21,8 +21,6 @@ export interface DriverProcessOptions {
   logFile?: string;
   /** Flags for node itself, before the script (e.g. --expose-gc, for memory tests). */
   nodeArgs?: string[];
-  /** A command the driver runs under, e.g. nsenter into a node's mount namespace (e2e). */
-  launcher?: string[];
 }
 
 /** The driver as its own process, started exactly as the container starts it (plus test flags). */
@@ -36,14 +34,13 @@ export class DriverProcess {
   }
 
   async start(timeoutMs = 30_000): Promise<void> {
-    const { args, env, socketPath, nodeArgs = [], launcher = [] } = this.options;
+    const { args, env, socketPath, nodeArgs = [] } = this.options;
     this.stderr = "";
     // DRIVER_MAIN=dist/main.js runs the compiled driver, as the image does (benchmarks use it).
     const main = process.env.DRIVER_MAIN ?? MAIN;
-    const command = [...launcher, process.execPath];
     const child = spawn(
-      command[0]!,
-      [...command.slice(1), ...nodeArgs, main, ...args, "--endpoint", `unix://${socketPath}`],
+      process.execPath,
+      [...nodeArgs, main, ...args, "--endpoint", `unix://${socketPath}`],
       {
         env: { ...process.env, ...env },
         stdio: ["ignore", "inherit", "pipe"],
