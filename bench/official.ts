@@ -12,15 +12,17 @@ const MODULE = "github.com/kubernetes-sigs/aws-ebs-csi-driver";
 /** A cold build (all modules from the proxy) takes about 3 minutes on a quiet machine. */
 const BUILD_TIME_GUARD_MS = 30 * 60_000;
 
+const GOBIN = path.join(REPO_ROOT, ".cache", `aws-ebs-csi-driver-${OFFICIAL_VERSION}`);
+/** Where it is built: `go install <module>/cmd@<version>` names the binary after its directory. */
+export const OFFICIAL_BINARY = path.join(GOBIN, "cmd");
+
 export type OfficialDriver = { binary: string; version: string } | { skipped: string };
 
 /** The binary, built if it is not there yet; or why it cannot be had here. */
 export async function officialDriver(): Promise<OfficialDriver> {
-  const gobin = path.join(REPO_ROOT, ".cache", `aws-ebs-csi-driver-${OFFICIAL_VERSION}`);
-  // `go install <module>/cmd@<version>` names the binary after its directory.
-  const binary = path.join(gobin, "cmd");
+  const binary = OFFICIAL_BINARY;
   if (existsSync(binary)) return { binary, version: OFFICIAL_VERSION };
-  mkdirSync(gobin, { recursive: true });
+  mkdirSync(GOBIN, { recursive: true });
   // The Makefile's LDFLAGS: the version in both packages that report it, symbols stripped.
   const ldflags = [
     `-X ${MODULE}/pkg/driver.driverVersion=${OFFICIAL_VERSION}`,
@@ -38,7 +40,7 @@ export async function officialDriver(): Promise<OfficialDriver> {
         "go",
         ["install", "-ldflags", ldflags, `${MODULE}/cmd@${OFFICIAL_VERSION}`],
         {
-          env: { ...process.env, CGO_ENABLED: "0", GOBIN: gobin },
+          env: { ...process.env, CGO_ENABLED: "0", GOBIN },
           timeout: BUILD_TIME_GUARD_MS,
           maxBuffer: 16 * 1024 * 1024,
         },
@@ -56,4 +58,14 @@ export async function officialDriver(): Promise<OfficialDriver> {
   }
   console.log(`  built in ${((performance.now() - started) / 1000).toFixed(0)} s: ${binary}\n`);
   return { binary, version: OFFICIAL_VERSION };
+}
+
+// `node bench/official.ts` builds it (scripts/e2e-build.sh does, for the migration scenario).
+if (import.meta.main) {
+  const built = await officialDriver();
+  if ("skipped" in built) {
+    console.error(built.skipped);
+    process.exit(1);
+  }
+  console.log(`official EBS driver ${built.version}: ${built.binary}`);
 }

@@ -66,7 +66,7 @@ import {
   splitDevNumber,
   unmountAll,
 } from "../host/mounts.ts";
-import { KubeletDirs, MAX_PATH_BYTES, makeDirectories, makeFile } from "../host/paths.ts";
+import { KubeletDirs, lstatOrUndefined, MAX_PATH_BYTES, makeDirectories, makeFile } from "../host/paths.ts";
 import {
   createReadOnlyDevice,
   findReadOnlyView,
@@ -229,11 +229,7 @@ export class EbsNode {
         throw failedPrecondition(`volume_id ${volumeId}: ${err.message}`);
       // A concurrent call removed the directory between its creation and the mount (kubelet never
       // does; a confused caller may): nothing was mounted, the call may simply be repeated.
-      const stagingGone = await bounded(`lstat ${stagingPath}`, () => lstat(stagingPath)).then(
-        () => false,
-        () => true,
-      );
-      if (stagingGone) {
+      if (!(await lstatOrUndefined(stagingPath))) {
         throw aborted(
           `volume_id ${volumeId}: staging_target_path ${stagingPath} was removed while the volume was being staged; retry`,
         );

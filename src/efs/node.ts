@@ -10,7 +10,7 @@
  * is mounted on it.
  */
 import { constants } from "node:fs";
-import { access, lstat, rmdir } from "node:fs/promises";
+import { access, rmdir } from "node:fs/promises";
 import {
   aborted,
   alreadyExists,
@@ -48,7 +48,7 @@ import { bounded } from "../host/bounded.ts";
 import { CommandError, run } from "../host/exec.ts";
 import { type HealthIssue, healthFromMount } from "../host/health.ts";
 import { findMountsAt, listMounts, type MountEntry, removeMountTarget, unmountAll } from "../host/mounts.ts";
-import { type KubeletDirs, MAX_PATH_BYTES, makeDirectories } from "../host/paths.ts";
+import { type KubeletDirs, lstatOrUndefined, MAX_PATH_BYTES, makeDirectories } from "../host/paths.ts";
 import type { Logger } from "../log.ts";
 import type { RpcContext } from "../server/rpc.ts";
 import { CapacityCache } from "./capacity.ts";
@@ -223,11 +223,7 @@ export class EfsNode {
     } catch (err) {
       // A concurrent call removed the directory between its creation and the mount (kubelet never
       // does; a confused caller may): nothing was mounted, the call may simply be repeated.
-      const targetGone = await bounded(`lstat ${targetPath}`, () => lstat(targetPath)).then(
-        () => false,
-        () => true,
-      );
-      if (targetGone) {
+      if (!(await lstatOrUndefined(targetPath))) {
         throw aborted(
           `target_path ${targetPath} was removed while volume ${volumeId} was being mounted; retry`,
         );

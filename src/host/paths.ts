@@ -127,7 +127,8 @@ export class KubeletDirs {
   }
 }
 
-async function lstatOrUndefined(p: string) {
+/** lstat, bounded; undefined when nothing is there (ENOENT, ENOTDIR). */
+export async function lstatOrUndefined(p: string) {
   return bounded(`lstat ${p}`, () => lstat(p)).catch((err: NodeJS.ErrnoException) => {
     if (err.code === "ENOENT" || err.code === "ENOTDIR") return undefined;
     throw err;

@@ -3,8 +3,9 @@ import { mkdir, readFile, readlink, rmdir, writeFile } from "node:fs/promises";
 import { request } from "node:https";
 import { join } from "node:path";
 import { run } from "../../src/host/exec.ts";
+import { freePort } from "../harness/moto.ts";
 import { buildTestImage } from "./image.ts";
-import { Component, freePort, waitFor } from "./processes.ts";
+import { Component, waitFor } from "./processes.ts";
 
 export interface ClusterOptions {
   /** Everything of this cluster lives below it: certificates, etcd's data, kubelet's root, logs. */
@@ -153,25 +154,23 @@ export async function startCluster(options: ClusterOptions): Promise<Cluster> {
       stop,
     };
 
-    add("kube-controller-manager", [
-      join(bin, "kube-controller-manager"),
-      `--kubeconfig=${kubeconfig}`,
-      "--bind-address=127.0.0.1",
-      `--secure-port=${await freePort()}`,
-      "--leader-elect=false",
+    // The controllers: the admin's credentials, 127.0.0.1 only, one replica (no leader election).
+    const controlPlane = async (name: string, flags: string[]) =>
+      add(name, [
+        join(bin, name),
+        `--kubeconfig=${kubeconfig}`,
+        "--bind-address=127.0.0.1",
+        `--secure-port=${await freePort()}`,
+        "--leader-elect=false",
+        ...flags,
+      ]);
+    await controlPlane("kube-controller-manager", [
       `--service-account-private-key-file=${pki.saKey}`,
       `--root-ca-file=${pki.caCert}`,
       "--controllers=*",
       "--v=2",
     ]);
-    add("kube-scheduler", [
-      join(bin, "kube-scheduler"),
-      `--kubeconfig=${kubeconfig}`,
-      "--bind-address=127.0.0.1",
-      `--secure-port=${await freePort()}`,
-      "--leader-elect=false",
-      "--v=1",
-    ]);
+    await controlPlane("kube-scheduler", ["--v=1"]);
 
     // The node: a mount namespace held open by a sleeping process.
     const holder = add("node-namespace", [

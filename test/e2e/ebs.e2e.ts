@@ -16,14 +16,7 @@ const skip = e2eSkipReason();
 if (skip) console.warn(`e2e skipped: ${skip}`);
 
 describe.skipIf(skip)("EBS on a real cluster", () => {
-  const { env, diagnoseOnFailure, waitRunning, exec, waitGone, volumeOf } = useE2e({ efs: false });
-
-  const ec2Volume = async (volumeId: string) => {
-    const out = await env.aws.ec2
-      .send(new DescribeVolumesCommand({ VolumeIds: [volumeId] }))
-      .catch((err: Error) => (err.name.includes("NotFound") ? { Volumes: [] } : Promise.reject(err)));
-    return out.Volumes?.[0];
-  };
+  const { env, diagnoseOnFailure, waitRunning, exec, waitGone, volumeOf, ec2Volume } = useE2e({ efs: false });
 
   test(
     "WaitForFirstConsumer: the scheduler picks the node, the PV carries its zone, the pod writes",

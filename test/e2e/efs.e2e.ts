@@ -13,15 +13,17 @@ if (skip) console.warn(`e2e skipped: ${skip}`);
 
 describe.skipIf(skip)("EFS on a real cluster", () => {
   const { env, diagnoseOnFailure, waitRunning, exec, waitGone, volumeOf } = useE2e({ ebs: false });
+  /** This file's environment has EFS: its file system and the test's mount.efs are there. */
+  const efs = () => ({ fileSystemId: env.fileSystemId!, helper: env.efsHelper! });
   const accessPoints = async () =>
-    (await env.aws.efs.send(new DescribeAccessPointsCommand({ FileSystemId: env.fileSystemId })))
+    (await env.aws.efs.send(new DescribeAccessPointsCommand({ FileSystemId: efs().fileSystemId })))
       .AccessPoints ?? [];
 
   test("ReadWriteMany: two pods share one access point, one writes and the other reads", async () => {
     diagnoseOnFailure();
     await env.apply(
       storageClass("efs-ap", EFS, {
-        parameters: { provisioningMode: "efs-ap", fileSystemId: env.fileSystemId, directoryPerms: "700" },
+        parameters: { provisioningMode: "efs-ap", fileSystemId: efs().fileSystemId, directoryPerms: "700" },
         binding: "Immediate",
         expand: false,
       }),
@@ -35,7 +37,7 @@ describe.skipIf(skip)("EFS on a real cluster", () => {
     const { volumeId, pvName } = await volumeOf("shared");
     // fs-id::fsap-id, as the official driver's handles.
     const [fs, , accessPointId] = volumeId.split(":");
-    expect(fs).toBe(env.fileSystemId);
+    expect(fs).toBe(efs().fileSystemId);
     expect((await accessPoints()).map((a) => a.AccessPointId)).toEqual([accessPointId]);
 
     await env.apply(
@@ -80,7 +82,7 @@ describe.skipIf(skip)("EFS on a real cluster", () => {
           accessModes: ["ReadWriteMany"],
           persistentVolumeReclaimPolicy: "Retain",
           storageClassName: "",
-          csi: { driver: EFS, volumeHandle: env.fileSystemId },
+          csi: { driver: EFS, volumeHandle: efs().fileSystemId },
         },
       },
       pvc("static", "", { accessMode: "ReadWriteMany", size: "5Gi", volumeName: "efs-static" }),
@@ -90,7 +92,7 @@ describe.skipIf(skip)("EFS on a real cluster", () => {
     );
     await waitRunning("static");
     // What the pod wrote is in the file system (the directory the test's mount.efs serves it from).
-    const served = join(env.efsHelper.fileSystemDir(env.fileSystemId), "static-file");
+    const served = join(efs().helper.fileSystemDir(efs().fileSystemId), "static-file");
     await waitFor(
       "the file in the file system",
       async () =>
@@ -98,7 +100,7 @@ describe.skipIf(skip)("EFS on a real cluster", () => {
       MINUTE,
     );
     await env.kubectl(["delete", "pod", "static", "--wait=true"]);
-    expect(await env.nodeMounts(env.fileSystemId)).toEqual([]);
+    expect(await env.nodeMounts(efs().fileSystemId)).toEqual([]);
     await env.kubectl(["delete", "pvc", "static", "--wait=true"]);
     await env.kubectl(["delete", "pv", "efs-static", "--wait=true"]);
     // Retain, and a static volume besides: the data stays.

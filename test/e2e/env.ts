@@ -2,6 +2,7 @@ import { existsSync } from "node:fs";
 import { mkdir, mkdtemp, realpath, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { OFFICIAL_BINARY } from "../../bench/official.ts";
 import { run } from "../../src/host/exec.ts";
 import { type AttachSim, createAttachSim } from "../harness/attach-sim.ts";
 import { type Cleanups, REPO_ROOT, runAll } from "../harness/driver-process.ts";
@@ -16,8 +17,6 @@ import { waitFor } from "./processes.ts";
 export const BIN = join(REPO_ROOT, ".cache", "e2e", "bin");
 export { EBS, EFS } from "./deploy.ts";
 export const EBS_TOPOLOGY_KEY = "topology.ebs.csi.aws.com/zone";
-/** The official EBS driver, as the benchmarks build it (scripts/e2e-build.sh builds it too). */
-export const OFFICIAL_BINARY = join(REPO_ROOT, ".cache", "aws-ebs-csi-driver-v1.44.0", "cmd");
 /** external-snapshotter's version in test/e2e/build/snapshotter/go.mod: its CRDs come from there. */
 const SNAPSHOTTER_VERSION = "v8.7.0";
 const BINARIES = [
@@ -72,9 +71,9 @@ export interface E2eEnv {
   /** The EBS driver installed now, if any. */
   ebs: Deployment | undefined;
   efs: Deployment | undefined;
-  /** The EFS file system the cluster's StorageClasses and static PVs use. */
-  fileSystemId: string;
-  efsHelper: FakeEfsMountHelper;
+  /** With EFS: the file system the cluster's StorageClasses and static PVs use. */
+  fileSystemId: string | undefined;
+  efsHelper: FakeEfsMountHelper | undefined;
   kubectl: Cluster["kubectl"];
   /** kubectl apply of objects given as JavaScript values. */
   apply(...objects: object[]): Promise<void>;
@@ -111,13 +110,12 @@ export async function startE2e(options: E2eOptions = {}): Promise<E2eEnv> {
 
     // EFS: a file system with mount targets, and the test-only mount.efs (the one simulated piece:
     // it bind-mounts a directory standing in for the NFS export, see test/harness/fake-mount-efs.ts).
-    const fileSystemId = await aws.createFileSystem();
-    const efsHelper = await installFakeEfsMountHelper({
-      endpoint: aws.endpoint,
-      region: aws.region,
-      dir: join(dir, "efs"),
-    });
-    cleanups.unshift(() => efsHelper.uninstall());
+    const withEfs = options.efs !== false;
+    const fileSystemId = withEfs ? await aws.createFileSystem() : undefined;
+    const efsHelper = withEfs
+      ? await installFakeEfsMountHelper({ endpoint: aws.endpoint, region: aws.region, dir: join(dir, "efs") })
+      : undefined;
+    if (efsHelper) cleanups.unshift(() => efsHelper.uninstall());
 
     // The official driver finds disks under /dev/disk/by-id: the node shows the simulation's links there.
     const cluster = await startCluster({ dir: join(dir, "cluster"), bin: BIN, diskLinks: byIdDir });
@@ -165,7 +163,7 @@ export async function startE2e(options: E2eOptions = {}): Promise<E2eEnv> {
       ...(existsSync(OFFICIAL_BINARY) ? { officialBinary: OFFICIAL_BINARY } : {}),
     };
     const ebs = options.ebs === false ? undefined : await deployEbs(deployContext, options.ebs ?? "ours");
-    const efs = options.efs === false ? undefined : await deployEfs(deployContext);
+    const efs = withEfs ? await deployEfs(deployContext) : undefined;
 
     const env: E2eEnv = {
       cluster,

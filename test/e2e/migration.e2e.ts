@@ -1,6 +1,6 @@
 // The drop-in promise, tested: volumes made by the official EBS driver keep working after it is
 // replaced by this one (and the other way round, for a rollback), on the real cluster.
-import { DescribeVolumesCommand, type Tag } from "@aws-sdk/client-ec2";
+import type { Tag } from "@aws-sdk/client-ec2";
 import { describe, expect, test } from "vitest";
 import { run } from "../../src/host/exec.ts";
 import { NODE_NAME } from "./cluster.ts";
@@ -40,7 +40,10 @@ type Claim = (typeof CLAIMS)[number];
 type Footprint = Record<string, string[]>;
 
 describe.skipIf(skip)("EBS: switching between the official driver and this one", () => {
-  const { env, diagnoseOnFailure, waitRunning, exec, volumeOf } = useE2e({ ebs: false, efs: false });
+  const { env, diagnoseOnFailure, waitRunning, exec, volumeOf, ec2Volume } = useE2e({
+    ebs: false,
+    efs: false,
+  });
   let installed: { flavor: EbsFlavor; deployment: Deployment } | undefined;
 
   const install = async (flavor: EbsFlavor) => {
@@ -90,9 +93,6 @@ describe.skipIf(skip)("EBS: switching between the official driver and this one",
     const { stdout } = await run("blkid", ["-o", "value", "-s", "UUID", device], { okCodes: [0, 2] });
     return stdout.trim();
   };
-
-  const ec2Volume = async (volumeId: string) =>
-    (await env.aws.ec2.send(new DescribeVolumesCommand({ VolumeIds: [volumeId] }))).Volumes?.[0];
 
   /** Makes the claims and their pods with the installed driver; returns what a switch must keep. */
   const createAll = async (prefix: string, text: string) => {
@@ -227,11 +227,7 @@ describe.skipIf(skip)("EBS: switching between the official driver and this one",
     const volumes = [...kept.values()].map((k) => k.volumeId);
     await env.deleteAll();
     for (const id of volumes) {
-      await waitFor(
-        `${id} deleted`,
-        async () => ((await ec2Volume(id).catch(() => undefined)) ? undefined : true),
-        2 * MINUTE,
-      );
+      await waitFor(`${id} deleted`, async () => ((await ec2Volume(id)) ? undefined : true), 2 * MINUTE);
     }
     return before;
   };

@@ -1,6 +1,6 @@
 import { type ChildProcess, spawn } from "node:child_process";
 import { closeSync, openSync, readFileSync } from "node:fs";
-import { createServer } from "node:net";
+import { waitUntil } from "../../src/backoff.ts";
 
 // A test run that dies must not leave cluster components behind.
 const running = new Set<ChildProcess>();
@@ -72,36 +72,31 @@ export class Component {
   }
 }
 
-/** Polls until check returns a value (not undefined), or fails with what it last saw. */
+/**
+ * Polls (waitUntil, every 125-250 ms) until check returns a value; a check that throws counts as
+ * "not yet", and the last such error is in the timeout's message. Fails at once if `also` rejects
+ * (a process that exited).
+ */
 export async function waitFor<T>(
   what: string,
   check: () => Promise<T | undefined>,
   timeoutMs: number,
   also?: Promise<never>,
 ): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
   let last: unknown;
-  const poll = (async () => {
-    while (Date.now() < deadline) {
-      try {
-        const value = await check();
-        if (value !== undefined) return value;
-      } catch (err) {
+  // Polling stops when `also` fails first.
+  const stop = new AbortController();
+  also?.catch(() => stop.abort());
+  const poll = waitUntil(
+    what,
+    () =>
+      check().catch((err: unknown) => {
         last = err;
-      }
-      await new Promise((r) => setTimeout(r, 250));
-    }
-    throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${last ? `: ${String(last)}` : ""}`);
-  })();
-  if (also) also.catch(() => undefined);
+        return undefined;
+      }),
+    { initialMs: 250, factor: 1, maxDelayMs: 250, timeoutMs, signal: stop.signal },
+  ).catch((err: Error) => {
+    throw last === undefined ? err : new Error(`${err.message}: ${String(last)}`);
+  });
   return also ? Promise.race([poll, also]) : poll;
-}
-
-/** A TCP port on 127.0.0.1 that was free a moment ago. */
-export async function freePort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-  const { port } = server.address() as { port: number };
-  await new Promise((resolve) => server.close(resolve));
-  return port;
 }

@@ -1,3 +1,4 @@
+import { DescribeVolumesCommand } from "@aws-sdk/client-ec2";
 import { afterAll, afterEach, beforeAll, onTestFailed } from "vitest";
 import { type E2eEnv, type E2eOptions, startE2e } from "./env.ts";
 import { waitFor } from "./processes.ts";
@@ -79,5 +80,13 @@ function steps(getEnv: () => E2eEnv) {
     return { pvName, pv, volumeId: pv.spec.csi.volumeHandle as string };
   };
 
-  return { diagnoseOnFailure, podPhase, waitRunning, exec, waitGone, volumeOf };
+  /** The EC2 volume as DescribeVolumes shows it, or undefined once it is gone. */
+  const ec2Volume = async (volumeId: string) => {
+    const out = await getEnv()
+      .aws.ec2.send(new DescribeVolumesCommand({ VolumeIds: [volumeId] }))
+      .catch((err: Error) => (err.name.includes("NotFound") ? { Volumes: [] } : Promise.reject(err)));
+    return out.Volumes?.[0];
+  };
+
+  return { diagnoseOnFailure, podPhase, waitRunning, exec, waitGone, volumeOf, ec2Volume };
 }

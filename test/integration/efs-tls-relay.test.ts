@@ -14,7 +14,6 @@ import {
   EFS_EXTENSION,
   efsClientCertificate,
   efsClientKey,
-  readTlv,
 } from "../../src/efs/tls/client-certificate.ts";
 import {
   EFS_TLS_PORT_RANGE,
@@ -73,6 +72,19 @@ function captureLog(): RelayLogger & { lines: { level: string; fields: object; m
     warn: (fields, msg) => lines.push({ level: "warn", fields, msg }),
     info: (fields, msg) => lines.push({ level: "info", fields, msg }),
   };
+}
+
+/** One DER element at offset: its tag, where its contents start and where it ends. */
+function readTlv(buf: Buffer, offset: number): { tag: number; start: number; end: number } {
+  const first = buf[offset + 1] ?? 0;
+  let length = first;
+  let start = offset + 2;
+  if (first & 0x80) {
+    length = 0;
+    for (let i = 0; i < (first & 0x7f); i++) length = length * 256 + (buf[start + i] ?? 0);
+    start += first & 0x7f;
+  }
+  return { tag: buf[offset] ?? 0, start, end: start + length };
 }
 
 /** The UTF8String value of one of efs-utils' extensions in a certificate's DER, or undefined. */

@@ -82,8 +82,12 @@ export function efsClientKey(): KeyObject {
 
 /** The self-signed client certificate for one mount: see the module comment. */
 export function efsClientCertificate(input: EfsCertificateInput): EfsCertificate {
-  const spki = createPublicKey(input.key).export({ type: "spki", format: "der" });
-  const publicKeyHash = createHash("sha1").update(subjectPublicKey(spki)).digest("hex");
+  const publicKey = createPublicKey(input.key);
+  const spki = publicKey.export({ type: "spki", format: "der" });
+  // The key id hashes the subjectPublicKey BIT STRING's bits: for RSA, the PKCS#1 RSAPublicKey.
+  const publicKeyHash = createHash("sha1")
+    .update(publicKey.export({ type: "pkcs1", format: "der" }))
+    .digest("hex");
   const name = distinguishedName(input.commonName.slice(0, MAX_COMMON_NAME));
   const algorithm = der.sequence(der.oid(OID_SHA256_WITH_RSA), der.null());
   const tbs = der.sequence(
@@ -151,34 +155,6 @@ function serialNumber(): Buffer {
   const serial = randomBytes(SERIAL_BYTES);
   serial[0] = serial[0]! & 0x7f || 1;
   return serial;
-}
-
-/** The subjectPublicKey BIT STRING's bits (without the unused-bits octet) of a SubjectPublicKeyInfo. */
-export function subjectPublicKey(spki: Buffer): Buffer {
-  const info = readTlv(spki, 0);
-  const algorithm = readTlv(spki, info.start);
-  const key = readTlv(spki, algorithm.end);
-  if (info.tag !== 0x30 || key.tag !== 0x03 || spki[key.start] !== 0) {
-    throw new Error("the public key is not a DER SubjectPublicKeyInfo with a whole-octet BIT STRING");
-  }
-  return spki.subarray(key.start + 1, key.end);
-}
-
-/** One DER element at offset: its tag, where its contents start and where it ends. */
-export function readTlv(buf: Buffer, offset: number): { tag: number; start: number; end: number } {
-  const tag = buf[offset];
-  const first = buf[offset + 1];
-  if (tag === undefined || first === undefined) throw new Error(`DER: no element at offset ${offset}`);
-  let length = first;
-  let start = offset + 2;
-  if (first & 0x80) {
-    const octets = first & 0x7f;
-    length = 0;
-    for (let i = 0; i < octets; i++) length = length * 256 + (buf[start + i] ?? 0);
-    start += octets;
-  }
-  if (start + length > buf.length) throw new Error(`DER: the element at offset ${offset} runs past the end`);
-  return { tag, start, end: start + length };
 }
 
 function toPem(certificate: Buffer): string {
