@@ -1,6 +1,7 @@
-import { existsSync, readFileSync } from "node:fs";
+import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import { mkdir, readFile, readlink, rmdir, writeFile } from "node:fs/promises";
-import { request } from "node:https";
+import { request as httpRequest } from "node:http";
+import { request as httpsRequest } from "node:https";
 import { join } from "node:path";
 import { run } from "../../src/host/exec.ts";
 import { freePort } from "../harness/moto.ts";
@@ -48,7 +49,13 @@ export interface Cluster {
   components: Component[];
   /** Starts a program as part of the cluster (stopped by stop(), its log listed by logs()). */
   add(name: string, command: string[], env?: Record<string, string>): Component;
-  kubectl(args: string[], input?: string, timeoutMs?: number): Promise<string>;
+  kubectl(
+    args: string[],
+    input?: string,
+    options?: { timeoutMs?: number; signal?: AbortSignal },
+  ): Promise<string>;
+  /** Rejects as soon as one of the components exits without being stopped; never settles otherwise. */
+  crashed(): Promise<never>;
   /** Every component's last log lines, for failure messages. */
   logs(lines?: number): string;
   stop(): Promise<void>;
@@ -91,49 +98,91 @@ export async function startCluster(options: ClusterOptions): Promise<Cluster> {
   const logs = (lines = 25) =>
     components.map((c) => `----- ${c.name} (${c.logFile})\n${c.tail(lines)}`).join("\n");
 
+  /**
+   * Starts a program that listens on loopback ports and waits until `ready` says it serves. The
+   * ports are freePort's: free a moment before the program binds them, so an outgoing connection
+   * may take one meanwhile (CI once saw kube-controller-manager exit so, and the scenarios then wait
+   * on a cluster without controllers). A program that exits with "address already in use" is
+   * started again on fresh ports.
+   */
+  const serve = async (
+    name: string,
+    portCount: number,
+    command: (ports: number[]) => string[],
+    ready: (ports: number[]) => Promise<boolean>,
+    timeoutMs: number,
+  ): Promise<number[]> => {
+    for (let attempt = 1; ; attempt++) {
+      const ports: number[] = [];
+      while (ports.length < portCount) {
+        const port = await freePort();
+        if (!ports.includes(port)) ports.push(port);
+      }
+      const component = add(name, command(ports));
+      try {
+        await waitFor(
+          `${name} to serve`,
+          async () => (await ready(ports)) || undefined,
+          timeoutMs,
+          component.exited(),
+        );
+        return ports;
+      } catch (err) {
+        if (attempt === 3 || component.running || !/address already in use/.test(component.tail(5)))
+          throw err;
+        components.splice(components.indexOf(component), 1);
+        console.warn(
+          `${name}: a port was taken before it could listen (${ports.join(", ")}), starting it again`,
+        );
+      }
+    }
+  };
+
   try {
     const pki = await makePki(join(dir, "pki"));
-    const etcdPort = await freePort();
-    const apiPort = await freePort();
-    const server = `https://127.0.0.1:${apiPort}`;
-    const kubeconfig = join(dir, "admin.kubeconfig");
-    await writeFile(kubeconfig, kubeconfigFor(server, pki));
-
-    const etcd = add("etcd", [
+    const [etcdPort] = await serve(
       "etcd",
-      "--name=e2e",
-      `--data-dir=${join(dir, "etcd")}`,
-      `--listen-client-urls=http://127.0.0.1:${etcdPort}`,
-      `--advertise-client-urls=http://127.0.0.1:${etcdPort}`,
-      `--listen-peer-urls=http://127.0.0.1:${await freePort()}`,
-      "--log-level=warn",
-    ]);
-    const apiserver = add("kube-apiserver", [
-      join(bin, "kube-apiserver"),
-      `--etcd-servers=http://127.0.0.1:${etcdPort}`,
-      "--bind-address=127.0.0.1",
-      "--advertise-address=127.0.0.1",
-      `--secure-port=${apiPort}`,
-      "--endpoint-reconciler-type=none",
-      `--tls-cert-file=${pki.serverCert}`,
-      `--tls-private-key-file=${pki.serverKey}`,
-      `--client-ca-file=${pki.caCert}`,
-      `--kubelet-client-certificate=${pki.adminCert}`,
-      `--kubelet-client-key=${pki.adminKey}`,
-      `--service-account-key-file=${pki.saPub}`,
-      `--service-account-signing-key-file=${pki.saKey}`,
-      "--service-account-issuer=https://kubernetes.default.svc",
-      "--service-cluster-ip-range=10.0.0.0/24",
-      "--authorization-mode=RBAC",
-      "--allow-privileged=true",
-      "--v=1",
-    ]);
-    await waitFor(
-      "kube-apiserver /readyz",
-      async () => ((await httpsGet(`${server}/readyz`, pki)) === 200 ? true : undefined),
+      2,
+      ([client, peer]) => [
+        "etcd",
+        "--name=e2e",
+        `--data-dir=${join(dir, "etcd")}`,
+        `--listen-client-urls=http://127.0.0.1:${client}`,
+        `--advertise-client-urls=http://127.0.0.1:${client}`,
+        `--listen-peer-urls=http://127.0.0.1:${peer}`,
+        "--log-level=warn",
+      ],
+      async ([client]) => (await get(`http://127.0.0.1:${client}/health`)) === 200,
       60_000,
-      Promise.race([etcd.exited(), apiserver.exited()]),
     );
+    const [apiPort] = await serve(
+      "kube-apiserver",
+      1,
+      ([port]) => [
+        join(bin, "kube-apiserver"),
+        `--etcd-servers=http://127.0.0.1:${etcdPort}`,
+        "--bind-address=127.0.0.1",
+        "--advertise-address=127.0.0.1",
+        `--secure-port=${port}`,
+        "--endpoint-reconciler-type=none",
+        `--tls-cert-file=${pki.serverCert}`,
+        `--tls-private-key-file=${pki.serverKey}`,
+        `--client-ca-file=${pki.caCert}`,
+        `--kubelet-client-certificate=${pki.adminCert}`,
+        `--kubelet-client-key=${pki.adminKey}`,
+        `--service-account-key-file=${pki.saPub}`,
+        `--service-account-signing-key-file=${pki.saKey}`,
+        "--service-account-issuer=https://kubernetes.default.svc",
+        "--service-cluster-ip-range=10.0.0.0/24",
+        "--authorization-mode=RBAC",
+        "--allow-privileged=true",
+        "--v=1",
+      ],
+      async ([port]) => (await get(`https://127.0.0.1:${port}/readyz`, pki)) === 200,
+      60_000,
+    );
+    const kubeconfig = join(dir, "admin.kubeconfig");
+    await writeFile(kubeconfig, kubeconfigFor(`https://127.0.0.1:${apiPort}`, pki));
 
     const cluster: Cluster = {
       dir,
@@ -143,27 +192,36 @@ export async function startCluster(options: ClusterOptions): Promise<Cluster> {
       onNode: [],
       components,
       add,
-      kubectl: async (args, input, timeoutMs = 60_000) => {
+      kubectl: async (args, input, { timeoutMs = 60_000, signal } = {}) => {
         const out = await run(join(bin, "kubectl"), ["--kubeconfig", kubeconfig, ...args], {
           ...(input !== undefined ? { input } : {}),
           timeoutMs,
+          signal,
         });
         return out.stdout;
       },
+      crashed: () => Promise.race(components.map((c) => c.crashed())),
       logs,
       stop,
     };
 
     // The controllers: the admin's credentials, 127.0.0.1 only, one replica (no leader election).
-    const controlPlane = async (name: string, flags: string[]) =>
-      add(name, [
-        join(bin, name),
-        `--kubeconfig=${kubeconfig}`,
-        "--bind-address=127.0.0.1",
-        `--secure-port=${await freePort()}`,
-        "--leader-elect=false",
-        ...flags,
-      ]);
+    // Their /healthz answers anyone (their self-signed serving certificate is not checked).
+    const controlPlane = (name: string, flags: string[]) =>
+      serve(
+        name,
+        1,
+        ([port]) => [
+          join(bin, name),
+          `--kubeconfig=${kubeconfig}`,
+          "--bind-address=127.0.0.1",
+          `--secure-port=${port}`,
+          "--leader-elect=false",
+          ...flags,
+        ],
+        async ([port]) => (await get(`https://127.0.0.1:${port}/healthz`)) === 200,
+        60_000,
+      );
     await controlPlane("kube-controller-manager", [
       `--service-account-private-key-file=${pki.saKey}`,
       `--root-ca-file=${pki.caCert}`,
@@ -222,19 +280,22 @@ export async function startCluster(options: ClusterOptions): Promise<Cluster> {
 
     await mkdir(cluster.kubeletDir, { recursive: true });
     const kubeletConfig = join(dir, "kubelet.yaml");
-    await writeFile(kubeletConfig, kubeletConfigFor(containerdSock, await freePort(), await freePort()));
-    const kubelet = add("kubelet", [
-      ...cluster.onNode,
-      join(bin, "kubelet"),
-      `--config=${kubeletConfig}`,
-      `--kubeconfig=${kubeconfig}`,
-      `--root-dir=${cluster.kubeletDir}`,
-      `--cert-dir=${join(dir, "kubelet-pki")}`,
-      `--hostname-override=${NODE_NAME}`,
-      "--v=2",
-    ]);
-    await waitFor(
-      `node ${NODE_NAME} Ready`,
+    await serve(
+      "kubelet",
+      2,
+      ([port, healthzPort]) => {
+        writeFileSync(kubeletConfig, kubeletConfigFor(containerdSock, port!, healthzPort!));
+        return [
+          ...cluster.onNode,
+          join(bin, "kubelet"),
+          `--config=${kubeletConfig}`,
+          `--kubeconfig=${kubeconfig}`,
+          `--root-dir=${cluster.kubeletDir}`,
+          `--cert-dir=${join(dir, "kubelet-pki")}`,
+          `--hostname-override=${NODE_NAME}`,
+          "--v=2",
+        ];
+      },
       async () => {
         const ready = await cluster.kubectl([
           "get",
@@ -243,10 +304,9 @@ export async function startCluster(options: ClusterOptions): Promise<Cluster> {
           "-o",
           "jsonpath={.status.conditions[?(@.type=='Ready')].status}",
         ]);
-        return ready === "True" || undefined;
+        return ready === "True";
       },
       120_000,
-      kubelet.exited(),
     );
     return cluster;
   } catch (err) {
@@ -397,16 +457,18 @@ function kubeconfigFor(server: string, pki: Pki): string {
   });
 }
 
-function httpsGet(url: string, pki: Pki): Promise<number> {
+/**
+ * The status of a GET. With `pki`, over TLS as the admin, checking the server against the CA;
+ * without, a self-signed server's certificate is not checked.
+ */
+function get(url: string, pki?: Pki): Promise<number> {
+  const tls = pki
+    ? { ca: readFileSync(pki.caCert), cert: readFileSync(pki.adminCert), key: readFileSync(pki.adminKey) }
+    : { rejectUnauthorized: false };
   return new Promise((resolve, reject) => {
-    const req = request(
+    const req = (url.startsWith("https:") ? httpsRequest : httpRequest)(
       url,
-      {
-        ca: readFileSync(pki.caCert),
-        cert: readFileSync(pki.adminCert),
-        key: readFileSync(pki.adminKey),
-        timeout: 2000,
-      },
+      { ...tls, timeout: 2000 },
       (res) => {
         res.resume();
         resolve(res.statusCode ?? 0);

@@ -9,14 +9,15 @@ import { canGrowExt4Online } from "../harness/host-support.ts";
 import { NODE_NAME } from "./cluster.ts";
 import { EBS, EBS_TOPOLOGY_KEY, e2eSkipReason } from "./env.ts";
 import { pod, pvc, SLEEP_FOREVER, statefulSet, storageClass } from "./objects.ts";
-import { waitFor } from "./processes.ts";
 import { MINUTE, useE2e } from "./steps.ts";
 
 const skip = e2eSkipReason();
 if (skip) console.warn(`e2e skipped: ${skip}`);
 
 describe.skipIf(skip)("EBS on a real cluster", () => {
-  const { env, diagnoseOnFailure, waitRunning, exec, waitGone, volumeOf, ec2Volume } = useE2e({ efs: false });
+  const { env, diagnoseOnFailure, waitFor, waitRunning, exec, waitGone, volumeOf, ec2Volume } = useE2e({
+    efs: false,
+  });
 
   test(
     "WaitForFirstConsumer: the scheduler picks the node, the PV carries its zone, the pod writes",

@@ -5,14 +5,13 @@ import { DescribeAccessPointsCommand } from "@aws-sdk/client-efs";
 import { describe, expect, test } from "vitest";
 import { EFS, e2eSkipReason } from "./env.ts";
 import { pod, pvc, SLEEP_FOREVER, storageClass } from "./objects.ts";
-import { waitFor } from "./processes.ts";
 import { MINUTE, useE2e } from "./steps.ts";
 
 const skip = e2eSkipReason();
 if (skip) console.warn(`e2e skipped: ${skip}`);
 
 describe.skipIf(skip)("EFS on a real cluster", () => {
-  const { env, diagnoseOnFailure, waitRunning, exec, waitGone, volumeOf } = useE2e({ ebs: false });
+  const { env, diagnoseOnFailure, waitFor, waitRunning, exec, waitGone, volumeOf } = useE2e({ ebs: false });
   /** This file's environment has EFS: its file system and the test's mount.efs are there. */
   const efs = () => ({ fileSystemId: env.fileSystemId!, helper: env.efsHelper! });
   const accessPoints = async () =>

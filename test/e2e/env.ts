@@ -181,18 +181,25 @@ export async function startE2e(options: E2eOptions = {}): Promise<E2eEnv> {
       get: async (kind, name) =>
         JSON.parse(await kubectl(["get", kind, ...(name ? [name] : []), "-o", "json"])),
       deleteAll: async () => {
-        await kubectl(
-          [
-            "delete",
-            "statefulsets,pods,volumesnapshots,pvc",
-            "--all",
-            "--namespace=default",
-            "--wait=true",
-            "--timeout=180s",
-          ],
-          undefined,
-          200_000,
-        );
+        // Without a controller (crashed), deletions never finish: then fail at once.
+        const crash = cluster.crashed();
+        const abandon = new AbortController();
+        crash.catch(() => abandon.abort());
+        await Promise.race([
+          kubectl(
+            [
+              "delete",
+              "statefulsets,pods,volumesnapshots,pvc",
+              "--all",
+              "--namespace=default",
+              "--wait=true",
+              "--timeout=180s",
+            ],
+            undefined,
+            { timeoutMs: 200_000, signal: abandon.signal },
+          ),
+          crash,
+        ]);
         await waitFor(
           "provisioned PVs to be deleted",
           async () => {
@@ -202,6 +209,7 @@ export async function startE2e(options: E2eOptions = {}): Promise<E2eEnv> {
             return pvs.every((pv) => pv.spec.persistentVolumeReclaimPolicy !== "Delete") || undefined;
           },
           180_000,
+          crash,
         );
       },
       nodeMounts: async (text) => {

@@ -7,7 +7,6 @@ import { NODE_NAME } from "./cluster.ts";
 import { type Deployment, deployEbs, EBS, type EbsFlavor } from "./deploy.ts";
 import { e2eSkipReason } from "./env.ts";
 import { pod, pvc, SLEEP_FOREVER, storageClass } from "./objects.ts";
-import { waitFor } from "./processes.ts";
 import { MINUTE, useE2e } from "./steps.ts";
 
 const skip = e2eSkipReason({ official: true });
@@ -40,7 +39,7 @@ type Claim = (typeof CLAIMS)[number];
 type Footprint = Record<string, string[]>;
 
 describe.skipIf(skip)("EBS: switching between the official driver and this one", () => {
-  const { env, diagnoseOnFailure, waitRunning, exec, volumeOf, ec2Volume } = useE2e({
+  const { env, diagnoseOnFailure, waitFor, waitRunning, exec, volumeOf, ec2Volume } = useE2e({
     ebs: false,
     efs: false,
   });

@@ -16,6 +16,8 @@ export class Component {
   readonly #env: Record<string, string>;
   #child: ChildProcess | undefined;
   #exit: Promise<string> | undefined;
+  /** stop() was asked for: the exit that follows is not a crash. */
+  #stopping = false;
 
   constructor(name: string, command: string[], logFile: string, env: Record<string, string> = {}) {
     this.name = name;
@@ -38,6 +40,7 @@ export class Component {
     const child = spawn(cmd!, args, { stdio: ["ignore", out, out], env: { ...process.env, ...this.#env } });
     closeSync(out);
     this.#child = child;
+    this.#stopping = false;
     running.add(child);
     this.#exit = new Promise((resolve) =>
       child.once("exit", (code, signal) => {
@@ -52,7 +55,23 @@ export class Component {
     throw new Error(`${await this.#exit}: ${this.tail(30)}`);
   }
 
+  /** Whether the program has exited without stop() asking it to. */
+  get crashedAlready(): boolean {
+    return this.#child !== undefined && !this.running && !this.#stopping;
+  }
+
+  /**
+   * Rejects if the program exits without stop() asking it to (it crashed, or could not start);
+   * never settles otherwise. Race it against a wait, so that a dead program fails the wait at once.
+   */
+  async crashed(): Promise<never> {
+    const how = await this.#exit;
+    if (how === undefined || this.#stopping) return new Promise<never>(() => undefined);
+    throw new Error(`${how} unexpectedly: ${this.tail(30)}`);
+  }
+
   async stop(signal: NodeJS.Signals = "SIGTERM", graceMs = 20_000): Promise<void> {
+    this.#stopping = true;
     const child = this.#child;
     if (!child || !this.running) return;
     const done = this.#exit!;

@@ -1,7 +1,7 @@
 import { DescribeVolumesCommand } from "@aws-sdk/client-ec2";
-import { afterAll, afterEach, beforeAll, onTestFailed } from "vitest";
+import { afterAll, afterEach, beforeAll, beforeEach, onTestFailed } from "vitest";
 import { type E2eEnv, type E2eOptions, startE2e } from "./env.ts";
-import { waitFor } from "./processes.ts";
+import { waitFor as waitForOrExit } from "./processes.ts";
 
 export const MINUTE = 60_000;
 
@@ -19,6 +19,15 @@ export function useE2e(options: E2eOptions) {
   afterAll(async () => {
     await current?.stop();
   }, 5 * MINUTE);
+  beforeEach(() => {
+    // A scenario on a cluster missing a component would only wait out its timeouts.
+    const crashed = current?.cluster.components.filter((c) => c.crashedAlready) ?? [];
+    if (crashed.length > 0) {
+      throw new Error(
+        `the cluster is broken: ${crashed.map((c) => `${c.name} exited\n${c.tail(30)}`).join("\n")}`,
+      );
+    }
+  });
   afterEach(async () => {
     await current?.deleteAll();
   }, 5 * MINUTE);
@@ -35,6 +44,10 @@ export function useE2e(options: E2eOptions) {
 
 /** The steps the scenarios share, each as a user would take it with kubectl. */
 function steps(getEnv: () => E2eEnv) {
+  /** Polls until check returns a value; fails at once if a component of the cluster crashes. */
+  const waitFor = <T>(what: string, check: () => Promise<T | undefined>, timeoutMs: number) =>
+    waitForOrExit(what, check, timeoutMs, getEnv().cluster.crashed());
+
   /** On failure, print what a person would look at. */
   const diagnoseOnFailure = () =>
     onTestFailed(async () => {
@@ -88,5 +101,5 @@ function steps(getEnv: () => E2eEnv) {
     return out.Volumes?.[0];
   };
 
-  return { diagnoseOnFailure, podPhase, waitRunning, exec, waitGone, volumeOf, ec2Volume };
+  return { diagnoseOnFailure, waitFor, podPhase, waitRunning, exec, waitGone, volumeOf, ec2Volume };
 }
