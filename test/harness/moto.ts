@@ -1,4 +1,4 @@
-// Launches moto's server (the fake AWS) on a free loopback port for one test run.
+// Launches moto's server (the fake AWS) on a loopback port of the kernel's choosing for one test run.
 import { type ChildProcess, execFileSync, spawn } from "node:child_process";
 import { accessSync, constants } from "node:fs";
 import { createServer } from "node:net";
@@ -38,9 +38,9 @@ const dieWithParent = [
 
 export async function startMoto(): Promise<Moto> {
   const command = findMotoCommand();
-  const port = await freePort();
-  const url = `http://127.0.0.1:${port}`;
-  const args = [...command.slice(1), "-H", "127.0.0.1", "-p", String(port)];
+  // Port 0: the server binds a port the kernel picks and prints it. A port picked beforehand could
+  // be taken meanwhile, by another test's moto even, which would then answer in its place.
+  const args = [...command.slice(1), "-H", "127.0.0.1", "-p", "0"];
   const python = findOnPath("python3");
   const child = python
     ? spawn(python, ["-c", dieWithParent, String(process.pid), command[0]!, ...args], { stdio: "pipe" })
@@ -49,14 +49,21 @@ export async function startMoto(): Promise<Moto> {
   process.on("exit", killOnExit);
 
   let output = "";
+  let listening: string | undefined;
   const keepTail = (chunk: Buffer) => {
     output = (output + chunk.toString()).slice(-4000);
+    listening ??= /Running on (http:\/\/127\.0\.0\.1:\d+)/.exec(output)?.[1];
   };
   child.stdout?.on("data", keepTail);
   child.stderr?.on("data", keepTail);
 
+  let url: string;
   try {
-    await waitUntilAnswering(url, child, () => output);
+    url = await waitUntilAnswering(
+      () => listening,
+      child,
+      () => output,
+    );
   } catch (error) {
     await terminate(child);
     process.off("exit", killOnExit);
@@ -128,7 +135,12 @@ export function freePort(): Promise<number> {
   });
 }
 
-async function waitUntilAnswering(url: string, child: ChildProcess, output: () => string): Promise<void> {
+/** Waits until the server has said where it listens and answers there; returns its URL. */
+async function waitUntilAnswering(
+  listening: () => string | undefined,
+  child: ChildProcess,
+  output: () => string,
+): Promise<string> {
   const deadline = Date.now() + START_TIMEOUT_MS;
   while (Date.now() < deadline) {
     if (child.exitCode !== null || child.signalCode !== null) {
@@ -136,14 +148,16 @@ async function waitUntilAnswering(url: string, child: ChildProcess, output: () =
         `moto server exited during start-up (${child.exitCode ?? child.signalCode}):\n${output()}`,
       );
     }
+    const url = listening();
     try {
-      await fetch(`${url}/moto-api/data.json`, { signal: AbortSignal.timeout(1000) });
-      return;
-    } catch {
-      await new Promise((resolve) => setTimeout(resolve, 100));
-    }
+      if (url) {
+        await fetch(`${url}/moto-api/data.json`, { signal: AbortSignal.timeout(1000) });
+        return url;
+      }
+    } catch {}
+    await new Promise((resolve) => setTimeout(resolve, 100));
   }
-  throw new Error(`moto server did not answer on ${url} within ${START_TIMEOUT_MS} ms:\n${output()}`);
+  throw new Error(`moto server did not answer within ${START_TIMEOUT_MS} ms:\n${output()}`);
 }
 
 async function terminate(child: ChildProcess): Promise<void> {
