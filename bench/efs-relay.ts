@@ -37,11 +37,12 @@ async function main(): Promise<void> {
     const worker = new Worker(new URL(import.meta.url), { workerData: server });
     const messages = messagesOf(worker);
     const sinks = (await messages.next()) as { tlsPort: number; tcpPort: number };
+    const identity = clientCertificate();
     const tls = await startTlsRelay({
       target: { host: "127.0.0.1", port: sinks.tlsPort },
       serverName: NAME,
       ca: server.cert,
-      ...clientCertificate(),
+      identity: () => identity,
       log: quietLog,
     });
     const tcp = await startRelay({

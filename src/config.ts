@@ -33,6 +33,10 @@ export interface Options {
   deleteAccessPointRootDir: boolean;
   efsUsageRefreshMs: number;
   efsCapacityCacheMs: number;
+  /** PEM of a CA trusted besides Amazon's roots for EFS mount targets (tests). */
+  efsTlsCaFile: string | undefined;
+  /** amazon-efs-utils' mount helper, used when it exists; undefined: never (the driver's own relay). */
+  efsMountHelper: string | undefined;
 }
 
 interface FlagSpec {
@@ -103,6 +107,15 @@ export const FLAGS: Record<string, FlagSpec> = {
     type: "string",
     default: "300",
     help: "EFS: how long the node keeps an access point's capacity (the stats total)",
+  },
+  "efs-mount-helper": {
+    type: "string",
+    default: "/sbin/mount.efs",
+    help: "EFS: amazon-efs-utils' mount helper; where it exists volumes are mounted with mount -t efs, else through this driver's own TLS relay (none: always the relay)",
+  },
+  "efs-tls-ca-file": {
+    type: "string",
+    help: "EFS: a PEM file of a CA trusted besides Amazon's roots for mount targets' TLS (for a test's mount target; never needed on AWS)",
   },
   version: { type: "boolean", help: "print the version and exit" },
   help: { type: "boolean", help: "print this help and exit" },
@@ -201,8 +214,17 @@ export function parseCommandLine(argv: string[], env: NodeJS.ProcessEnv): Parsed
         parseInteger("--efs-usage-refresh-seconds", str("efs-usage-refresh-seconds")!, 1, 86_400) * 1000,
       efsCapacityCacheMs:
         parseInteger("--efs-capacity-cache-seconds", str("efs-capacity-cache-seconds")!, 0, 86_400) * 1000,
+      efsTlsCaFile: str("efs-tls-ca-file") || undefined,
+      efsMountHelper: parseMountHelper(str("efs-mount-helper")!),
     },
   };
+}
+
+function parseMountHelper(value: string): string | undefined {
+  if (value === "none") return undefined;
+  if (!value.startsWith("/"))
+    throw new ConfigError(`--efs-mount-helper must be an absolute path or none, not "${value}"`);
+  return value;
 }
 
 export function parseEndpoint(endpoint: string): string {

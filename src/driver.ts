@@ -22,6 +22,8 @@ export interface DriverDeps {
   options: Options;
   log: Logger;
   metrics: Metrics;
+  /** This driver's version (the plugin info's). */
+  version?: string;
   /** Where the plugin runs, already being looked up (main starts it before loading the driver's code). */
   location?: Promise<PluginLocation>;
 }

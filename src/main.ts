@@ -58,7 +58,7 @@ async function serve(options: Options): Promise<void> {
   const location = locatePlugin(options, log);
   location.catch(() => undefined);
   setImmediate(prepareCsiMessages);
-  const driver = await createDriver({ options, log, metrics, location });
+  const driver = await createDriver({ options, log, metrics, version: VERSION, location });
   const identity = identityService({
     name: options.driverName,
     version: VERSION,

@@ -36,7 +36,7 @@ abstract class Metric<L extends string> {
     this.labelNames = o.labelNames;
   }
 
-  abstract readonly type: "counter" | "histogram";
+  abstract readonly type: "counter" | "gauge" | "histogram";
   abstract get(): Promise<{ values: Sample[] }>;
   abstract text(): string;
 
@@ -147,6 +147,44 @@ export class Histogram<L extends string> extends Metric<L> {
       return [String(b), running];
     });
     out.push(["+Inf", total]);
+    return out;
+  }
+}
+
+/**
+ * A counter or gauge whose series are read from their owner at each scrape, for figures another
+ * part of the driver keeps anyway (the EFS TLS relays' connections and bytes).
+ */
+export class Collected<L extends string> extends Metric<L> {
+  readonly type: "counter" | "gauge";
+  readonly #collect: () => { labels: Labels<L>; value: number }[];
+
+  constructor(o: {
+    name: string;
+    help: string;
+    type: "counter" | "gauge";
+    labelNames: readonly L[];
+    collect: () => { labels: Labels<L>; value: number }[];
+  }) {
+    super(o);
+    this.type = o.type;
+    this.#collect = o.collect;
+  }
+
+  async get(): Promise<{ values: Sample[] }> {
+    return {
+      values: this.#collect().map((s) => ({
+        metricName: this.name,
+        labels: { ...s.labels },
+        value: s.value,
+      })),
+    };
+  }
+
+  text(): string {
+    let out = this.header();
+    for (const s of this.#collect().slice(0, MAX_SERIES))
+      out += `${this.name}${formatLabels(s.labels)} ${s.value}\n`;
     return out;
   }
 }

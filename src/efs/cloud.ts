@@ -17,6 +17,8 @@ export interface MountTarget {
   zone: string;
   /** creating, available, updating, deleting, deleted or error. */
   lifeCycleState: string;
+  /** Its IPv4 address (else IPv6), where nodes of its zone reach NFS. */
+  ipAddress?: string;
 }
 
 export interface PosixUser {

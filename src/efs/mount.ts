@@ -4,7 +4,9 @@
  * (deleting an access point's root directory) run exactly what efsMountCommand returns.
  *
  *   amazon-efs-utils installed:  mount -t efs  -o tls,accesspoint=fsap-…[,ro][,flags] -- fs-x:/path TARGET
- *   otherwise, plain NFS:        mount -t nfs4 -o nfsvers=4.1,rsize=1048576,…[,ro][,flags] -- fs-x.efs.REGION.amazonaws.com:/path TARGET
+ *   otherwise, TLS (the default): mount -t nfs4 -o nfsvers=4.1,rsize=1048576,…,port=P[,ro][,flags] -- 127.0.0.1:/path TARGET
+ *     through this driver's relay on 127.0.0.1:P (tls/tls-mounts.ts), as efs-utils mounts
+ *   otherwise, plain NFS (encryptInTransit=false): mount -t nfs4 -o nfsvers=4.1,…[,ro][,flags] -- fs-x.efs.REGION.amazonaws.com:/path TARGET
  */
 import { isIP } from "node:net";
 import { posix } from "node:path";
@@ -12,6 +14,7 @@ import { failedPrecondition, invalidArgument } from "../csi/errors.ts";
 import type { MountEntry } from "../host/mounts.ts";
 import { hasControlCharacter, isAccessPointId, type VolumeHandle } from "./handle.ts";
 import { parseGoBool } from "./params.ts";
+import type { TlsMountSpec } from "./tls/tls-mounts.ts";
 
 /** Where amazon-efs-utils installs its mount helper; `mount -t efs` runs it. */
 export const EFS_MOUNT_HELPER = "/sbin/mount.efs";
@@ -39,6 +42,8 @@ export interface EfsMountInput {
   efsUtils: boolean;
   /** The node's region, for the file system's DNS name when mounting with plain NFS. */
   region: string;
+  /** Without efs-utils, with TLS: the port of the mount's relay (0 until it is known). */
+  relayPort?: number;
 }
 
 export interface EfsMountCommand {
@@ -51,6 +56,8 @@ export interface EfsMountCommand {
   readOnly: boolean;
   /** Mount flags left out, each with the reason, for a log line. */
   dropped: string[];
+  /** Without efs-utils, with TLS: what the relay on 127.0.0.1:relayPort must be for. */
+  relay: TlsMountSpec | undefined;
   /** The arguments of `mount`. */
   args: string[];
 }
@@ -69,6 +76,7 @@ const FORBIDDEN: Record<string, string> = {
 /** Options only amazon-efs-utils understands: the kernel's NFS client refuses them. */
 const EFS_UTILS_ONLY = new Set([
   "tls",
+  "notls",
   "tlsport",
   "verify",
   "ocsp",
@@ -83,7 +91,11 @@ const EFS_UTILS_ONLY = new Set([
   "cafile",
   "rolearn",
   "jwtpath",
+  "stunnel",
 ]);
+
+/** efs-utils options this driver's relay takes in its place (the others need efs-utils itself). */
+const RELAY_OPTIONS = new Set(["tls", "iam", "accesspoint", "az", "region", "noocsp"]);
 
 /** Flags that switch one setting either way: both sides share a slot, and only one may be given. */
 const EXCLUSIVE: [string, string][] = [
@@ -149,38 +161,71 @@ export function efsMountCommand(input: EfsMountInput, target: string): EfsMountC
   const path = handle.path !== "/" ? handle.path : (context.path ?? "/");
   const readOnly = input.readOnly || flags.some((f) => f.key === "ro");
   const fsType = input.efsUtils ? "efs" : "nfs4";
+  const notls = flags.find((f) => f.key === "notls");
+  if (notls && accessPointId) {
+    throw invalidArgument(
+      `mount flag ${notls.text}`,
+      `access point ${accessPointId} is mounted with TLS only`,
+    );
+  }
+  if (notls && context.encryptInTransit === true) {
+    throw invalidArgument(
+      `mount flag ${notls.text}`,
+      "conflicts with volumeAttributes encryptInTransit=true",
+    );
+  }
+  // Access point mounts only work over TLS: efs-utils refuses accesspoint= without tls.
+  const tls = accessPointId !== undefined || (context.encryptInTransit !== false && !notls);
 
   const base: MountOption[] = [];
   let host: string;
+  let relay: TlsMountSpec | undefined;
   if (fsType === "efs") {
-    // Access point mounts only work over TLS: efs-utils refuses accesspoint= without tls.
-    const tls = accessPointId !== undefined || context.encryptInTransit !== false;
     if (tls) base.push(parseOption("tls", "required"));
     if (accessPointId) base.push(parseOption(`accesspoint=${accessPointId}`, "required"));
     if (context.mountTargetIp) base.push(parseOption(`mounttargetip=${context.mountTargetIp}`, "required"));
     if (context.crossAccount) base.push(parseOption("crossaccount", "required"));
     host = handle.dnsName ?? handle.fileSystemId;
   } else {
-    const needsEfsUtils = accessPointId
-      ? `access point ${accessPointId}`
-      : context.encryptInTransit === true
-        ? "volumeAttributes encryptInTransit=true"
-        : context.crossAccount
-          ? "volumeAttributes crossaccount=true"
-          : undefined;
-    if (needsEfsUtils) {
+    if (context.crossAccount) {
       throw failedPrecondition(
-        `${needsEfsUtils} needs amazon-efs-utils (mount -t efs), which is not installed on this node ` +
-          `(${EFS_MOUNT_HELPER} is missing); plain NFS cannot mount access points or encrypt in transit`,
+        `volumeAttributes crossaccount=true needs amazon-efs-utils (mount -t efs), which is not installed on this node ` +
+          `(${EFS_MOUNT_HELPER} is missing): it names the mount target by zone id`,
       );
     }
     for (const [i, text] of NFS_OPTIONS.entries())
       base.push(parseOption(text, i === 0 ? "required" : "default"));
-    host = context.mountTargetIp
-      ? isIP(context.mountTargetIp) === 6
-        ? `[${context.mountTargetIp}]`
-        : context.mountTargetIp
-      : (handle.dnsName ?? fileSystemDnsName(handle.fileSystemId, input.region));
+    if (tls) {
+      const az = flags.find((f) => f.key === "az");
+      if (az && !/^[a-z]{2}(-[a-z]+)+-\d+[a-z]$/.test(az.value ?? "")) {
+        throw invalidArgument(
+          `mount flag ${az.text}`,
+          "is not az=<availability zone name>, e.g. az=us-east-1a",
+        );
+      }
+      const region = flags.find((f) => f.key === "region");
+      if (region && region.value !== input.region) {
+        throw invalidArgument(
+          `mount flag ${region.text}`,
+          `the file system must be in the node's region ${input.region}: the relay connects there`,
+        );
+      }
+      relay = {
+        fileSystemId: handle.fileSystemId,
+        accessPointId,
+        mountTargetIp: context.mountTargetIp,
+        az: az?.value,
+        iam: flags.some((f) => f.key === "iam"),
+      };
+      base.push(parseOption(`port=${input.relayPort ?? 0}`, "required"));
+      host = "127.0.0.1";
+    } else {
+      host = context.mountTargetIp
+        ? isIP(context.mountTargetIp) === 6
+          ? `[${context.mountTargetIp}]`
+          : context.mountTargetIp
+        : (handle.dnsName ?? fileSystemDnsName(handle.fileSystemId, input.region));
+    }
   }
   if (readOnly) base.push(parseOption("ro", "required"));
 
@@ -195,14 +240,27 @@ export function efsMountCommand(input: EfsMountInput, target: string): EfsMountC
       dropped.push(`${flag.text}: not supported, ignored`);
       continue;
     }
-    if (fsType === "nfs4" && EFS_UTILS_ONLY.has(flag.key)) {
+    if (flag.key === "tls" && !tls) {
       throw invalidArgument(
         field,
-        `needs amazon-efs-utils (mount -t efs), which is not installed on this node; the volume is mounted with plain NFS`,
+        `conflicts with ${notls ? notls.text : "volumeAttributes encryptInTransit=false"}`,
       );
     }
-    if (fsType === "efs" && flag.key === "tls" && !options.some((o) => o.key === "tls")) {
-      throw invalidArgument(field, "conflicts with volumeAttributes encryptInTransit=false");
+    if (fsType === "nfs4" && EFS_UTILS_ONLY.has(flag.key)) {
+      if (flag.key === "notls") continue;
+      if (!relay) {
+        throw invalidArgument(
+          field,
+          `needs amazon-efs-utils (mount -t efs), which is not installed on this node; the volume is mounted with plain NFS (encryptInTransit=false)`,
+        );
+      }
+      if (!RELAY_OPTIONS.has(flag.key)) {
+        throw invalidArgument(
+          field,
+          `needs amazon-efs-utils (mount -t efs), which is not installed on this node; its TLS relay takes only ${[...RELAY_OPTIONS].join(", ")}`,
+        );
+      }
+      continue; // the relay's business (relay above), not the kernel's
     }
     if (flag.key === "nfsvers" && flag.value !== "4.1") {
       throw invalidArgument(field, "EFS volumes are mounted with NFS version 4.1 (nfsvers=4.1)");
@@ -224,7 +282,7 @@ export function efsMountCommand(input: EfsMountInput, target: string): EfsMountC
   const source = `${host}:${path}`;
   const texts = options.map((o) => o.text);
   const args = ["-t", fsType, ...(texts.length > 0 ? ["-o", texts.join(",")] : []), "--", source, target];
-  return { fsType, source, path, options: texts, readOnly, dropped, args };
+  return { fsType, source, path, options: texts, readOnly, dropped, relay, args };
 }
 
 /** The DNS name of a file system: what efs-utils resolves too (China regions end in amazonaws.com.cn). */

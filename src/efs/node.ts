@@ -16,6 +16,7 @@ import {
   alreadyExists,
   asInternal,
   CsiError,
+  failedPrecondition,
   notFound,
   permissionDenied,
   unavailable,
@@ -54,8 +55,9 @@ import type { RpcContext } from "../server/rpc.ts";
 import { CapacityCache } from "./capacity.ts";
 import type { Efs } from "./cloud.ts";
 import { parseVolumeHandle, tryParseVolumeHandle, type VolumeHandle } from "./handle.ts";
-import { EFS_MOUNT_HELPER, efsMountCommand, mountMismatch } from "./mount.ts";
+import { EFS_MOUNT_HELPER, type EfsMountInput, efsMountCommand, mountMismatch } from "./mount.ts";
 import { recordedCapacity } from "./tags.ts";
+import type { TlsMounts } from "./tls/tls-mounts.ts";
 import { measureUsage } from "./usage-walk.ts";
 import { VolumeUsageTracker } from "./volume-usage.ts";
 
@@ -76,7 +78,9 @@ export interface EfsNodeOptions {
   /** Reads access points' capacity tags (DescribeAccessPoints); without it the total is statfs's. */
   efs?: Pick<Efs, "describeAccessPoint"> | undefined;
   /** amazon-efs-utils' mount helper: when it exists volumes are mounted with `mount -t efs`, else `-t nfs4`. */
-  efsHelperPath?: string;
+  efsHelperPath?: string | undefined;
+  /** Without efs-utils: the TLS relays that TLS mounts go through. Without it, TLS mounts fail. */
+  tlsMounts?: TlsMounts | undefined;
   /** Below kubelet's 2 minutes, so that a hung mount is answered rather than abandoned. */
   mountTimeoutMs?: number;
   /** An unmount that takes longer is forced (the server is gone): `umount --force --lazy`. */
@@ -161,9 +165,24 @@ export class EfsNode {
     });
   }
 
-  /** Stops the usage walks (plugin shutdown). */
+  /**
+   * Before serving: relays again for the TLS mounts a previous run left (tls-mounts.ts), so that
+   * their NFS clients reconnect on the ports they were mounted with.
+   */
+  async recoverTlsMounts(driverName: string): Promise<number> {
+    const { tlsMounts, kubeletDirs } = this.#o;
+    if (!tlsMounts) return 0;
+    return tlsMounts.recover(
+      await listMounts(),
+      (path) => kubeletDirs.lexicalReason(path) === undefined,
+      driverName,
+    );
+  }
+
+  /** Stops the usage walks and the relays (plugin shutdown; the mounts stay, and reconnect to the next run). */
   async close(): Promise<void> {
     await this.#usage.close();
+    await this.#o.tlsMounts?.closeAll();
   }
 
   async NodeGetInfo(): Promise<NodeGetInfoResponse> {
@@ -192,17 +211,15 @@ export class EfsNode {
     const context = checkMap(req.volume_context, "volume_context");
     checkMap(req.secrets, "secrets");
     const targetPath = await confinePath(targetField, "target_path", this.#o.kubeletDirs);
-    const command = efsMountCommand(
-      {
-        handle,
-        readOnly: req.readonly === true || READER_ONLY_MODES.has(cap.mode),
-        mountFlags: cap.mountFlags,
-        volumeContext: context,
-        efsUtils: await isExecutable(this.#o.efsHelperPath),
-        region: this.#o.region,
-      },
-      targetPath,
-    );
+    const input: EfsMountInput = {
+      handle,
+      readOnly: req.readonly === true || READER_ONLY_MODES.has(cap.mode),
+      mountFlags: cap.mountFlags,
+      volumeContext: context,
+      efsUtils: this.#o.efsHelperPath !== undefined && (await isExecutable(this.#o.efsHelperPath)),
+      region: this.#o.region,
+    };
+    let command = efsMountCommand(input, targetPath);
 
     const existing = (await findMountsAt(targetPath)).at(-1);
     if (existing) {
@@ -215,12 +232,22 @@ export class EfsNode {
       return {};
     }
 
-    await makeDirectories(targetPath).catch((err: unknown) => {
+    if (command.relay) {
+      const { tlsMounts } = this.#o;
+      if (!tlsMounts)
+        throw failedPrecondition("this node plugin runs no TLS relay: it cannot mount EFS with TLS");
+      // Checked before anything is made: a mount target that refuses TLS fails here, named.
+      const relayPort = await tlsMounts.open(command.relay, targetPath);
+      command = efsMountCommand({ ...input, relayPort }, targetPath);
+    }
+    await makeDirectories(targetPath).catch(async (err: unknown) => {
+      await this.#o.tlsMounts?.close(targetPath);
       throw asInternal(err, `creating target_path ${targetPath}`);
     });
     try {
       await run("mount", command.args, { timeoutMs: this.#o.mountTimeoutMs });
     } catch (err) {
+      await this.#o.tlsMounts?.close(targetPath);
       // A concurrent call removed the directory between its creation and the mount (kubelet never
       // does; a confused caller may): nothing was mounted, the call may simply be repeated.
       if (!(await lstatOrUndefined(targetPath))) {
@@ -260,6 +287,7 @@ export class EfsNode {
     const count = await this.#unmount(targetPath, ctx).catch((err: unknown) => {
       throw asInternal(err, `unpublishing volume ${volumeId} from ${targetPath}`);
     });
+    await this.#o.tlsMounts?.close(targetPath);
     await removeMountTarget(targetPath).catch((err: unknown) => {
       throw asInternal(err, `removing target_path ${targetPath}`);
     });

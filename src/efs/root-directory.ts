@@ -14,16 +14,20 @@ import { run } from "../host/exec.ts";
 import { findMountsAt, unmountAll } from "../host/mounts.ts";
 import type { Logger } from "../log.ts";
 import type { DeleteRootDirectory } from "./controller.ts";
-import { EFS_MOUNT_HELPER, efsMountCommand } from "./mount.ts";
+import { type EfsMountInput, efsMountCommand } from "./mount.ts";
+import type { TlsMounts } from "./tls/tls-mounts.ts";
 
 export interface RootDirectoryDeletionOptions {
   /** The region of the file systems, for their DNS names when mounting with plain NFS. */
   region: string;
   log: Logger;
-  efsHelperPath?: string;
+  /** amazon-efs-utils' mount helper, used when it exists; undefined: never. */
+  efsHelperPath: string | undefined;
   /** Where the temporary mount points are made; default the OS temporary directory. */
   tmpDir?: string;
   mountTimeoutMs?: number;
+  /** Without efs-utils: the TLS relays its mount goes through (as a node's do). */
+  tlsMounts?: TlsMounts | undefined;
 }
 
 export function createRootDirectoryDeletion(o: RootDirectoryDeletionOptions): DeleteRootDirectory {
@@ -31,26 +35,33 @@ export function createRootDirectoryDeletion(o: RootDirectoryDeletionOptions): De
   return async (fileSystemId, path) => {
     const relative = posix.relative("/", posix.resolve("/", path));
     if (relative === "") throw failedPrecondition(`refusing to delete the root of ${fileSystemId}`);
-    const efsUtils = await access(o.efsHelperPath ?? EFS_MOUNT_HELPER, constants.X_OK).then(
-      () => true,
-      () => false,
-    );
-    const command = (target: string) =>
-      efsMountCommand(
-        {
-          handle: { fileSystemId, path: "/" },
-          readOnly: false,
-          mountFlags: [],
-          volumeContext: {},
-          efsUtils,
-          region: o.region,
-        },
-        target,
-      );
+    const helper = o.efsHelperPath;
+    const efsUtils =
+      helper !== undefined &&
+      (await access(helper, constants.X_OK).then(
+        () => true,
+        () => false,
+      ));
+    // As the official driver mounts for this: TLS, and IAM (the controller's role needs ClientRootAccess).
+    const input: EfsMountInput = {
+      handle: { fileSystemId, path: "/" },
+      readOnly: false,
+      mountFlags: ["iam"],
+      volumeContext: {},
+      efsUtils,
+      region: o.region,
+    };
     const mountDir = await mkdtemp(join(o.tmpDir ?? tmpdir(), `efs-root-${fileSystemId}-`));
     let failure: unknown;
     try {
-      await run("mount", command(mountDir).args, { timeoutMs });
+      let command = efsMountCommand(input, mountDir);
+      if (command.relay) {
+        if (!o.tlsMounts)
+          throw failedPrecondition("this plugin runs no TLS relay: it cannot mount EFS with TLS");
+        const relayPort = await o.tlsMounts.open(command.relay, mountDir);
+        command = efsMountCommand({ ...input, relayPort }, mountDir);
+      }
+      await run("mount", command.args, { timeoutMs });
       // Deleting below an unmounted directory would delete nothing, but say so rather than succeed.
       if ((await findMountsAt(mountDir)).length === 0) {
         throw new Error(`mount succeeded but nothing is mounted at ${mountDir}`);
@@ -63,6 +74,7 @@ export function createRootDirectoryDeletion(o: RootDirectoryDeletionOptions): De
     }
     try {
       await unmountAll(mountDir, { timeoutMs });
+      await o.tlsMounts?.close(mountDir);
       // Only an unmounted, empty directory is removed: never anything recursively here.
       await rmdir(mountDir);
     } catch (err) {

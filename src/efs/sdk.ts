@@ -40,6 +40,8 @@ export interface SdkEfsOptions {
 }
 
 export interface SdkEfs extends Efs {
+  /** The credentials the client signs with (the node's role), for the `iam` mount option. */
+  credentials(): Promise<{ accessKeyId: string; secretAccessKey: string; sessionToken?: string | undefined }>;
   close(): void;
 }
 
@@ -89,6 +91,7 @@ export function createSdkEfs(o: SdkEfsOptions): SdkEfs {
             id: mt.MountTargetId ?? "",
             zone: mt.AvailabilityZoneName ?? "",
             lifeCycleState: mt.LifeCycleState ?? "available",
+            ...((mt.IpAddress ?? mt.Ipv6Address) ? { ipAddress: mt.IpAddress ?? mt.Ipv6Address } : {}),
           });
         }
         marker = out.NextMarker || undefined;
@@ -178,6 +181,11 @@ export function createSdkEfs(o: SdkEfsOptions): SdkEfs {
 
     async probe() {
       await call("probe EFS", () => client.send(new DescribeFileSystemsCommand({ MaxItems: 1 })));
+    },
+
+    async credentials() {
+      const { accessKeyId, secretAccessKey, sessionToken } = await client.config.credentials();
+      return { accessKeyId, secretAccessKey, sessionToken };
     },
 
     close() {

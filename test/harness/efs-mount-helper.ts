@@ -11,24 +11,21 @@ import { listMounts } from "../../src/host/mounts.ts";
 import type { CsiClient } from "./csi-client.ts";
 import { type DriverProcess, runAll, startDriverWithClient } from "./driver-process.ts";
 import { unmountUnder } from "./ebs-env.ts";
+import { type EfsTlsTargets, startEfsTlsTargets } from "./efs-tls-target.ts";
 import { type FakeAws, startFakeAws } from "./fake-aws.ts";
 import type { FakeMountEfsConfig } from "./fake-mount-efs.ts";
+import type { FakeMountNfs4Config } from "./fake-mount-nfs4.ts";
 import { type Imds, startImds } from "./imds.ts";
 
 export const MOUNT_EFS_PATH = "/sbin/mount.efs";
-const MARKER = "# aws-storage-csi test-only mount.efs";
+// A prefix of what older runs wrote too ("... test-only mount.efs"): their leftovers are recognised.
+const MARKER = "# aws-storage-csi test-only mount";
 const HELPER_SCRIPT = fileURLToPath(new URL("./fake-mount-efs.ts", import.meta.url));
 
-export interface FakeEfsMountHelper {
+export interface FakeEfsMountHelper extends InstalledHelper {
   /** File system fs-x is served from `${root}/fs-x`. */
   root: string;
-  /** Where the helper is installed. */
-  path: string;
   fileSystemDir(fileSystemId: string): string;
-  /** Every successful mount.efs call so far: source, target and the options mount passed. */
-  calls(): Promise<{ source: string; target: string; options: string[] }[]>;
-  /** Removes the helper and puts back what was there before. Idempotent. */
-  uninstall(): Promise<void>;
 }
 
 export interface InstallOptions {
@@ -41,26 +38,11 @@ export interface InstallOptions {
 }
 
 /**
- * Installs the fake helper. Test files run in parallel workers and the machine has one helper
+ * Installs the fake mount.efs. Test files run in parallel workers and the machine has one helper
  * path: while another live process's fake is installed this waits its turn (up to
  * HELPER_WAIT_MS); a fake left by a dead process is replaced.
  */
 export async function installFakeEfsMountHelper(options: InstallOptions): Promise<FakeEfsMountHelper> {
-  const path = options.path ?? MOUNT_EFS_PATH;
-  const unlock = await lockHelperPath(path);
-  try {
-    return await install(options, path, unlock);
-  } catch (err) {
-    await unlock();
-    throw err;
-  }
-}
-
-async function install(
-  options: InstallOptions,
-  path: string,
-  unlock: () => Promise<void>,
-): Promise<FakeEfsMountHelper> {
   const dir = options.dir ?? (await mkdtemp(join(tmpdir(), "fake-efs-")));
   const root = join(dir, "file-systems");
   await mkdir(root, { recursive: true });
@@ -70,55 +52,107 @@ async function install(
     region: options.region,
     logFile: join(dir, "mount-efs-calls.jsonl"),
   };
-  const configPath = join(dir, "mount-efs-config.json");
-  await writeFile(configPath, JSON.stringify(config, null, 2));
-  await writeFile(config.logFile, "");
-
-  const backup = `${path}.aws-storage-csi-backup`;
-  const current = await readFile(path, "utf8").catch(() => undefined);
-  if (current?.includes(MARKER)) {
-    const owner = Number(/owner-pid=(\d+)/.exec(current)?.[1]);
-    if (owner && owner !== process.pid && isAlive(owner)) {
-      throw new Error(
-        `${path} is the test mount helper of another running test (pid ${owner}); run one at a time`,
-      );
-    }
-    // A fake left by a crashed run: its backup (if any) is still the original.
-  } else if (current !== undefined || existsSync(path)) {
-    await rename(path, backup);
-  }
-  const wrapper = [
-    "#!/bin/sh",
-    MARKER,
-    `# owner-pid=${process.pid}`,
-    `exec ${shellQuote(process.execPath)} ${shellQuote(HELPER_SCRIPT)} --config ${shellQuote(configPath)} "$@"`,
-    "",
-  ].join("\n");
-  await writeFile(path, wrapper);
-  await chmod(path, 0o755);
-
-  let installed = true;
+  const helper = await installHelper({
+    path: options.path ?? MOUNT_EFS_PATH,
+    script: HELPER_SCRIPT,
+    configFile: join(dir, "mount-efs-config.json"),
+    config,
+  });
   return {
+    ...helper,
     root,
-    path,
     fileSystemDir: (fileSystemId) => join(root, fileSystemId),
-    async calls() {
-      const text = await readFile(config.logFile, "utf8");
-      return text
-        .split("\n")
-        .filter((line) => line !== "")
-        .map((line) => JSON.parse(line));
-    },
     async uninstall() {
-      if (!installed) return;
-      installed = false;
-      const now = await readFile(path, "utf8").catch(() => undefined);
-      if (now?.includes(`owner-pid=${process.pid}`)) await rm(path, { force: true });
-      if (existsSync(backup) && !existsSync(path)) await rename(backup, path);
-      await unlock();
+      await helper.uninstall();
       if (!options.dir) await removeUnmounted(dir);
     },
   };
+}
+
+export const MOUNT_NFS4_PATH = "/sbin/mount.nfs4";
+const NFS4_SCRIPT = fileURLToPath(new URL("./fake-mount-nfs4.ts", import.meta.url));
+
+/** A test mount helper as installed: where, what it was called with, and its removal. */
+export interface InstalledHelper {
+  path: string;
+  /** Every successful call so far: source, target and the options mount passed. */
+  calls(): Promise<{ source: string; target: string; options: string[] }[]>;
+  /** Removes the helper and puts back what was there before. Idempotent. */
+  uninstall(): Promise<void>;
+}
+
+/**
+ * Installs the fake mount.nfs4 (fake-mount-nfs4.ts) for mounts through the driver's TLS relay,
+ * into `dir`, waiting its turn as installFakeEfsMountHelper does.
+ */
+export async function installFakeMountNfs4(dir: string, path = MOUNT_NFS4_PATH): Promise<InstalledHelper> {
+  const config: FakeMountNfs4Config = { logFile: join(dir, "mount-nfs4-calls.jsonl") };
+  return installHelper({
+    path,
+    script: NFS4_SCRIPT,
+    configFile: join(dir, "mount-nfs4-config.json"),
+    config,
+  });
+}
+
+/** Installs `script` at `path` (a wrapper that runs it with --config), locked, backing up what was there. */
+async function installHelper(o: {
+  path: string;
+  script: string;
+  configFile: string;
+  config: { logFile: string };
+}): Promise<InstalledHelper> {
+  const { path } = o;
+  const unlock = await lockHelperPath(path);
+  try {
+    await writeFile(o.configFile, JSON.stringify(o.config, null, 2));
+    await writeFile(o.config.logFile, "");
+    const backup = `${path}.aws-storage-csi-backup`;
+    const current = await readFile(path, "utf8").catch(() => undefined);
+    if (current?.includes(MARKER)) {
+      const owner = Number(/owner-pid=(\d+)/.exec(current)?.[1]);
+      if (owner && owner !== process.pid && isAlive(owner)) {
+        throw new Error(
+          `${path} is the test mount helper of another running test (pid ${owner}); run one at a time`,
+        );
+      }
+      // A fake left by a crashed run: its backup (if any) is still the original.
+    } else if (current !== undefined || existsSync(path)) {
+      await rename(path, backup);
+    }
+    const wrapper = [
+      "#!/bin/sh",
+      MARKER,
+      `# owner-pid=${process.pid}`,
+      `exec ${shellQuote(process.execPath)} ${shellQuote(o.script)} --config ${shellQuote(o.configFile)} "$@"`,
+      "",
+    ].join("\n");
+    await writeFile(path, wrapper);
+    await chmod(path, 0o755);
+
+    let installed = true;
+    return {
+      path,
+      async calls() {
+        const text = await readFile(o.config.logFile, "utf8");
+        return text
+          .split("\n")
+          .filter((line) => line !== "")
+          .map((line) => JSON.parse(line));
+      },
+      async uninstall() {
+        if (!installed) return;
+        installed = false;
+        const now = await readFile(path, "utf8").catch(() => undefined);
+        if (now?.includes(`owner-pid=${process.pid}`)) await rm(path, { force: true });
+        if (existsSync(backup) && !existsSync(path)) await rename(backup, path);
+        await unlock();
+      },
+    };
+  } catch (err) {
+    await unlock();
+    throw err;
+  }
 }
 
 /** How long an install waits for another test file's helper to be uninstalled. */
@@ -175,6 +209,15 @@ export interface EfsEnvOptions {
   extraArgs?: string[];
   /** Install the fake mount.efs (needs root). Default: true. */
   mountHelper?: boolean;
+  /**
+   * Mount through the driver's own TLS relay instead (needs root): no mount.efs for the driver
+   * (--efs-mount-helper=none), the fake mount.nfs4, and TLS stand-ins for the mount targets.
+   */
+  tls?: boolean;
+  /** With TLS: the mount targets' certificate is for this name (default: *.efs.<region>.amazonaws.com). */
+  certificateName?: string;
+  /** With TLS: give the driver the mount targets' CA (default: true). */
+  trustTargets?: boolean;
   /** Flags for node itself, e.g. ["--expose-gc"] (memory tests). */
   nodeArgs?: string[];
   /** More environment for the driver process. */
@@ -188,8 +231,10 @@ export interface EfsEnv {
   instanceId: string;
   zone: string;
   imds: Imds;
-  /** Undefined when started without the mount helper. */
+  /** Undefined when started without the mount helper, or with TLS. */
   helper: FakeEfsMountHelper | undefined;
+  /** With TLS: the fake mount.nfs4 and the mount targets. */
+  tls: { mountNfs4: InstalledHelper; targets: EfsTlsTargets; root: string } | undefined;
   /** A temporary directory for this environment: socket, served file systems, target paths. */
   dir: string;
   socketPath: string;
@@ -212,7 +257,7 @@ export async function startEfsEnv(options: EfsEnvOptions = {}): Promise<EfsEnv> 
     const imds = await startImds({ instanceId, instanceType: "m5.large", zone, region: aws.region });
     cleanups.unshift(() => imds.stop());
     const helper =
-      options.mountHelper === false
+      options.mountHelper === false || options.tls
         ? undefined
         : await installFakeEfsMountHelper({ endpoint: aws.endpoint, region: aws.region, dir });
     // The driver's publishes and the controller's temporary mounts (its TMPDIR is in dir) go first.
@@ -222,6 +267,28 @@ export async function startEfsEnv(options: EfsEnvOptions = {}): Promise<EfsEnv> 
         () => helper.uninstall(),
       );
     }
+    let tls: EfsEnv["tls"];
+    const tlsArgs: string[] = [];
+    if (options.tls) {
+      const root = join(dir, "file-systems");
+      await mkdir(root);
+      const targets = await startEfsTlsTargets({
+        aws,
+        fileSystemId,
+        root,
+        dir,
+        ...(options.certificateName ? { certificateName: options.certificateName } : {}),
+      });
+      cleanups.unshift(() => targets.stop());
+      const mountNfs4 = await installFakeMountNfs4(dir);
+      cleanups.unshift(
+        () => unmountUnder(dir),
+        () => mountNfs4.uninstall(),
+      );
+      tls = { mountNfs4, targets, root };
+      tlsArgs.push("--efs-mount-helper=none");
+      if (options.trustTargets !== false) tlsArgs.push(`--efs-tls-ca-file=${targets.caFile}`);
+    }
 
     await mkdir(join(dir, "tmp"));
     const { socketPath, driver, client } = await startDriverWithClient(
@@ -229,7 +296,7 @@ export async function startEfsEnv(options: EfsEnvOptions = {}): Promise<EfsEnv> 
         dir,
         driver: "efs",
         mode: options.mode ?? "all",
-        args: options.extraArgs ?? [],
+        args: [...tlsArgs, ...(options.extraArgs ?? [])],
         env: {
           ...options.env,
           ...aws.env,
@@ -248,6 +315,7 @@ export async function startEfsEnv(options: EfsEnvOptions = {}): Promise<EfsEnv> 
       zone,
       imds,
       helper,
+      tls,
       dir,
       socketPath,
       driver,

@@ -3,66 +3,27 @@
 // the openssl command; the tests are skipped without it.
 
 import { createHash, randomBytes } from "node:crypto";
-import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { mkdtemp, rm } from "node:fs/promises";
 import { createServer as createTcpServer, connect as netConnect, type Server, type Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createServer as createTlsServer, type TLSSocket } from "node:tls";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import {
-  der,
-  EFS_EXTENSION,
-  efsClientCertificate,
-  efsClientKey,
-} from "../../src/efs/tls/client-certificate.ts";
+import { EFS_EXTENSION, efsClientCertificate, efsClientKey } from "../../src/efs/tls/client-certificate.ts";
 import {
   EFS_TLS_PORT_RANGE,
   type RelayLogger,
   startTlsRelay,
   type TlsRelayOptions,
 } from "../../src/efs/tls/relay.ts";
-import { run } from "../../src/host/exec.ts";
+import { extensionText, hasOpenssl, makeCa, type Pem } from "../harness/test-ca.ts";
 
 const FS = "fs-0123456789abcdef0";
 const AP = "fsap-0123456789abcdef0";
 const NAME = `${FS}.efs.us-east-1.amazonaws.com`;
 const MiB = 1024 * 1024;
 
-const hasOpenssl = await run("openssl", ["version"]).then(
-  () => true,
-  () => false,
-);
 if (!hasOpenssl) console.log("efs-tls-relay tests skipped: they make certificates with the openssl command");
-
-interface Pem {
-  cert: string;
-  key: string;
-}
-
-/** A CA, and certificates it signs for a DNS name: EC keys, valid for a day. */
-async function makeCa(dir: string, label: string): Promise<Pem & { sign(name: string): Promise<Pem> }> {
-  const caKey = join(dir, `${label}-ca.key`);
-  const caCert = join(dir, `${label}-ca.pem`);
-  await run("openssl", [
-    ...["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"],
-    ...["-keyout", caKey, "-out", caCert, "-days", "1", "-subj", `/CN=${label} test CA`],
-    ...["-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign"],
-  ]);
-  const sign = async (name: string): Promise<Pem> => {
-    const base = join(dir, `${label}-${name}`);
-    await writeFile(`${base}.ext`, `subjectAltName=DNS:${name}\nextendedKeyUsage=serverAuth\n`);
-    await run("openssl", [
-      ...["req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"],
-      ...["-keyout", `${base}.key`, "-out", `${base}.csr`, "-subj", `/CN=${name}`],
-    ]);
-    await run("openssl", [
-      ...["x509", "-req", "-in", `${base}.csr`, "-CA", caCert, "-CAkey", caKey, "-CAcreateserial"],
-      ...["-out", `${base}.pem`, "-days", "1", "-extfile", `${base}.ext`],
-    ]);
-    return { cert: await readFile(`${base}.pem`, "utf8"), key: await readFile(`${base}.key`, "utf8") };
-  };
-  return { cert: await readFile(caCert, "utf8"), key: await readFile(caKey, "utf8"), sign };
-}
 
 /** A logger that keeps its lines for the test to read. */
 function captureLog(): RelayLogger & { lines: { level: string; fields: object; msg: string }[] } {
@@ -72,29 +33,6 @@ function captureLog(): RelayLogger & { lines: { level: string; fields: object; m
     warn: (fields, msg) => lines.push({ level: "warn", fields, msg }),
     info: (fields, msg) => lines.push({ level: "info", fields, msg }),
   };
-}
-
-/** One DER element at offset: its tag, where its contents start and where it ends. */
-function readTlv(buf: Buffer, offset: number): { tag: number; start: number; end: number } {
-  const first = buf[offset + 1] ?? 0;
-  let length = first;
-  let start = offset + 2;
-  if (first & 0x80) {
-    length = 0;
-    for (let i = 0; i < (first & 0x7f); i++) length = length * 256 + (buf[start + i] ?? 0);
-    start += first & 0x7f;
-  }
-  return { tag: buf[offset] ?? 0, start, end: start + length };
-}
-
-/** The UTF8String value of one of efs-utils' extensions in a certificate's DER, or undefined. */
-function extensionText(certificate: Buffer, oid: string): string | undefined {
-  const id = der.oid(oid);
-  const at = certificate.indexOf(id);
-  if (at < 0) return undefined;
-  const value = readTlv(certificate, at + id.length);
-  const text = readTlv(certificate, value.start);
-  return certificate.subarray(text.start, text.end).toString("utf8");
 }
 
 interface Seen {
@@ -193,7 +131,7 @@ describe.skipIf(!hasOpenssl)("EFS TLS relay", () => {
       target: { host: "127.0.0.1", port },
       serverName: NAME,
       ca: ca.cert,
-      ...client,
+      identity: () => client,
       log,
       handshakeTimeoutMs: 3_000,
       ...more,

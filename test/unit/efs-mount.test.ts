@@ -150,19 +150,17 @@ describe("efsMountCommand with amazon-efs-utils (mount -t efs)", () => {
   });
 });
 
-describe("efsMountCommand without amazon-efs-utils (mount -t nfs4)", () => {
-  const nfs4 = { efsUtils: false };
+describe("efsMountCommand without amazon-efs-utils, plain NFS (encryptInTransit=false)", () => {
+  const nfs4 = { efsUtils: false, volumeContext: { encryptInTransit: "false" } };
 
   it("mounts the file system's DNS name with AWS's NFS options", () => {
-    expect(args(FS, nfs4)).toEqual([
-      "-t",
-      "nfs4",
-      "-o",
-      NFS,
-      "--",
-      `${FS}.efs.us-east-1.amazonaws.com:/`,
-      TARGET,
-    ]);
+    const c = command(FS, nfs4);
+    expect(c.relay).toBeUndefined();
+    expect(c.args).toEqual(["-t", "nfs4", "-o", NFS, "--", `${FS}.efs.us-east-1.amazonaws.com:/`, TARGET]);
+  });
+
+  it("takes the notls flag for encryptInTransit=false", () => {
+    expect(args(FS, { efsUtils: false, mountFlags: ["notls"] })).toEqual(args(FS, nfs4));
   });
 
   it("mounts a subpath, read-only", () => {
@@ -192,22 +190,85 @@ describe("efsMountCommand without amazon-efs-utils (mount -t nfs4)", () => {
   });
 
   it("mounts a mount-target IP from volumeAttributes, IPv6 in brackets", () => {
-    expect(args(FS, { ...nfs4, volumeContext: { mounttargetip: "10.0.1.5" } }).at(-2)).toBe("10.0.1.5:/");
-    expect(args(FS, { ...nfs4, volumeContext: { mounttargetip: "fd00::5" } }).at(-2)).toBe("[fd00::5]:/");
+    const at = (ip: string) =>
+      args(FS, { efsUtils: false, volumeContext: { encryptInTransit: "false", mounttargetip: ip } });
+    expect(at("10.0.1.5").at(-2)).toBe("10.0.1.5:/");
+    expect(at("fd00::5").at(-2)).toBe("[fd00::5]:/");
   });
 
   it("names China regions' file systems under amazonaws.com.cn", () => {
     expect(fileSystemDnsName(FS, "cn-north-1")).toBe(`${FS}.efs.cn-north-1.amazonaws.com.cn`);
   });
 
-  it("refuses access points and TLS, which need amazon-efs-utils", () => {
-    expect(refusal(`${FS}::${AP}`, nfs4).code).toBe(status.FAILED_PRECONDITION);
-    expect(refusal(FS, { ...nfs4, volumeContext: { encryptInTransit: "true" } }).code).toBe(
+  it("refuses the TLS flags, an access point and efs-utils' own options", () => {
+    for (const flag of ["tls", "iam", "az=us-east-1a"]) {
+      const err = refusal(FS, { ...nfs4, mountFlags: [flag] });
+      expect(err.code).toBe(status.INVALID_ARGUMENT);
+      expect(err.message).toContain(`mount flag ${flag}`);
+    }
+    const ap = refusal(`${FS}::${AP}`, { efsUtils: false, mountFlags: ["notls"] });
+    expect(ap.code).toBe(status.INVALID_ARGUMENT);
+    expect(ap.message).toContain("TLS only");
+  });
+});
+
+describe("efsMountCommand without amazon-efs-utils, TLS through the relay (the default)", () => {
+  const relayed = { efsUtils: false, relayPort: 20123 };
+
+  it("mounts 127.0.0.1 on the relay's port, and says what the relay is for", () => {
+    const c = command(FS, relayed);
+    expect(c.args).toEqual(["-t", "nfs4", "-o", `${NFS},port=20123`, "--", "127.0.0.1:/", TARGET]);
+    expect(c.relay).toEqual({
+      fileSystemId: FS,
+      accessPointId: undefined,
+      mountTargetIp: undefined,
+      az: undefined,
+      iam: false,
+    });
+  });
+
+  it("mounts an access point's subpath read-only, the access point in the relay's certificate", () => {
+    const c = command(`${FS}:/data:${AP}`, { ...relayed, readOnly: true });
+    expect(c.args).toEqual(["-t", "nfs4", "-o", `${NFS},port=20123,ro`, "--", "127.0.0.1:/data", TARGET]);
+    expect(c.relay?.accessPointId).toBe(AP);
+  });
+
+  it("gives iam, az and mounttargetip to the relay, not to the kernel", () => {
+    const c = command(FS, {
+      ...relayed,
+      mountFlags: ["tls", "iam", "az=us-east-1b", "noocsp", "region=us-east-1", "noac"],
+      volumeContext: { mounttargetip: "10.0.1.5" },
+    });
+    expect(c.options).toEqual([...NFS.split(","), "port=20123", "noac"]);
+    expect(c.relay).toEqual({
+      fileSystemId: FS,
+      accessPointId: undefined,
+      mountTargetIp: "10.0.1.5",
+      az: "us-east-1b",
+      iam: true,
+    });
+  });
+
+  it("refuses what only efs-utils does, naming the flag", () => {
+    for (const flag of [
+      "tlsport=20500",
+      "cafile=/x.pem",
+      "awsprofile=p",
+      "ocsp",
+      "netns=/proc/1/ns/net",
+      "verify=0",
+    ]) {
+      const err = refusal(FS, { ...relayed, mountFlags: [flag] });
+      expect(err.code).toBe(status.INVALID_ARGUMENT);
+      expect(err.message).toContain(`mount flag ${flag}`);
+      expect(err.message).toContain("relay takes only");
+    }
+    expect(refusal(FS, { ...relayed, mountFlags: ["region=eu-west-1"] }).message).toContain("node's region");
+    expect(refusal(FS, { ...relayed, mountFlags: ["az=1a"] }).message).toContain("mount flag az=1a");
+    expect(refusal(FS, { ...relayed, mountFlags: ["port=2049"] }).message).toContain("mount flag port");
+    expect(refusal(FS, { ...relayed, volumeContext: { crossaccount: "true" } }).code).toBe(
       status.FAILED_PRECONDITION,
     );
-    const tls = refusal(FS, { ...nfs4, mountFlags: ["tls"] });
-    expect(tls.code).toBe(status.INVALID_ARGUMENT);
-    expect(tls.message).toContain("mount flag tls");
   });
 });
 

@@ -31,6 +31,8 @@ export interface RelayOptions {
   port?: number | undefined;
   /** [lowest, highest excluded]; default EFS_TLS_PORT_RANGE. */
   portRange?: readonly [number, number] | undefined;
+  /** Which ports of the range may be taken (default: any). */
+  acceptPort?: ((port: number) => boolean) | undefined;
   dial: Dial;
   /** Where the relay goes, for log lines: `host:port`. */
   upstream: string;
@@ -44,10 +46,12 @@ export interface TlsRelayOptions extends Omit<RelayOptions, "dial" | "upstream">
   /** The file system's DNS name without an AZ prefix, `fs-<id>.efs.<region>.amazonaws.com`: SNI and the name checked. */
   serverName: string;
   /** The CA certificates (PEM) that the mount target's certificate must chain to: Amazon's roots. */
-  ca: string | Buffer;
-  /** The client certificate (efsClientCertificate) and its private key, PEM. */
-  cert: string | Buffer;
-  key: string | Buffer;
+  ca: string | Buffer | (string | Buffer)[];
+  /**
+   * The client certificate (efsClientCertificate) and its private key, PEM, read at each new
+   * connection: a certificate renewed meanwhile is the one the next handshake presents.
+   */
+  identity: () => { cert: string | Buffer; key: string | Buffer };
 }
 
 export interface RelayStats {
@@ -67,13 +71,18 @@ export interface Relay {
   /** The local port the kernel mounts through. */
   readonly port: number;
   stats(): RelayStats;
+  /**
+   * One connection to the mount target, closed once it is ready (TLS: the handshake and the
+   * certificate checks passed). Rejects with the reason it was refused (refusalReason).
+   */
+  probe(): Promise<void>;
   /** Stops listening and ends every open connection. */
   close(): Promise<void>;
 }
 
 /** A relay to an EFS mount target over TLS, checked as efs-utils checks it: see the module comment. */
 export function startTlsRelay(options: TlsRelayOptions): Promise<Relay> {
-  const { target, serverName, ca, cert, key } = options;
+  const { target, serverName, ca, identity } = options;
   const port = target.port ?? EFS_NFS_PORT;
   const dial: Dial = () => ({
     socket: tlsConnect({
@@ -82,8 +91,7 @@ export function startTlsRelay(options: TlsRelayOptions): Promise<Relay> {
       servername: serverName,
       minVersion: "TLSv1.2",
       ca,
-      cert,
-      key,
+      ...identity(),
       rejectUnauthorized: true,
       // The target is often an IP address: the name to check is the file system's, as efs-utils' checkHost.
       checkServerIdentity: (_host, peer) => checkServerIdentity(serverName, peer),
@@ -107,11 +115,17 @@ export async function startRelay(options: RelayOptions): Promise<Relay> {
   };
   // pauseOnConnect: nothing is read from the kernel before the mount target is ready to take it.
   const server = createServer({ pauseOnConnect: true, noDelay: true }, (client) => relay(client, context));
-  const port = await listenInRange(server, options.port, options.portRange ?? EFS_TLS_PORT_RANGE);
+  const port = await listenInRange(
+    server,
+    options.port,
+    options.portRange ?? EFS_TLS_PORT_RANGE,
+    options.acceptPort ?? (() => true),
+  );
   options.log.info({ port, upstream: options.upstream }, "relay listening");
   return {
     port,
     stats: () => ({ ...stats }),
+    probe: () => probe(context),
     close: () =>
       new Promise<void>((resolve) => {
         server.close(() => resolve());
@@ -185,6 +199,26 @@ function relay(client: Socket, context: ConnectionContext): void {
   });
 }
 
+function probe(context: ConnectionContext): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const { socket, ready } = context.dial();
+    const timer = setTimeout(
+      () => socket.destroy(new RelayTimeout(context.handshakeTimeoutMs)),
+      context.handshakeTimeoutMs,
+    );
+    socket.once(ready, () => {
+      clearTimeout(timer);
+      socket.destroy();
+      resolve();
+    });
+    socket.once("error", (err: NodeJS.ErrnoException) => {
+      clearTimeout(timer);
+      socket.destroy();
+      reject(new Error(`${context.upstream}: ${refusalReason(err)}`));
+    });
+  });
+}
+
 /** The handshake did not finish in time: a mount target that accepts TCP but does not speak TLS, or a stall. */
 class RelayTimeout extends Error {
   readonly code = "ERR_RELAY_HANDSHAKE_TIMEOUT";
@@ -240,6 +274,7 @@ async function listenInRange(
   server: Server,
   port: number | undefined,
   range: readonly [number, number],
+  accept: (port: number) => boolean,
 ): Promise<number> {
   if (port !== undefined) {
     await listen(server, port).catch((err: NodeJS.ErrnoException) => {
@@ -251,7 +286,8 @@ async function listenInRange(
   if (!(Number.isInteger(lowest) && Number.isInteger(end) && lowest > 0 && lowest < end && end <= 65_536)) {
     throw new Error(`the relay port range ${lowest}..${end} is not a range of TCP ports (lowest < end)`);
   }
-  for (const candidate of shuffled(lowest, end)) {
+  const candidates = shuffled(lowest, end).filter(accept);
+  for (const candidate of candidates) {
     try {
       await listen(server, candidate);
       return boundPort(server);
@@ -263,7 +299,7 @@ async function listenInRange(
     }
   }
   throw new Error(
-    `no free port for the EFS TLS relay on 127.0.0.1: all ${end - lowest} ports ${lowest}..${end - 1} are taken`,
+    `no free port for the EFS TLS relay on 127.0.0.1: all ${candidates.length} usable ports of ${lowest}..${end - 1} are taken`,
   );
 }
 
