@@ -1,9 +1,12 @@
 /**
- * csi-sanity against the EFS driver, controller and node (--mode all), on one machine: the fake
- * AWS with one file system, a fake IMDS for the node, and the test-only mount.efs (the machine has
- * no NFS client) at /sbin/mount.efs. The driver runs its production `mount -t efs` commands, and
- * deletes access points' root directories (--delete-access-point-root-dir), so DeleteVolume mounts
- * the file system too. Needs root for the node specs; without it only the controller is served.
+ * csi-sanity against the EFS driver, controller and node (--mode all), on one machine, as the
+ * project's image runs it: without amazon-efs-utils, every volume mounted with TLS through the
+ * driver's own relay. The fake AWS has one file system; a fake IMDS serves the node; the machine has
+ * no NFS client, so the test-only mount.nfs4 and TLS stand-ins for the mount targets (on their
+ * addresses, put on lo) are the edge (test/harness/efs-tls-target.ts). The driver runs its
+ * production `mount -t nfs4 ... 127.0.0.1:/path` commands, and deletes access points' root
+ * directories (--delete-access-point-root-dir), so DeleteVolume mounts the file system too. Needs
+ * root for the node specs; without it only the controller is served.
  */
 import { spawn } from "node:child_process";
 import { readFile, writeFile } from "node:fs/promises";
@@ -15,12 +18,13 @@ export async function runEfsSanity(extraArgs: string[]): Promise<number> {
   const root = process.getuid?.() === 0;
   if (!root)
     console.log(
-      "not root: the node specs need mounts (and /sbin/mount.efs): serving the EFS controller only",
+      "not root: the node specs need mounts (and /sbin/mount.nfs4, addresses on lo): serving the EFS controller only",
     );
   const mode = root ? "all" : "controller";
   const env = await startEfsEnv({
     mode,
-    mountHelper: root,
+    mountHelper: false,
+    tls: root,
     extraArgs: root ? ["--delete-access-point-root-dir"] : [],
   });
   try {
@@ -31,7 +35,9 @@ export async function runEfsSanity(extraArgs: string[]): Promise<number> {
         "\n",
       ),
     );
-    console.log(`csi-sanity against the EFS driver (--mode ${mode}, file system ${env.fileSystemId})`);
+    console.log(
+      `csi-sanity against the EFS driver (--mode ${mode}, file system ${env.fileSystemId}${root ? ", TLS through the driver's relay" : ""})`,
+    );
     const junit = join(env.dir, "junit.xml");
     const { code, summary } = await runStreaming(csiSanityBinary(), [
       `--csi.endpoint=unix://${env.socketPath}`,

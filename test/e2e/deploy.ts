@@ -25,6 +25,8 @@ export interface DeployContext {
   byIdDir: string;
   /** The official EBS driver's binary (scripts/e2e-build.sh), for flavor "official". */
   officialBinary?: string;
+  /** More flags for this driver's EFS processes (the test's mount targets' CA). */
+  efsArgs?: string[];
 }
 
 /** One installed driver: its processes, in the order they started. */
@@ -76,8 +78,8 @@ export async function deployEfs(ctx: DeployContext): Promise<Deployment> {
     driver: EFS,
     label: "efs",
     sidecars: EFS_SIDECARS,
-    controller: (socket) => ours(ctx, "efs", "controller", socket),
-    node: (socket) => ours(ctx, "efs", "node", socket),
+    controller: (socket) => ours(ctx, "efs", "controller", socket, ctx.efsArgs),
+    node: (socket) => ours(ctx, "efs", "node", socket, ctx.efsArgs),
   });
 }
 

@@ -12,8 +12,8 @@ if (skip) console.warn(`e2e skipped: ${skip}`);
 
 describe.skipIf(skip)("EFS on a real cluster", () => {
   const { env, diagnoseOnFailure, waitFor, waitRunning, exec, waitGone, volumeOf } = useE2e({ ebs: false });
-  /** This file's environment has EFS: its file system and the test's mount.efs are there. */
-  const efs = () => ({ fileSystemId: env.fileSystemId!, helper: env.efsHelper! });
+  /** This file's environment has EFS: its file system and the edge of its TLS mounts are there. */
+  const efs = () => ({ fileSystemId: env.fileSystemId!, ...env.efsEdge! });
   const accessPoints = async () =>
     (await env.aws.efs.send(new DescribeAccessPointsCommand({ FileSystemId: efs().fileSystemId })))
       .AccessPoints ?? [];
@@ -58,6 +58,18 @@ describe.skipIf(skip)("EFS on a real cluster", () => {
       "from the writer",
       "and the reader",
     ]);
+    // Both pods' mounts went through the node plugin's TLS relay: 127.0.0.1 on a relay port, and
+    // the mount target saw the file system and access point in the client certificate.
+    const mounts = (await efs().mountNfs4.calls()).filter((c) => c.target.includes(pvName));
+    expect(mounts).toHaveLength(2);
+    for (const m of mounts) {
+      expect(m.source).toBe("127.0.0.1:/");
+      expect(m.options).toContainEqual(expect.stringMatching(/^port=(2[0-9]{4})$/));
+    }
+    expect(efs().targets.connections.filter((c) => c.accessPointId === accessPointId && c.path)).toEqual([
+      expect.objectContaining({ fileSystemId: fs, serverName: `${fs}.efs.${env.aws.region}.amazonaws.com` }),
+      expect.objectContaining({ fileSystemId: fs }),
+    ]);
 
     await env.kubectl(["delete", "pod", "writer", "reader", "--wait=true"]);
     await env.kubectl(["delete", "pvc", "shared", "--wait=true"]);
@@ -90,8 +102,8 @@ describe.skipIf(skip)("EFS on a real cluster", () => {
       pod("static", `echo static-data > /data/static-file && sync && ${SLEEP_FOREVER}`, { claim: "static" }),
     );
     await waitRunning("static");
-    // What the pod wrote is in the file system (the directory the test's mount.efs serves it from).
-    const served = join(efs().helper.fileSystemDir(efs().fileSystemId), "static-file");
+    // What the pod wrote is in the file system (the directory the mount target serves it from).
+    const served = join(efs().root, efs().fileSystemId, "static-file");
     await waitFor(
       "the file in the file system",
       async () =>

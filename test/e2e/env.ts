@@ -7,7 +7,8 @@ import { run } from "../../src/host/exec.ts";
 import { type AttachSim, createAttachSim } from "../harness/attach-sim.ts";
 import { type Cleanups, REPO_ROOT, runAll } from "../harness/driver-process.ts";
 import { unmountUnder, wireAttachSimulation } from "../harness/ebs-env.ts";
-import { type FakeEfsMountHelper, installFakeEfsMountHelper } from "../harness/efs-mount-helper.ts";
+import { type InstalledHelper, installFakeMountNfs4 } from "../harness/efs-mount-helper.ts";
+import { type EfsTlsTargets, startEfsTlsTargets } from "../harness/efs-tls-target.ts";
 import { type FakeAws, startFakeAws } from "../harness/fake-aws.ts";
 import { startImds } from "../harness/imds.ts";
 import { type Cluster, startCluster } from "./cluster.ts";
@@ -73,7 +74,12 @@ export interface E2eEnv {
   efs: Deployment | undefined;
   /** With EFS: the file system the cluster's StorageClasses and static PVs use. */
   fileSystemId: string | undefined;
-  efsHelper: FakeEfsMountHelper | undefined;
+  /**
+   * With EFS: the edge of the node's TLS mounts (this driver's relay, as the image runs it): the
+   * test's mount.nfs4, the mount targets' TLS stand-ins, and where they serve file system fs-x
+   * from (`${root}/fs-x`).
+   */
+  efsEdge: { mountNfs4: InstalledHelper; targets: EfsTlsTargets; root: string } | undefined;
   kubectl: Cluster["kubectl"];
   /** kubectl apply of objects given as JavaScript values. */
   apply(...objects: object[]): Promise<void>;
@@ -108,14 +114,21 @@ export async function startE2e(options: E2eOptions = {}): Promise<E2eEnv> {
     cleanups.unshift(() => sim.cleanup());
     wireAttachSimulation(aws, sim, instanceId);
 
-    // EFS: a file system with mount targets, and the test-only mount.efs (the one simulated piece:
-    // it bind-mounts a directory standing in for the NFS export, see test/harness/fake-mount-efs.ts).
+    // EFS: a file system with mount targets. The node mounts it through this driver's TLS relay (no
+    // efs-utils, as in the image); what the machine lacks is simulated at the edge: the test's
+    // mount.nfs4 and TLS stand-ins for the mount targets (test/harness/efs-tls-target.ts).
     const withEfs = options.efs !== false;
     const fileSystemId = withEfs ? await aws.createFileSystem() : undefined;
-    const efsHelper = withEfs
-      ? await installFakeEfsMountHelper({ endpoint: aws.endpoint, region: aws.region, dir: join(dir, "efs") })
-      : undefined;
-    if (efsHelper) cleanups.unshift(() => efsHelper.uninstall());
+    let efsEdge: E2eEnv["efsEdge"];
+    if (fileSystemId) {
+      const root = join(dir, "efs", "file-systems");
+      await mkdir(root, { recursive: true });
+      const targets = await startEfsTlsTargets({ aws, fileSystemId, root, dir: join(dir, "efs") });
+      cleanups.unshift(() => targets.stop());
+      const mountNfs4 = await installFakeMountNfs4(join(dir, "efs"));
+      cleanups.unshift(() => mountNfs4.uninstall());
+      efsEdge = { mountNfs4, targets, root };
+    }
 
     // The official driver finds disks under /dev/disk/by-id: the node shows the simulation's links there.
     const cluster = await startCluster({ dir: join(dir, "cluster"), bin: BIN, diskLinks: byIdDir });
@@ -161,6 +174,9 @@ export async function startE2e(options: E2eOptions = {}): Promise<E2eEnv> {
       instanceId,
       byIdDir,
       ...(existsSync(OFFICIAL_BINARY) ? { officialBinary: OFFICIAL_BINARY } : {}),
+      ...(efsEdge
+        ? { efsArgs: ["--efs-mount-helper=none", `--efs-tls-ca-file=${efsEdge.targets.caFile}`] }
+        : {}),
     };
     const ebs = options.ebs === false ? undefined : await deployEbs(deployContext, options.ebs ?? "ours");
     const efs = withEfs ? await deployEfs(deployContext) : undefined;
@@ -175,7 +191,7 @@ export async function startE2e(options: E2eOptions = {}): Promise<E2eEnv> {
       ebs,
       efs,
       fileSystemId,
-      efsHelper,
+      efsEdge,
       kubectl,
       apply,
       get: async (kind, name) =>
