@@ -40,16 +40,17 @@ if [ ! -f "$(go env GOMODCACHE)/github.com/container-storage-interface/spec@$CSI
   go mod download "github.com/container-storage-interface/spec@$CSI_SPEC_VERSION"
 fi
 
+# The node's tools, and for the EFS TLS tests openssl (a test CA) and ip (mount target addresses on lo).
 missing=()
-for tool in mkfs.ext4 mkfs.xfs xfs_growfs resize2fs blkid losetup blockdev; do
+for tool in mkfs.ext4 mkfs.xfs xfs_growfs resize2fs blkid losetup blockdev openssl ip; do
   command -v "$tool" >/dev/null || missing+=("$tool")
 done
 if [ ${#missing[@]} -gt 0 ]; then
   step "host tools (missing: ${missing[*]})"
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq xfsprogs e2fsprogs util-linux >/dev/null
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq xfsprogs e2fsprogs util-linux openssl iproute2 >/dev/null
   else
-    echo "cannot install ${missing[*]}: run as root on Debian/Ubuntu, or install xfsprogs e2fsprogs util-linux" >&2
+    echo "cannot install ${missing[*]}: run as root on Debian/Ubuntu, or install xfsprogs e2fsprogs util-linux openssl iproute2" >&2
   fi
 fi
 
