@@ -72,7 +72,12 @@ async function serve(options: Options): Promise<void> {
   const http = options.httpEndpoint
     ? await serveMetrics(metrics, options.httpEndpoint.host, options.httpEndpoint.port)
     : undefined;
-  if (http) log.info({ endpoint: options.httpEndpoint }, "serving /metrics");
+  if (http) {
+    // The port bound, which port 0 leaves to the kernel.
+    const address = http.address();
+    const port = typeof address === "object" && address ? address.port : options.httpEndpoint?.port;
+    log.info({ endpoint: { host: options.httpEndpoint?.host, port } }, "serving /metrics");
+  }
   setTimeout(collectStartupGarbage, STARTUP_GC_DELAY_MS).unref();
 
   let stopping = false;

@@ -218,6 +218,8 @@ export interface EfsEnvOptions {
   certificateName?: string;
   /** With TLS: give the driver the mount targets' CA (default: true). */
   trustTargets?: boolean;
+  /** With TLS: the mount targets speak plain TCP, not TLS. */
+  plainTargets?: boolean;
   /** Flags for node itself, e.g. ["--expose-gc"] (memory tests). */
   nodeArgs?: string[];
   /** More environment for the driver process. */
@@ -278,6 +280,7 @@ export async function startEfsEnv(options: EfsEnvOptions = {}): Promise<EfsEnv> 
         root,
         dir,
         ...(options.certificateName ? { certificateName: options.certificateName } : {}),
+        ...(options.plainTargets ? { plain: true } : {}),
       });
       cleanups.unshift(() => targets.stop());
       const mountNfs4 = await installFakeMountNfs4(dir);

@@ -9,8 +9,9 @@
 // from its certificate (efs-utils' extensions: file system, access point, iam) and answers `OK
 // <local directory>` or `ERR <what mount.nfs4 would print>`.
 
+import { createServer as createTcpServer, type Server as NetServer } from "node:net";
 import type { TLSSocket } from "node:tls";
-import { createServer as createTlsServer, type Server } from "node:tls";
+import { createServer as createTlsServer } from "node:tls";
 import { DescribeMountTargetsCommand, EFSClient } from "@aws-sdk/client-efs";
 import { EFS_EXTENSION } from "../../src/efs/tls/client-certificate.ts";
 import { run } from "../../src/host/exec.ts";
@@ -50,6 +51,8 @@ export interface EfsTlsTargetsOptions {
   dir: string;
   /** A certificate for another name than the file system's (to see it refused). */
   certificateName?: string;
+  /** Plain TCP servers that close what they cannot read, as an NFS server without TLS would. */
+  plain?: boolean;
 }
 
 export async function startEfsTlsTargets(o: EfsTlsTargetsOptions): Promise<EfsTlsTargets> {
@@ -64,7 +67,7 @@ export async function startEfsTlsTargets(o: EfsTlsTargetsOptions): Promise<EfsTl
     credentials: { accessKeyId: "testing", secretAccessKey: "testing" },
   });
   const connections: TargetConnection[] = [];
-  const servers: Server[] = [];
+  const servers: NetServer[] = [];
   const open = new Set<TLSSocket>();
   const addresses: string[] = [];
   const stop = async () => {
@@ -85,9 +88,14 @@ export async function startEfsTlsTargets(o: EfsTlsTargetsOptions): Promise<EfsTl
       }
       await run("ip", ["addr", "add", `${address}/32`, "dev", "lo"]);
       addresses.push(address);
-      const server = createTlsServer({ ...pem, requestCert: true, rejectUnauthorized: false }, (socket) =>
-        serve(socket, address),
-      );
+      const server = o.plain
+        ? createTcpServer((socket) => {
+            socket.on("error", () => {});
+            socket.once("data", () => socket.destroy());
+          })
+        : createTlsServer({ ...pem, requestCert: true, rejectUnauthorized: false }, (socket) =>
+            serve(socket, address),
+          );
       servers.push(server);
       await new Promise<void>((resolve, reject) => {
         server.once("error", reject);

@@ -65,8 +65,17 @@ describe.skipIf(skip)("EFS with TLS through the driver's relay (driver process, 
   const tls = () => env.tls!;
 
   beforeAll(async () => {
-    env = await startEfsEnv({ tls: true, mode: "node" });
+    env = await startEfsEnv({ tls: true, mode: "node", extraArgs: ["--http-endpoint=127.0.0.1:0"] });
   }, 900_000);
+
+  /** A series of the driver's /metrics (the port it logged), or undefined when it has none. */
+  const metric = async (series: string) => {
+    const line = env.driver.stderr.split("\n").find((l) => l.includes('"serving /metrics"'));
+    const port = (JSON.parse(line!) as { endpoint: { port: number } }).endpoint.port;
+    const text = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
+    const found = text.split("\n").find((l) => l.startsWith(`${series} `));
+    return found === undefined ? undefined : Number(found.slice(series.length + 1));
+  };
   afterAll(async () => {
     await env?.stop();
   });
@@ -105,9 +114,25 @@ describe.skipIf(skip)("EFS with TLS through the driver's relay (driver process, 
     expect(await tls().mountNfs4.calls()).toHaveLength(calls.length);
     expect(await findMountsAt(target)).toHaveLength(1);
 
+    // The relay's figures: one mount; two connections (the mount helper's, and the look above at
+    // whether the port listens); the bytes both ways.
+    const fs = `file_system="${env.fileSystemId}"`;
+    expect(await metric(`aws_efs_csi_tls_relay_mounts{${fs}}`)).toBe(1);
+    expect(await metric(`aws_efs_csi_tls_relay_connections_total{${fs}}`)).toBe(2);
+    expect(await metric(`aws_efs_csi_tls_relay_bytes_total{${fs},direction="to_server"}`)).toBe(
+      "MOUNT /\n".length,
+    );
+    expect(await metric(`aws_efs_csi_tls_relay_bytes_total{${fs},direction="from_server"}`)).toBeGreaterThan(
+      3,
+    );
+    expect(await metric(`aws_efs_csi_tls_relay_refused_total{${fs}}`)).toBe(0);
+
     await unpublish(env.fileSystemId, target);
     expect(await findMountsAt(target)).toEqual([]);
     expect(await listening(port)).toBe(false);
+    // The relay is gone; what it carried stays counted.
+    expect(await metric(`aws_efs_csi_tls_relay_mounts{${fs}}`)).toBe(0);
+    expect(await metric(`aws_efs_csi_tls_relay_connections_total{${fs}}`)).toBe(2);
   });
 
   it("puts the access point in the certificate, and signs for iam (an odd port)", async () => {
@@ -166,6 +191,7 @@ describe.skipIf(skip)(
         "not for the file system's name",
       ],
       ["a CA the driver does not trust", { trustTargets: false }, "does not chain to a trusted CA"],
+      ["a mount target that does not speak TLS", { plainTargets: true }, "did not complete a TLS handshake"],
     ] as const) {
       it(what, async () => {
         const env = await startEfsEnv({ tls: true, mode: "node", ...options });
