@@ -27,8 +27,9 @@ LABEL org.opencontainers.image.title="aws-storage-csi" \
 
 # What the node plugin runs on the host: mount/umount/findmnt and blkid (mount, util-linux),
 # mkfs/fsck/resize for ext4 and xfs (e2fsprogs, xfsprogs), the NVMe serial of an EBS volume
-# (nvme-cli), NFS 4.1 mounts for EFS (nfs-common: mount.nfs4). Debian has no efs-utils package,
-# so EFS is mounted with plain NFS. Versions are not pinned: Debian's security updates replace
+# (nvme-cli), NFS 4.1 mounts for EFS (nfs-common: mount.nfs4). Debian has no efs-utils package:
+# EFS is encrypted in transit by the driver's own TLS relay, in the node plugin's process, which
+# the kernel mounts through as 127.0.0.1 (README: Encryption in transit). Versions are not pinned: Debian's security updates replace
 # them in place, and a pinned version would vanish from the archive and break the build.
 # npm and corepack are removed: the runtime needs neither, and a privileged container should
 # carry as little as it can.

@@ -961,9 +961,10 @@ describe("IAM policies", () => {
         /aws:ResourceTag\/efs\.csi\.aws\.com\/cluster.*"aws:TagKeys":\["efs\.csi\.aws\.com\/capacity-bytes"\]/,
       ),
     ]);
-    // The EFS node reads an access point's capacity for volume stats, and nothing else.
+    // The EFS node reads an access point's capacity for volume stats, and a file system's mount
+    // targets when the file system's DNS name does not resolve (its TLS relay), and nothing else.
     expect(actionsOf(policy("efs-node-policy.json").Statement)).toEqual(
-      new Set(["elasticfilesystem:DescribeAccessPoints"]),
+      new Set(["elasticfilesystem:DescribeAccessPoints", "elasticfilesystem:DescribeMountTargets"]),
     );
   });
 });
