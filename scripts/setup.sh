@@ -26,6 +26,31 @@ if [ ! -x .cache/venv/bin/moto_server ]; then
   .cache/venv/bin/pip install --quiet --disable-pip-version-check 'moto[server]==5.2.1'
 fi
 
+# LocalStack in host mode, the second fake AWS (test/harness/localstack.ts): localstack-core 4.14.0,
+# the last release without an auth token, with its dependencies as they were at its release
+# (test/harness/localstack-constraints.txt; today's newest break it). It needs Python 3.12 or newer.
+ls_hash=$(sha256sum test/harness/localstack-constraints.txt | cut -d' ' -f1)
+if [ ! -x .cache/localstack/bin/python ] || [ "$(cat .cache/localstack.stamp 2>/dev/null)" != "$ls_hash" ]; then
+  ls_python=""
+  for candidate in python3.13 python3.12 "$HOME"/.pyenv/versions/3.13*/bin/python3 "$HOME"/.pyenv/versions/3.12*/bin/python3; do
+    if command -v "$candidate" >/dev/null 2>&1 &&
+      "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 12))' 2>/dev/null; then
+      ls_python=$candidate
+      break
+    fi
+  done
+  if [ -n "$ls_python" ]; then
+    step "LocalStack 4.14.0 (host mode) into .cache/localstack, with $ls_python"
+    rm -rf .cache/localstack
+    "$ls_python" -m venv .cache/localstack
+    .cache/localstack/bin/pip install --quiet --disable-pip-version-check \
+      -c test/harness/localstack-constraints.txt 'localstack-core[base-runtime]==4.14.0' 'moto-ext[ec2]'
+    echo "$ls_hash" > .cache/localstack.stamp
+  else
+    echo "no Python 3.12 or newer: LocalStack (AWS_FAKE=localstack) is not installed, its stage will fail" >&2
+  fi
+fi
+
 CSI_SANITY_VERSION=v5.6.0
 if [ ! -x .cache/bin/csi-sanity ] || [ "$(cat .cache/csi-sanity.stamp 2>/dev/null)" != "$CSI_SANITY_VERSION" ]; then
   step "csi-sanity $CSI_SANITY_VERSION"

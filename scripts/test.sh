@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: setup, lint, typecheck, build, every vitest test (unit and
 # integration, against moto and real loop devices), csi-sanity for both drivers against the
-# build, then the e2e scenarios on a real cluster (test/e2e). Every stage runs even when an
+# build, the EBS tests and csi-sanity again against LocalStack, then the e2e scenarios on a real
+# cluster (test/e2e). Every stage runs even when an
 # earlier one failed, and prints its duration; the last line sums up all tests that ran.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -46,16 +47,30 @@ stage vitest npx vitest run --reporter=default --reporter=json --outputFile.json
 count_vitest .cache/reports/vitest.json
 
 # csi-sanity drives the bundle the build stage made (dist/main.js), as the image runs it: the
-# vitest stage ran the TypeScript sources, this proves what ships.
-for driver in ebs efs; do
-  log=.cache/reports/sanity-$driver.log
-  stage "csi-sanity $driver" bash -c "set -o pipefail; DRIVER_MAIN=$PWD/dist/main.js npm run --silent sanity -- $driver 2>&1 | tee $log"
+# vitest stage ran the TypeScript sources, this proves what ships. Usage: sanity NAME DRIVER LOG [ENV=...]
+sanity() {
+  local name=$1 driver=$2 log=.cache/reports/$3.log
+  shift 3
+  stage "$name" bash -c "set -o pipefail; env $* DRIVER_MAIN=$PWD/dist/main.js npm run --silent sanity -- $driver 2>&1 | tee $log"
   counts=$(sed 's/\x1b\[[0-9;]*m//g' "$log" | grep -Eo '[0-9]+ Passed \| [0-9]+ Failed \| [0-9]+ Pending \| [0-9]+ Skipped' | tail -1)
   if [ -n "$counts" ]; then
     read -r p _ _ f _ _ _ _ _ s _ <<<"$counts"
     passed=$((passed + p)) failed=$((failed + f)) skipped=$((skipped + s))
   fi
-done
+}
+sanity "csi-sanity ebs" ebs sanity-ebs
+sanity "csi-sanity efs" efs sanity-efs
+
+# The EBS tests that talk to EC2, and csi-sanity for EBS, once more against the second fake AWS:
+# LocalStack in host mode (test/harness/localstack.ts). EFS is not among its free services.
+localstack_timeout=${LOCALSTACK_TIMEOUT:-900}
+rm -f .cache/reports/vitest-localstack.json
+stage "vitest (LocalStack)" timeout --kill-after=30 "$localstack_timeout" env AWS_FAKE=localstack \
+  npx vitest run test/integration/ebs-controller.test.ts test/integration/ebs-snapshots.test.ts \
+  test/integration/ebs-node.test.ts test/integration/ebs-volume-health.test.ts \
+  --reporter=default --reporter=json --outputFile.json=.cache/reports/vitest-localstack.json
+count_vitest .cache/reports/vitest-localstack.json
+sanity "csi-sanity ebs (LocalStack)" ebs sanity-ebs-localstack AWS_FAKE=localstack
 
 # The real cluster (test/e2e): builds its components first (minutes cold, seconds warm; bounded by
 # E2E_BUILD_TIMEOUT), then runs the scenarios.

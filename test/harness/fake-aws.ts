@@ -17,6 +17,7 @@ import {
   EFSClient,
 } from "@aws-sdk/client-efs";
 import { type FaultProxy, startFaultProxy } from "./fault-proxy.ts";
+import { localStackMissing, startLocalStack } from "./localstack.ts";
 import { startMoto } from "./moto.ts";
 
 export const FAKE_CREDENTIALS = { accessKeyId: "testing", secretAccessKey: "testing" };
@@ -55,23 +56,45 @@ export class FakeAwsUnavailable extends Error {
   override name = "FakeAwsUnavailable";
 }
 
+/** Which fake AWS (AWS_FAKE): moto (default), LocalStack in host mode, or LocalStack in a container. */
+export function fakeKind(): "moto" | "localstack" | "localstack-container" {
+  const kind = process.env["AWS_FAKE"] ?? "moto";
+  if (kind === "moto" || kind === "localstack" || kind === "localstack-container") return kind;
+  throw new Error(`AWS_FAKE=${kind}: expected moto, localstack or localstack-container`);
+}
+
 interface Backend {
   url: string;
+  /** Whether it serves EFS (LocalStack's free services do not). */
+  efs: boolean;
+  /** The account of the fake credentials (moto's fixed one; LocalStack's default). */
+  account: string;
   reset(): Promise<void>;
   stop(): Promise<void>;
 }
 
 export async function startFakeAws(options: FakeAwsOptions = {}): Promise<FakeAws> {
   const region = options.region ?? "us-east-1";
-  const backend = process.env["AWS_FAKE"] === "localstack" ? await startLocalStack() : await startMoto();
+  const kind = fakeKind();
+  const backend =
+    kind === "localstack"
+      ? await startLocalStackHost()
+      : kind === "localstack-container"
+        ? await startLocalStackContainer()
+        : { ...(await startMoto()), efs: true, account: "123456789012" };
   const direct = { region, endpoint: backend.url, credentials: FAKE_CREDENTIALS };
   const ec2 = new EC2Client(direct);
   const efs = new EFSClient(direct);
   // moto loads a service on its first call (EC2 takes seconds): pay that here, not in a timed test.
   await stoppingOnFailure(backend, () =>
-    Promise.all([ec2.send(new DescribeVolumesCommand({})), efs.send(new DescribeFileSystemsCommand({}))]),
+    Promise.all([
+      ec2.send(new DescribeVolumesCommand({})),
+      backend.efs ? efs.send(new DescribeFileSystemsCommand({})) : undefined,
+    ]),
   );
-  const proxy = await stoppingOnFailure(backend, () => startFaultProxy({ target: backend.url }));
+  const proxy = await stoppingOnFailure(backend, () =>
+    startFaultProxy({ target: backend.url, account: backend.account }),
+  );
 
   return {
     endpoint: proxy.url,
@@ -118,6 +141,8 @@ export async function startFakeAws(options: FakeAwsOptions = {}): Promise<FakeAw
       return instanceId;
     },
     async createFileSystem({ mountTargetZones = [`${region}a`, `${region}b`] } = {}) {
+      if (!backend.efs)
+        throw new FakeAwsUnavailable(`AWS_FAKE=${kind} serves no EFS (not among LocalStack's free services)`);
       const answer = await efs.send(
         new CreateFileSystemCommand({
           CreationToken: randomUUID(),
@@ -166,8 +191,15 @@ interface ContainerBuilder {
   start(): Promise<{ getHost(): string; getMappedPort(port: number): number; stop(): Promise<unknown> }>;
 }
 
+/** LocalStack from PyPI as a process on this machine (test/harness/localstack.ts). */
+async function startLocalStackHost(): Promise<Backend> {
+  const missing = localStackMissing();
+  if (missing) throw new FakeAwsUnavailable(`AWS_FAKE=localstack cannot run: ${missing}`);
+  return { ...(await startLocalStack()), efs: false, account: "000000000000" };
+}
+
 // Untested here (no Docker engine): the LocalStack image needs an auth token and Docker.
-async function startLocalStack(): Promise<Backend> {
+async function startLocalStackContainer(): Promise<Backend> {
   const authToken = process.env["LOCALSTACK_AUTH_TOKEN"];
   const testcontainers = await importOptional<Testcontainers>("testcontainers");
   const reasons = [
@@ -178,7 +210,7 @@ async function startLocalStack(): Promise<Backend> {
       : "the npm package testcontainers is not installed (npm install -D testcontainers)",
   ].filter((reason) => reason !== undefined);
   if (!testcontainers || !authToken || reasons.length > 0) {
-    throw new FakeAwsUnavailable(`AWS_FAKE=localstack cannot run: ${reasons.join("; ")}`);
+    throw new FakeAwsUnavailable(`AWS_FAKE=localstack-container cannot run: ${reasons.join("; ")}`);
   }
   const container = await new testcontainers.GenericContainer("localstack/localstack-pro")
     .withEnvironment({ LOCALSTACK_AUTH_TOKEN: authToken, SERVICES: "ec2,efs" })
@@ -188,6 +220,8 @@ async function startLocalStack(): Promise<Backend> {
   const url = `http://${container.getHost()}:${container.getMappedPort(4566)}`;
   return {
     url,
+    efs: true,
+    account: "000000000000",
     async reset() {
       const response = await fetch(`${url}/_localstack/state/reset`, { method: "POST" });
       if (!response.ok) throw new Error(`LocalStack reset failed: HTTP ${response.status}`);

@@ -109,8 +109,13 @@ interface Incoming {
   body: Buffer;
 }
 
-export async function startFaultProxy(options: { target: string }): Promise<FaultProxy> {
+export async function startFaultProxy(options: {
+  target: string;
+  /** The account the fake gives the fake credentials: what EC2 means by owner "self". */
+  account: string;
+}): Promise<FaultProxy> {
   const target = new URL(options.target);
+  const { account } = options;
   const faults = defaultFaults();
   const hooks: Hooks = {};
   const counts = new Map<string, number>();
@@ -162,8 +167,11 @@ export async function startFaultProxy(options: { target: string }): Promise<Faul
       if (!call.params.has("Owner.1")) return showPending(await forward(target, incoming), snapshots);
       // Filtered by moto itself (owner-id), not after it: its answer with every built-in AMI
       // snapshot is megabytes, and ListSnapshots asks for it on every call.
-      const body = Buffer.from(ownersAsFilter(call.params).toString());
-      return showPending(onlyOwners(await forward(target, { ...incoming, body }), call.params), snapshots);
+      const body = Buffer.from(ownersAsFilter(call.params, account).toString());
+      return showPending(
+        onlyOwners(await forward(target, { ...incoming, body }), call.params, account),
+        snapshots,
+      );
     }
     if (call.service === "ec2" && call.action === "EnableFastSnapshotRestores") {
       return enableFastSnapshotRestores(call.params, await regionZones(target, incoming), snapshots);
@@ -384,15 +392,12 @@ function showEfsStates(action: string, response: WireResponse, states: Map<strin
   return { ...response, body: Buffer.from(JSON.stringify(body)) };
 }
 
-/** The account moto gives the fake credentials: what EC2 means by owner "self". */
-const MOTO_ACCOUNT = "123456789012";
-
-/** Owner.N (which moto ignores) as the filter owner-id (which it applies), "self" as moto's account. */
-function ownersAsFilter(params: URLSearchParams): URLSearchParams {
+/** Owner.N (which moto ignores) as the filter owner-id (which it applies), "self" as the account. */
+function ownersAsFilter(params: URLSearchParams, account: string): URLSearchParams {
   const out = new URLSearchParams();
   const owners: string[] = [];
   for (const [name, value] of params) {
-    if (/^Owner\.\d+$/.test(name)) owners.push(value === "self" ? MOTO_ACCOUNT : value);
+    if (/^Owner\.\d+$/.test(name)) owners.push(value === "self" ? account : value);
     else out.append(name, value);
   }
   let n = 1;
@@ -405,16 +410,16 @@ function ownersAsFilter(params: URLSearchParams): URLSearchParams {
 }
 
 /**
- * DescribeSnapshots with OwnerIds: moto ignores them and answers every snapshot it holds, among
+ * DescribeSnapshots with OwnerIds: moto (LocalStack's EC2 too) ignores them and answers every snapshot it holds, among
  * them thousands of its built-in AMIs' snapshots owned by others. EC2 answers only the owners asked
  * for ("self": the caller's account), so the proxy leaves the others out.
  */
-function onlyOwners(response: WireResponse, params: URLSearchParams): WireResponse {
+function onlyOwners(response: WireResponse, params: URLSearchParams, account: string): WireResponse {
   if (response.status !== 200) return response;
   const owners = new Set<string>();
   for (let n = 1; params.has(`Owner.${n}`); n++) {
     const owner = params.get(`Owner.${n}`) ?? "";
-    owners.add(owner === "self" ? MOTO_ACCOUNT : owner);
+    owners.add(owner === "self" ? account : owner);
   }
   const xml = response.body.toString();
   const open = xml.indexOf("<snapshotSet>");

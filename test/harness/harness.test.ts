@@ -1,10 +1,12 @@
 import { setTimeout as sleep } from "node:timers/promises";
 import {
   AttachVolumeCommand,
+  CreateSnapshotCommand,
   CreateVolumeCommand,
   type CreateVolumeCommandInput,
   DeleteVolumeCommand,
   DescribeInstancesCommand,
+  DescribeSnapshotsCommand,
   DescribeVolumesCommand,
   DetachVolumeCommand,
   EC2Client,
@@ -20,6 +22,7 @@ import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import { FAKE_CREDENTIALS, type FakeAws, FakeAwsUnavailable, HARNESS_TAG, startFakeAws } from "./fake-aws.ts";
 import { defaultFaults } from "./fault-proxy.ts";
 import { type Imds, startImds } from "./imds.ts";
+import { localStackMissing } from "./localstack.ts";
 import { startMoto } from "./moto.ts";
 import { createThrottle } from "./throttle.ts";
 
@@ -428,9 +431,9 @@ describe("fixtures", () => {
     expect(await aws.createFileSystem()).toMatch(/^fs-[0-9a-f]+$/);
   });
 
-  it("AWS_FAKE=localstack without its prerequisites throws FakeAwsUnavailable saying why", async () => {
+  it("AWS_FAKE=localstack-container without its prerequisites throws FakeAwsUnavailable saying why", async () => {
     const saved = { mode: process.env["AWS_FAKE"], token: process.env["LOCALSTACK_AUTH_TOKEN"] };
-    process.env["AWS_FAKE"] = "localstack";
+    process.env["AWS_FAKE"] = "localstack-container";
     delete process.env["LOCALSTACK_AUTH_TOKEN"];
     try {
       const error = await errorOf(startFakeAws());
@@ -442,6 +445,57 @@ describe("fixtures", () => {
       if (saved.token !== undefined) process.env["LOCALSTACK_AUTH_TOKEN"] = saved.token;
     }
   }, 30_000);
+});
+
+const localStackSkip = localStackMissing();
+if (localStackSkip) console.log(`LocalStack harness test skipped: ${localStackSkip}`);
+
+describe.skipIf(localStackSkip)("AWS_FAKE=localstack (host mode)", () => {
+  const withFake = async <T>(kind: string, body: () => Promise<T>): Promise<T> => {
+    const saved = process.env["AWS_FAKE"];
+    process.env["AWS_FAKE"] = kind;
+    try {
+      return await body();
+    } finally {
+      if (saved === undefined) delete process.env["AWS_FAKE"];
+      else process.env["AWS_FAKE"] = saved;
+    }
+  };
+
+  it("serves EC2 behind the fault proxy, answers DescribeSnapshots' OwnerIds as EC2 does, and reset empties it", async () => {
+    const aws = await withFake("localstack", () => startFakeAws());
+    try {
+      const { VolumeId } = await aws.ec2.send(
+        new CreateVolumeCommand({ AvailabilityZone: "us-east-1a", Size: 1 }),
+      );
+      const { SnapshotId } = await aws.ec2.send(new CreateSnapshotCommand({ VolumeId }));
+      // Through the proxy: only the account's own snapshots (LocalStack, like moto, answers all).
+      const ec2 = new EC2Client({
+        region: aws.region,
+        endpoint: aws.endpoint,
+        credentials: FAKE_CREDENTIALS,
+      });
+      const own = await ec2.send(new DescribeSnapshotsCommand({ OwnerIds: ["self"] }));
+      ec2.destroy();
+      expect(own.Snapshots?.map((x) => x.SnapshotId)).toEqual([SnapshotId]);
+      await expect(aws.createFileSystem()).rejects.toBeInstanceOf(FakeAwsUnavailable);
+      await aws.reset();
+      expect((await aws.ec2.send(new DescribeVolumesCommand({}))).Volumes ?? []).toEqual([]);
+    } finally {
+      await aws.stop();
+    }
+  }, 120_000);
+});
+
+it("AWS_FAKE other than moto, localstack or localstack-container is refused, naming them", async () => {
+  const saved = process.env["AWS_FAKE"];
+  process.env["AWS_FAKE"] = "docker";
+  try {
+    expect((await errorOf(startFakeAws())).message).toMatch(/moto, localstack or localstack-container/);
+  } finally {
+    if (saved === undefined) delete process.env["AWS_FAKE"];
+    else process.env["AWS_FAKE"] = saved;
+  }
 });
 
 describe("IMDS", () => {
