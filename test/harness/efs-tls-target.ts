@@ -28,6 +28,8 @@ export interface TargetConnection {
   iam: boolean;
   /** The TLS server name the client asked for (SNI). */
   serverName: string | undefined;
+  /** The client certificate's serial number (hex): a renewed certificate has another. */
+  certificateSerial: string | undefined;
   /** The MOUNT request's path, if one came. */
   path?: string;
 }
@@ -115,6 +117,7 @@ export async function startEfsTlsTargets(o: EfsTlsTargetsOptions): Promise<EfsTl
       accessPointId: peer && extensionText(peer.raw, EFS_EXTENSION.accessPoint),
       iam: peer !== undefined && hasExtension(peer.raw, EFS_EXTENSION.clientAuth),
       serverName: (socket as TLSSocket & { servername?: string | false }).servername || undefined,
+      certificateSerial: peer?.serialNumber,
     };
     connections.push(seen);
     open.add(socket);

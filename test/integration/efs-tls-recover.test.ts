@@ -190,6 +190,30 @@ describe.skipIf(skip)("EFS TLS relays recovered from the mount table after a res
     expect(relays.totals()).toEqual([expect.objectContaining({ fileSystemId, relays: 1, connections: 2 })]);
   });
 
+  it("presents a new client certificate to connections after each renewal", async () => {
+    await relays?.closeAll();
+    relays = new TlsMounts({
+      region: aws.region,
+      zone: `${aws.region}a`,
+      log: createLogger("silent"),
+      resolve: async () => targets.addresses[0],
+      extraCa: targets.ca.cert,
+      version: "test",
+      renewEveryMs: 300,
+    });
+    const target = volumeDir("pod-r", "pv-renewed");
+    const port = await relays.open({ fileSystemId, iam: false }, target);
+    expect(await reconnect(port, "/")).toMatch(/^OK /);
+    const first = targets.connections.at(-1)!.certificateSerial;
+    await new Promise((resolve) => setTimeout(resolve, 1000));
+    expect(await reconnect(port, "/")).toMatch(/^OK /);
+    const second = targets.connections.at(-1)!.certificateSerial;
+    expect(first).toBeDefined();
+    expect(second).toBeDefined();
+    expect(second).not.toBe(first);
+    await relays.close(target);
+  });
+
   it("leaves a mount it cannot serve again to its NFS client, and serves the others", async () => {
     await relays?.closeAll();
     const gone = volumeDir("pod-e", "pv-gone");

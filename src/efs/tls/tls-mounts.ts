@@ -69,7 +69,7 @@ const RESOLVE_TIMEOUT_MS = 5_000;
 interface Entry {
   spec: TlsMountSpec;
   relay: Relay;
-  identity: { cert: string; key: string };
+  /** Makes the client certificate again (renewEveryMs). */
   renewal: NodeJS.Timeout;
 }
 
@@ -113,14 +113,14 @@ export class TlsMounts {
     }
     if (existing) await this.close(targetPath);
     const host = await this.#mountTarget(spec);
-    const identity = await this.#identity(spec);
-    const entry: Partial<Entry> = { spec, identity };
+    // The certificate the next connection presents: renewed below.
+    let identity = await this.#identity(spec);
     const log = this.#o.log.child({ fileSystemId: spec.fileSystemId, targetPath });
     const relay = await startTlsRelay({
       target: { host },
       serverName: fileSystemDnsName(spec.fileSystemId, this.#o.region),
       ca: this.#ca,
-      identity: () => entry.identity!,
+      identity: () => identity,
       log,
       ...(port !== undefined ? { port } : { portRange: this.#o.portRange ?? EFS_TLS_PORT_RANGE }),
       acceptPort: port !== undefined ? undefined : (p) => p % 2 === (spec.iam ? 1 : 0),
@@ -137,7 +137,7 @@ export class TlsMounts {
     const renewal = setInterval(() => {
       this.#identity(spec).then(
         (fresh) => {
-          entry.identity = fresh;
+          identity = fresh;
         },
         (err: unknown) =>
           log.warn(
@@ -147,7 +147,7 @@ export class TlsMounts {
       );
     }, this.#o.renewEveryMs ?? RENEW_EVERY_MS);
     renewal.unref();
-    this.#relays.set(targetPath, { spec, identity, relay, renewal });
+    this.#relays.set(targetPath, { spec, relay, renewal });
     return relay.port;
   }
 
