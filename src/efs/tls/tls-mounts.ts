@@ -58,10 +58,12 @@ export interface TlsMountsOptions {
   resolve?: (name: string) => Promise<string | undefined>;
 }
 
-/** The roots efs-utils trusts (its efs-utils.crt: Amazon Root CA 1 to 4), from Node's bundled store. */
-const AMAZON_ROOTS = rootCertificates.filter((pem) =>
-  /(^|\n)O=Amazon(\n|$)/.test(new X509Certificate(pem).subject),
-);
+/**
+ * The roots efs-utils trusts (its efs-utils.crt: Amazon Root CA 1 to 4), from Node's bundled store.
+ * Picked out at the first TLS mount, not at start-up: parsing the store takes milliseconds.
+ */
+const amazonRoots = (): string[] =>
+  rootCertificates.filter((pem) => /(^|\n)O=Amazon(\n|$)/.test(new X509Certificate(pem).subject));
 const RENEW_EVERY_MS = 60 * 60_000;
 /** How long a DNS lookup of the file system's name may take before the API is asked instead. */
 const RESOLVE_TIMEOUT_MS = 5_000;
@@ -89,7 +91,7 @@ export interface TlsFileSystemTotals extends Omit<RelayStats, "active"> {
 
 export class TlsMounts {
   readonly #o: TlsMountsOptions;
-  readonly #ca: string[];
+  #ca: string[] | undefined;
   /** By target path: the mount each relay serves. */
   readonly #relays = new Map<string, Entry>();
   /** What closed relays carried, by file system: the metrics' counters never go down. */
@@ -98,7 +100,6 @@ export class TlsMounts {
 
   constructor(options: TlsMountsOptions) {
     this.#o = options;
-    this.#ca = [...AMAZON_ROOTS, ...(options.extraCa ? [options.extraCa] : [])];
   }
 
   /**
@@ -119,7 +120,7 @@ export class TlsMounts {
     const relay = await startTlsRelay({
       target: { host },
       serverName: fileSystemDnsName(spec.fileSystemId, this.#o.region),
-      ca: this.#ca,
+      ca: this.#trusted(),
       identity: () => identity,
       log,
       ...(port !== undefined ? { port } : { portRange: this.#o.portRange ?? EFS_TLS_PORT_RANGE }),
@@ -149,6 +150,12 @@ export class TlsMounts {
     renewal.unref();
     this.#relays.set(targetPath, { spec, relay, renewal });
     return relay.port;
+  }
+
+  /** Amazon's roots, and the extra CA if one was given. */
+  #trusted(): string[] {
+    this.#ca ??= [...amazonRoots(), ...(this.#o.extraCa ? [this.#o.extraCa] : [])];
+    return this.#ca;
   }
 
   /** Stops the relay of the mount at targetPath, if there is one (the mount is gone). */
