@@ -7,7 +7,7 @@ import { existsSync } from "node:fs";
 import { mkdir } from "node:fs/promises";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { freePort } from "./moto.ts";
+import { freePort, terminate } from "./moto.ts";
 
 const REPO_ROOT = fileURLToPath(new URL("../../", import.meta.url));
 export const LOCALSTACK_PYTHON = join(REPO_ROOT, ".cache", "localstack", "bin", "python");
@@ -100,7 +100,7 @@ async function launch(port: number): Promise<Running> {
   child.stderr?.on("data", keep);
   const stop = async () => {
     process.off("exit", killOnExit);
-    await terminate(child);
+    await terminate(child, STOP_TIMEOUT_MS);
   };
   try {
     await waitHealthy(`http://127.0.0.1:${port}`, child, () => output);
@@ -127,13 +127,4 @@ async function waitHealthy(url: string, child: ChildProcess, output: () => strin
     await new Promise((resolve) => setTimeout(resolve, 200));
   }
   throw new Error(`LocalStack did not become healthy on ${url} within ${START_TIMEOUT_MS} ms:\n${output()}`);
-}
-
-async function terminate(child: ChildProcess): Promise<void> {
-  if (child.exitCode !== null || child.signalCode !== null) return;
-  const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()));
-  child.kill("SIGTERM");
-  const timer = setTimeout(() => child.kill("SIGKILL"), STOP_TIMEOUT_MS);
-  await exited;
-  clearTimeout(timer);
 }

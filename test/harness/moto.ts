@@ -160,11 +160,12 @@ async function waitUntilAnswering(
   throw new Error(`moto server did not answer within ${START_TIMEOUT_MS} ms:\n${output()}`);
 }
 
-async function terminate(child: ChildProcess): Promise<void> {
+/** SIGTERM, SIGKILL after graceMs; resolves once the process has exited. */
+export async function terminate(child: ChildProcess, graceMs = STOP_TIMEOUT_MS): Promise<void> {
   if (child.exitCode !== null || child.signalCode !== null) return;
   const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()));
   child.kill("SIGTERM");
-  const timer = setTimeout(() => child.kill("SIGKILL"), STOP_TIMEOUT_MS);
+  const timer = setTimeout(() => child.kill("SIGKILL"), graceMs);
   await exited;
   clearTimeout(timer);
 }
