@@ -456,7 +456,8 @@ async function mountDeadServer(target: string): Promise<() => Promise<void>> {
   const fuse = openSync("/dev/fuse", "r+");
   const mount = spawnSync(
     "mount",
-    ["-t", "fuse", "-o", "fd=3,rootmode=40000,user_id=0,group_id=0", "dead-efs-server", target],
+    // -i: the kernel itself, not a mount.fuse helper (fuse3 installs one that would run the source).
+    ["-i", "-t", "fuse", "-o", "fd=3,rootmode=40000,user_id=0,group_id=0", "dead-efs-server", target],
     { stdio: ["ignore", "pipe", "pipe", fuse], timeout: 10_000 },
   );
   if (mount.status !== 0) {
