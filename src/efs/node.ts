@@ -16,7 +16,6 @@ import {
   alreadyExists,
   asInternal,
   CsiError,
-  failedPrecondition,
   notFound,
   permissionDenied,
   unavailable,
@@ -57,7 +56,7 @@ import type { Efs } from "./cloud.ts";
 import { parseVolumeHandle, tryParseVolumeHandle, type VolumeHandle } from "./handle.ts";
 import { EFS_MOUNT_HELPER, type EfsMountInput, efsMountCommand, mountMismatch } from "./mount.ts";
 import { recordedCapacity } from "./tags.ts";
-import type { TlsMounts } from "./tls/tls-mounts.ts";
+import { relayedMountCommand, type TlsMounts } from "./tls/tls-mounts.ts";
 import { measureUsage } from "./usage-walk.ts";
 import { VolumeUsageTracker } from "./volume-usage.ts";
 
@@ -219,7 +218,7 @@ export class EfsNode {
       efsUtils: this.#o.efsHelperPath !== undefined && (await isExecutable(this.#o.efsHelperPath)),
       region: this.#o.region,
     };
-    let command = efsMountCommand(input, targetPath);
+    const command = efsMountCommand(input, targetPath);
 
     const existing = (await findMountsAt(targetPath)).at(-1);
     if (existing) {
@@ -232,20 +231,14 @@ export class EfsNode {
       return {};
     }
 
-    if (command.relay) {
-      const { tlsMounts } = this.#o;
-      if (!tlsMounts)
-        throw failedPrecondition("this node plugin runs no TLS relay: it cannot mount EFS with TLS");
-      // Checked before anything is made: a mount target that refuses TLS fails here, named.
-      const relayPort = await tlsMounts.open(command.relay, targetPath);
-      command = efsMountCommand({ ...input, relayPort }, targetPath);
-    }
+    // Before anything is made: a mount target that refuses TLS fails here, named.
+    const mount = await relayedMountCommand(input, targetPath, this.#o.tlsMounts);
     await makeDirectories(targetPath).catch(async (err: unknown) => {
       await this.#o.tlsMounts?.close(targetPath);
       throw asInternal(err, `creating target_path ${targetPath}`);
     });
     try {
-      await run("mount", command.args, { timeoutMs: this.#o.mountTimeoutMs });
+      await run("mount", mount.args, { timeoutMs: this.#o.mountTimeoutMs });
     } catch (err) {
       await this.#o.tlsMounts?.close(targetPath);
       // A concurrent call removed the directory between its creation and the mount (kubelet never
@@ -259,10 +252,9 @@ export class EfsNode {
       await bounded(`rmdir ${targetPath}`, () => rmdir(targetPath)).catch(() => undefined);
       throw mountError(err, volumeId, handle, targetPath);
     }
-    if (command.dropped.length > 0)
-      ctx.log.warn({ volumeId, dropped: command.dropped }, "mount flags ignored");
+    if (mount.dropped.length > 0) ctx.log.warn({ volumeId, dropped: mount.dropped }, "mount flags ignored");
     ctx.log.info(
-      { volumeId, targetPath, fsType: command.fsType, source: command.source, options: command.options },
+      { volumeId, targetPath, fsType: mount.fsType, source: mount.source, options: mount.options },
       "published",
     );
     this.#startStats(volumeId, handle, targetPath);

@@ -14,8 +14,8 @@ import { run } from "../host/exec.ts";
 import { findMountsAt, unmountAll } from "../host/mounts.ts";
 import type { Logger } from "../log.ts";
 import type { DeleteRootDirectory } from "./controller.ts";
-import { type EfsMountInput, efsMountCommand } from "./mount.ts";
-import type { TlsMounts } from "./tls/tls-mounts.ts";
+import type { EfsMountInput } from "./mount.ts";
+import { relayedMountCommand, type TlsMounts } from "./tls/tls-mounts.ts";
 
 export interface RootDirectoryDeletionOptions {
   /** The region of the file systems, for their DNS names when mounting with plain NFS. */
@@ -54,13 +54,7 @@ export function createRootDirectoryDeletion(o: RootDirectoryDeletionOptions): De
     const mountDir = await mkdtemp(join(o.tmpDir ?? tmpdir(), `efs-root-${fileSystemId}-`));
     let failure: unknown;
     try {
-      let command = efsMountCommand(input, mountDir);
-      if (command.relay) {
-        if (!o.tlsMounts)
-          throw failedPrecondition("this plugin runs no TLS relay: it cannot mount EFS with TLS");
-        const relayPort = await o.tlsMounts.open(command.relay, mountDir);
-        command = efsMountCommand({ ...input, relayPort }, mountDir);
-      }
+      const command = await relayedMountCommand(input, mountDir, o.tlsMounts);
       await run("mount", command.args, { timeoutMs });
       // Deleting below an unmounted directory would delete nothing, but say so rather than succeed.
       if ((await findMountsAt(mountDir)).length === 0) {

@@ -19,7 +19,7 @@ import type { MountEntry } from "../../host/mounts.ts";
 import type { Logger } from "../../log.ts";
 import { type Efs, isEfsError } from "../cloud.ts";
 import { tryParseVolumeHandle } from "../handle.ts";
-import { fileSystemDnsName } from "../mount.ts";
+import { type EfsMountCommand, type EfsMountInput, efsMountCommand, fileSystemDnsName } from "../mount.ts";
 import { efsClientCertificate, type IamCredentials } from "./client-certificate.ts";
 import { EFS_TLS_PORT_RANGE, type Relay, type RelayStats, startTlsRelay } from "./relay.ts";
 
@@ -311,6 +311,23 @@ export class TlsMounts {
     });
     return { cert: certificate.pem, key: key.export({ type: "pkcs8", format: "pem" }).toString() };
   }
+}
+
+/**
+ * The mount command for input at target. For a TLS mount without efs-utils, the relay it goes
+ * through is opened first (a mount target that fails the checks fails here, named) and its port is
+ * in the command; the caller closes it if the mount fails.
+ */
+export async function relayedMountCommand(
+  input: EfsMountInput,
+  target: string,
+  tlsMounts: TlsMounts | undefined,
+): Promise<EfsMountCommand> {
+  const command = efsMountCommand(input, target);
+  if (!command.relay) return command;
+  if (!tlsMounts) throw failedPrecondition("this plugin runs no TLS relay: it cannot mount EFS with TLS");
+  const relayPort = await tlsMounts.open(command.relay, target);
+  return efsMountCommand({ ...input, relayPort }, target);
 }
 
 /** The local port of an NFS mount through a relay (server 127.0.0.1), or undefined for any other mount. */
