@@ -96,6 +96,22 @@ if [ ${#e2e_missing[@]} -gt 0 ]; then
   fi
 fi
 
+# The tests' container runtime (test/containers): podman serves testcontainers, buildah and
+# mmdebstrap build the fake AWS images (there is no registry), slirp4netns maps their ports.
+ct_missing=()
+for tool in podman buildah mmdebstrap slirp4netns; do
+  command -v "$tool" >/dev/null || ct_missing+=("$tool")
+done
+if [ ${#ct_missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    step "container runtime (missing: ${ct_missing[*]})"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+      podman buildah mmdebstrap slirp4netns uidmap >/dev/null
+  else
+    echo "the container tests need ${ct_missing[*]}: as root on Debian, apt-get install podman buildah mmdebstrap slirp4netns uidmap" >&2
+  fi
+fi
+
 if [ -x scripts/install-deploy-tools.sh ]; then
   scripts/install-deploy-tools.sh
 fi

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: setup, lint, typecheck, build, every vitest test (unit and
 # integration, against moto and real loop devices), csi-sanity for both drivers against the
-# build, the EBS tests and csi-sanity again against LocalStack, then the e2e scenarios on a real
+# build, the EBS tests and csi-sanity again against LocalStack, a smoke test of the fake AWS in
+# containers (testcontainers on podman), then the e2e scenarios on a real
 # cluster (test/e2e). Every stage runs even when an
 # earlier one failed, and prints its duration; the last line sums up all tests that ran.
 set -uo pipefail
@@ -71,6 +72,26 @@ stage "vitest (LocalStack)" timeout --kill-after=30 "$localstack_timeout" env AW
   --reporter=default --reporter=json --outputFile.json=.cache/reports/vitest-localstack.json
 count_vitest .cache/reports/vitest-localstack.json
 sanity "csi-sanity ebs (LocalStack)" ebs sanity-ebs-localstack AWS_FAKE=localstack
+
+# The fake AWS in containers started by testcontainers (AWS_FAKE=container), on the tests' own
+# podman: moto's and LocalStack's images built here first (minutes cold, seconds warm), then a
+# smoke test through each (test/containers).
+containers_timeout=${CONTAINERS_TIMEOUT:-1500}
+rm -f .cache/reports/vitest-containers.json
+run_containers() {
+  if [ "$(id -u)" != 0 ]; then
+    echo "containers: skipped: not root (the tests' podman runs rootful on its own store)"
+    return 0
+  fi
+  timeout --kill-after=30 "$containers_timeout" bash -c 'node test/containers/images.ts &&
+    npx vitest run --config test/containers/vitest.config.ts \
+      --reporter=default --reporter=json --outputFile.json=.cache/reports/vitest-containers.json'
+  local rc=$?
+  [ $rc -eq 124 ] && echo "containers: out of time after ${containers_timeout}s (CONTAINERS_TIMEOUT)" >&2
+  return $rc
+}
+stage "containers (testcontainers + podman)" run_containers
+count_vitest .cache/reports/vitest-containers.json
 
 # The real cluster (test/e2e): builds its components first (minutes cold, seconds warm; bounded by
 # E2E_BUILD_TIMEOUT), then runs the scenarios.

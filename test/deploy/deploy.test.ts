@@ -730,9 +730,12 @@ describe("Dockerfile", () => {
         return { from, sources: paths.slice(0, -1), dest: paths.at(-1)! };
       });
 
-  it("passes hadolint", (ctx) => {
+  it("passes hadolint, and so do the test images' Dockerfiles", (ctx) => {
     need(ctx, "hadolint");
-    const r = run(tools.hadolint!, [join(ROOT, "Dockerfile")]);
+    const testImages = ["moto", "localstack"].map((name) =>
+      join(ROOT, "test", "containers", name, "Dockerfile"),
+    );
+    const r = run(tools.hadolint!, [join(ROOT, "Dockerfile"), ...testImages]);
     expect(r.status, output(r)).toBe(0);
   });
 

@@ -8,7 +8,7 @@ import { releaseUnusedReadOnlyDevices } from "../../src/host/readonly-block.ts";
 import { type AttachSim, createAttachSim } from "./attach-sim.ts";
 import type { CsiClient } from "./csi-client.ts";
 import { type DriverProcess, runAll, startDriverWithClient } from "./driver-process.ts";
-import { type FakeAws, startFakeAws } from "./fake-aws.ts";
+import { type FakeAws, type FakeAwsOptions, startFakeAws } from "./fake-aws.ts";
 import { type Imds, startImds } from "./imds.ts";
 
 export interface EbsEnvOptions {
@@ -22,6 +22,8 @@ export interface EbsEnvOptions {
   nodeArgs?: string[];
   /** More environment for the driver process. */
   env?: Record<string, string>;
+  /** Which fake AWS (default: AWS_FAKE, else moto). */
+  fake?: FakeAwsOptions;
 }
 
 /** A whole EBS setup on one machine: fake AWS, fake IMDS, simulated attach, the driver process. */
@@ -47,7 +49,7 @@ export async function startEbsEnv(options: EbsEnvOptions): Promise<EbsEnv> {
   const dir = await mkdtemp(join(tmpdir(), "ebs-env-"));
   const byIdDir = join(dir, "by-id");
   await mkdir(byIdDir);
-  const aws = await startFakeAws();
+  const aws = await startFakeAws(options.fake);
   const cleanups: (() => Promise<unknown>)[] = [
     () => aws.stop(),
     () => rm(dir, { recursive: true, force: true }),

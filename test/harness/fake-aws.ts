@@ -1,8 +1,6 @@
-// One fake AWS for a test file: moto (or LocalStack) behind the fault proxy, plus direct clients
+// One fake AWS for a test file: moto (or LocalStack, as a process or in a container) behind the fault proxy, plus direct clients
 // for assertions and helpers for the fixtures every test needs.
-import { execFile } from "node:child_process";
 import { randomUUID } from "node:crypto";
-import { promisify } from "node:util";
 import {
   type _InstanceType,
   DescribeSubnetsCommand,
@@ -16,6 +14,12 @@ import {
   DescribeFileSystemsCommand,
   EFSClient,
 } from "@aws-sdk/client-efs";
+import {
+  ContainerRuntimeUnavailable,
+  fakeImageName,
+  startContainerFake,
+} from "../containers/fake-container.ts";
+import type { FakeImageName } from "../containers/images.ts";
 import { type FaultProxy, startFaultProxy } from "./fault-proxy.ts";
 import { localStackMissing, startLocalStack } from "./localstack.ts";
 import { startMoto } from "./moto.ts";
@@ -27,6 +31,10 @@ export const FAKE_AMI = "ami-12c6146b";
 
 export interface FakeAwsOptions {
   region?: string;
+  /** Default: AWS_FAKE, else moto. */
+  kind?: FakeKind;
+  /** For kind container. Default: AWS_FAKE_IMAGE, else moto. */
+  image?: FakeImageName;
 }
 
 export interface FakeAws {
@@ -56,11 +64,16 @@ export class FakeAwsUnavailable extends Error {
   override name = "FakeAwsUnavailable";
 }
 
-/** Which fake AWS (AWS_FAKE): moto (default), LocalStack in host mode, or LocalStack in a container. */
-export function fakeKind(): "moto" | "localstack" | "localstack-container" {
+export type FakeKind = "moto" | "localstack" | "container";
+
+/**
+ * Which fake AWS (AWS_FAKE): moto as a process (default), LocalStack as a process (host mode), or
+ * either in a container started by testcontainers (image: AWS_FAKE_IMAGE, moto or localstack).
+ */
+export function fakeKind(): FakeKind {
   const kind = process.env["AWS_FAKE"] ?? "moto";
-  if (kind === "moto" || kind === "localstack" || kind === "localstack-container") return kind;
-  throw new Error(`AWS_FAKE=${kind}: expected moto, localstack or localstack-container`);
+  if (kind === "moto" || kind === "localstack" || kind === "container") return kind;
+  throw new Error(`AWS_FAKE=${kind}: expected moto, localstack or container`);
 }
 
 interface Backend {
@@ -75,12 +88,12 @@ interface Backend {
 
 export async function startFakeAws(options: FakeAwsOptions = {}): Promise<FakeAws> {
   const region = options.region ?? "us-east-1";
-  const kind = fakeKind();
+  const kind = options.kind ?? fakeKind();
   const backend =
     kind === "localstack"
       ? await startLocalStackHost()
-      : kind === "localstack-container"
-        ? await startLocalStackContainer()
+      : kind === "container"
+        ? await startContainer(options.image ?? fakeImageName())
         : { ...(await startMoto()), efs: true, account: "123456789012" };
   const direct = { region, endpoint: backend.url, credentials: FAKE_CREDENTIALS };
   const ec2 = new EC2Client(direct);
@@ -178,17 +191,16 @@ async function stoppingOnFailure<T>(backend: Backend, step: () => Promise<T>): P
   }
 }
 
-/** The part of the optional testcontainers package used here. */
-interface Testcontainers {
-  GenericContainer: new (image: string) => ContainerBuilder;
-  Wait: { forHttp(path: string, port: number): unknown };
-}
-
-interface ContainerBuilder {
-  withEnvironment(env: Record<string, string>): ContainerBuilder;
-  withExposedPorts(...ports: number[]): ContainerBuilder;
-  withWaitStrategy(strategy: unknown): ContainerBuilder;
-  start(): Promise<{ getHost(): string; getMappedPort(port: number): number; stop(): Promise<unknown> }>;
+/** moto's or LocalStack's image, through testcontainers (test/containers/fake-container.ts). */
+async function startContainer(image: FakeImageName): Promise<Backend> {
+  try {
+    return await startContainerFake(image);
+  } catch (error) {
+    if (error instanceof ContainerRuntimeUnavailable) {
+      throw new FakeAwsUnavailable(`AWS_FAKE=container cannot run: ${error.message}`);
+    }
+    throw error;
+  }
 }
 
 /** LocalStack from PyPI as a process on this machine (test/harness/localstack.ts). */
@@ -196,55 +208,4 @@ async function startLocalStackHost(): Promise<Backend> {
   const missing = localStackMissing();
   if (missing) throw new FakeAwsUnavailable(`AWS_FAKE=localstack cannot run: ${missing}`);
   return { ...(await startLocalStack()), efs: false, account: "000000000000" };
-}
-
-// Untested here (no Docker engine): the LocalStack image needs an auth token and Docker.
-async function startLocalStackContainer(): Promise<Backend> {
-  const authToken = process.env["LOCALSTACK_AUTH_TOKEN"];
-  const testcontainers = await importOptional<Testcontainers>("testcontainers");
-  const reasons = [
-    authToken ? undefined : "LOCALSTACK_AUTH_TOKEN is not set (the LocalStack image requires an auth token)",
-    (await dockerAnswers()) ? undefined : "`docker info` failed: no Docker engine is reachable",
-    testcontainers
-      ? undefined
-      : "the npm package testcontainers is not installed (npm install -D testcontainers)",
-  ].filter((reason) => reason !== undefined);
-  if (!testcontainers || !authToken || reasons.length > 0) {
-    throw new FakeAwsUnavailable(`AWS_FAKE=localstack-container cannot run: ${reasons.join("; ")}`);
-  }
-  const container = await new testcontainers.GenericContainer("localstack/localstack-pro")
-    .withEnvironment({ LOCALSTACK_AUTH_TOKEN: authToken, SERVICES: "ec2,efs" })
-    .withExposedPorts(4566)
-    .withWaitStrategy(testcontainers.Wait.forHttp("/_localstack/health", 4566))
-    .start();
-  const url = `http://${container.getHost()}:${container.getMappedPort(4566)}`;
-  return {
-    url,
-    efs: true,
-    account: "000000000000",
-    async reset() {
-      const response = await fetch(`${url}/_localstack/state/reset`, { method: "POST" });
-      if (!response.ok) throw new Error(`LocalStack reset failed: HTTP ${response.status}`);
-    },
-    async stop() {
-      await container.stop();
-    },
-  };
-}
-
-async function importOptional<T>(name: string): Promise<T | undefined> {
-  try {
-    return (await import(name)) as T;
-  } catch {
-    return undefined;
-  }
-}
-
-async function dockerAnswers(): Promise<boolean> {
-  try {
-    await promisify(execFile)("docker", ["info"], { timeout: 15_000 });
-    return true;
-  } catch {
-    return false;
-  }
 }

@@ -431,20 +431,24 @@ describe("fixtures", () => {
     expect(await aws.createFileSystem()).toMatch(/^fs-[0-9a-f]+$/);
   });
 
-  it("AWS_FAKE=localstack-container without its prerequisites throws FakeAwsUnavailable saying why", async () => {
-    const saved = { mode: process.env["AWS_FAKE"], token: process.env["LOCALSTACK_AUTH_TOKEN"] };
-    process.env["AWS_FAKE"] = "localstack-container";
-    delete process.env["LOCALSTACK_AUTH_TOKEN"];
+  it("AWS_FAKE_IMAGE other than moto or localstack is refused, naming them", async () => {
+    const saved = { kind: process.env["AWS_FAKE"], image: process.env["AWS_FAKE_IMAGE"] };
+    process.env["AWS_FAKE"] = "container";
+    process.env["AWS_FAKE_IMAGE"] = "motoserver";
     try {
-      const error = await errorOf(startFakeAws());
-      expect(error).toBeInstanceOf(FakeAwsUnavailable);
-      expect(error.message).toMatch(/LOCALSTACK_AUTH_TOKEN is not set/);
+      expect((await errorOf(startFakeAws())).message).toMatch(
+        /AWS_FAKE_IMAGE=motoserver: expected moto or localstack/,
+      );
     } finally {
-      if (saved.mode === undefined) delete process.env["AWS_FAKE"];
-      else process.env["AWS_FAKE"] = saved.mode;
-      if (saved.token !== undefined) process.env["LOCALSTACK_AUTH_TOKEN"] = saved.token;
+      for (const [name, value] of [
+        ["AWS_FAKE", saved.kind],
+        ["AWS_FAKE_IMAGE", saved.image],
+      ] as const) {
+        if (value === undefined) delete process.env[name];
+        else process.env[name] = value;
+      }
     }
-  }, 30_000);
+  });
 });
 
 const localStackSkip = localStackMissing();
@@ -487,11 +491,11 @@ describe.skipIf(localStackSkip)("AWS_FAKE=localstack (host mode)", () => {
   }, 120_000);
 });
 
-it("AWS_FAKE other than moto, localstack or localstack-container is refused, naming them", async () => {
+it("AWS_FAKE other than moto, localstack or container is refused, naming them", async () => {
   const saved = process.env["AWS_FAKE"];
   process.env["AWS_FAKE"] = "docker";
   try {
-    expect((await errorOf(startFakeAws())).message).toMatch(/moto, localstack or localstack-container/);
+    expect((await errorOf(startFakeAws())).message).toMatch(/moto, localstack or container/);
   } finally {
     if (saved === undefined) delete process.env["AWS_FAKE"];
     else process.env["AWS_FAKE"] = saved;
