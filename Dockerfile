@@ -15,7 +15,9 @@ RUN npm ci --ignore-scripts --no-audit --no-fund
 COPY scripts/build.ts scripts/
 COPY proto/ proto/
 COPY src/ src/
-RUN node scripts/build.ts
+# The source maps stay out of the image (5.8 of the bundle's 8 MiB): nothing at run time reads
+# them, and no stack trace reaches a caller. The license notices (*.LEGAL.txt) ship.
+RUN node scripts/build.ts && find dist -name '*.map' -delete
 
 # --- runtime ---------------------------------------------------------------------------
 FROM ${NODE_IMAGE}

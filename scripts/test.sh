@@ -2,7 +2,8 @@
 # The whole test suite, as CI runs it: setup, lint, typecheck, build, every vitest test (unit and
 # integration, against moto and real loop devices), csi-sanity for both drivers against the
 # build, the EBS tests and csi-sanity again against LocalStack, a smoke test of the fake AWS in
-# containers (testcontainers on podman), then the e2e scenarios on a real
+# containers (testcontainers on podman) and checks of the driver's image built from the
+# Dockerfile, then the e2e scenarios on a real
 # cluster (test/e2e). Every stage runs even when an
 # earlier one failed, and prints its duration; the last line sums up all tests that ran.
 set -uo pipefail
@@ -73,9 +74,10 @@ stage "vitest (LocalStack)" timeout --kill-after=30 "$localstack_timeout" env AW
 count_vitest .cache/reports/vitest-localstack.json
 sanity "csi-sanity ebs (LocalStack)" ebs sanity-ebs-localstack AWS_FAKE=localstack
 
-# The fake AWS in containers started by testcontainers (AWS_FAKE=container), on the tests' own
-# podman: moto's and LocalStack's images built here first (minutes cold, seconds warm), then a
-# smoke test through each (test/containers).
+# Images on the tests' own podman (test/containers): moto's and LocalStack's, and the driver's
+# from the Dockerfile as shipped, built here first (minutes cold, seconds warm); then a smoke test
+# of the fake AWS in containers started by testcontainers (AWS_FAKE=container) and the checks of
+# the driver's image.
 containers_timeout=${CONTAINERS_TIMEOUT:-1500}
 rm -f .cache/reports/vitest-containers.json
 run_containers() {
@@ -90,7 +92,7 @@ run_containers() {
   [ $rc -eq 124 ] && echo "containers: out of time after ${containers_timeout}s (CONTAINERS_TIMEOUT)" >&2
   return $rc
 }
-stage "containers (testcontainers + podman)" run_containers
+stage "containers (images, testcontainers + podman)" run_containers
 count_vitest .cache/reports/vitest-containers.json
 
 # The real cluster (test/e2e): builds its components first (minutes cold, seconds warm; bounded by

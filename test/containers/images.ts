@@ -4,10 +4,13 @@
 // public image's name so that testcontainers finds it locally. An image whose recipe (Dockerfile
 // and context) is unchanged is kept: a warm machine builds nothing.
 //
-//   npm run images [-- moto|localstack ...]     (default: both)
-import { execFile } from "node:child_process";
+// It also builds the driver's image from the repository's Dockerfile, unchanged, on a Node base
+// made the same way (issue: the image built and run for real).
+//
+//   npm run images [-- moto|localstack|driver ...]     (default: all)
+import { execFile, execFileSync } from "node:child_process";
 import { createHash } from "node:crypto";
-import { existsSync, readFileSync, realpathSync } from "node:fs";
+import { existsSync, readFileSync, realpathSync, writeFileSync } from "node:fs";
 import { cp, mkdir, readdir, rm } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -43,13 +46,23 @@ export const FAKE_IMAGES = {
 } as const satisfies Record<string, FakeImage>;
 export type FakeImageName = keyof typeof FAKE_IMAGES;
 
+/** What npm run images builds: the fake AWS images, and the driver's own (from the Dockerfile). */
+export type ImageName = FakeImageName | "driver";
+export const IMAGE_NAMES: readonly ImageName[] = ["moto", "localstack", "driver"];
+
 /** Builds what is missing or out of date; logs each step with its duration. */
-export async function buildImages(names: FakeImageName[]): Promise<void> {
+export async function buildImages(names: readonly ImageName[]): Promise<void> {
   const missing = await podmanMissing();
   if (missing) throw new Error(`cannot build images: ${missing}`);
   await removeBuildLeftovers();
-  await timed(`base ${BASE_IMAGE}`, buildBase);
-  for (const name of names) await timed(`${name} ${FAKE_IMAGES[name].image}`, () => buildFakeImage(name));
+  const fakes = names.filter((name): name is FakeImageName => name !== "driver");
+  if (fakes.length > 0) await timed(BASE_IMAGE, "base", () => debianImage(BASE_IMAGE, "bookworm"));
+  for (const name of fakes) await timed(FAKE_IMAGES[name].image, name, () => buildFakeImage(name));
+  if (names.includes("driver")) {
+    const { image, suite } = nodeBaseOfDockerfile();
+    await timed(image, "Node base", () => debianImage(image, suite, addNodeRuntime));
+    await timed(DRIVER_IMAGE, "driver", buildDriverImage);
+  }
 }
 
 /** What a failed or interrupted run left: stale containers, build containers, untagged layers. */
@@ -62,18 +75,23 @@ async function removeBuildLeftovers(): Promise<void> {
   if (pruned.length > 0) log(`removed ${pruned.length} untagged image(s) of earlier builds`);
 }
 
-async function buildBase(): Promise<string> {
-  const recipe = hash(["mmdebstrap minbase bookworm", ...MMDEBSTRAP_OPTIONS]);
-  if (await upToDate(BASE_IMAGE, recipe)) return "up to date";
-  const tarball = join(CONTAINERS_DIR, "debian-bookworm-slim.tar");
+/**
+ * A Debian image of `suite` made from the package mirror, as Debian's slim images (minbase, no
+ * documentation), with `customize` run on it before it is committed.
+ */
+async function debianImage(image: string, suite: string, customize?: Customize): Promise<string> {
+  const recipe = hash([`mmdebstrap minbase ${suite}`, ...MMDEBSTRAP_OPTIONS, ...(customize?.recipe ?? [])]);
+  if (await upToDate(image, recipe)) return "up to date";
+  const tarball = join(CONTAINERS_DIR, `debian-${suite}.tar`);
   await mkdir(CONTAINERS_DIR, { recursive: true });
   try {
-    await run("mmdebstrap", ["--variant=minbase", ...MMDEBSTRAP_OPTIONS, "bookworm", tarball]);
+    await run("mmdebstrap", ["--variant=minbase", ...MMDEBSTRAP_OPTIONS, suite, tarball]);
     const container = (await podman(["from", "scratch"], BUILDAH)).trim();
     try {
       await podman(["add", container, tarball, "/"], BUILDAH);
-      await podman(["config", "--cmd", "bash", "--label", `${RECIPE_LABEL}=${recipe}`, container], BUILDAH);
-      await podman(["commit", "--quiet", container, BASE_IMAGE], BUILDAH);
+      await customize?.apply(container);
+      await podman(["config", "--label", `${RECIPE_LABEL}=${recipe}`, container], BUILDAH);
+      await podman(["commit", "--quiet", container, image], BUILDAH);
     } finally {
       await podman(["rm", container], BUILDAH);
     }
@@ -83,12 +101,29 @@ async function buildBase(): Promise<string> {
   return "built";
 }
 
-/** As Debian's slim images: no documentation, manual pages or translations. */
+interface Customize {
+  /** What identifies the customization, for the recipe. */
+  recipe: string[];
+  apply(container: string): Promise<void>;
+}
+
+/**
+ * As Debian's official images: no documentation, manual pages or translations, and apt set up to
+ * keep neither downloaded packages nor its package caches in the image (their docker-clean and
+ * gzip-indexes settings, which Dockerfiles written for them count on: without, an apt-get install
+ * leaves ~100 MiB of .deb files and caches in its layer).
+ */
 const MMDEBSTRAP_OPTIONS = [
   "--dpkgopt=path-exclude=/usr/share/doc/*",
   "--dpkgopt=path-exclude=/usr/share/man/*",
   "--dpkgopt=path-exclude=/usr/share/info/*",
   "--dpkgopt=path-exclude=/usr/share/locale/*",
+  '--aptopt=DPkg::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/archives/partial/*.deb /var/cache/apt/*.bin || true"; }',
+  '--aptopt=APT::Update::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/archives/partial/*.deb /var/cache/apt/*.bin || true"; }',
+  '--aptopt=Dir::Cache::pkgcache ""',
+  '--aptopt=Dir::Cache::srcpkgcache ""',
+  '--aptopt=Acquire::GzipIndexes "true"',
+  '--aptopt=Acquire::Languages "none"',
 ];
 
 async function buildFakeImage(name: FakeImageName): Promise<string> {
@@ -148,6 +183,88 @@ async function localStackContext(context: string): Promise<string[]> {
   return [pythonRoot, readFileSync(constraints, "utf8")];
 }
 
+const REPO_ROOT = join(HERE, "..", "..");
+const VERSION = `v${(JSON.parse(readFileSync(join(REPO_ROOT, "package.json"), "utf8")) as { version: string }).version}`;
+/** The image the Dockerfile's header names and the manifests run (Helm's appVersion, kustomize's newTag). */
+export const DRIVER_IMAGE = `public.ecr.aws/aws-storage-csi/aws-storage-csi:${VERSION}`;
+/** The Node runtime of this project (the node@24 package), which the local Node base carries. */
+const NODE_BINARY = join(REPO_ROOT, "node_modules", "node", "bin", "node");
+/** npm, as the official Node images carry it (the Dockerfile's build stage runs npm ci). */
+const NPM_SPEC = "npm@11";
+
+/**
+ * The Dockerfile's base (ARG NODE_IMAGE), e.g. node:24-trixie-slim: Node's official image, which
+ * is made here from Debian's mirror and this project's Node runtime, under the same name.
+ */
+export function nodeBaseOfDockerfile(): { image: string; major: number; suite: string } {
+  const dockerfile = readFileSync(join(REPO_ROOT, "Dockerfile"), "utf8");
+  const name = /^ARG NODE_IMAGE=(\S+)$/m.exec(dockerfile)?.[1];
+  const parts = name ? /^node:(\d+)-([a-z]+)-slim$/.exec(name) : null;
+  if (!name || !parts)
+    throw new Error(`the Dockerfile's ARG NODE_IMAGE (${name}) is not node:<major>-<debian>-slim`);
+  return { image: `docker.io/library/${name}`, major: Number(parts[1]), suite: parts[2]! };
+}
+
+/** Node and npm where the official image has them: /usr/local/bin, /usr/local/lib/node_modules. */
+const addNodeRuntime: Customize = {
+  get recipe() {
+    return [execFileSync(NODE_BINARY, ["--version"], { encoding: "utf8" }).trim(), NPM_SPEC];
+  },
+  async apply(container) {
+    const version = execFileSync(NODE_BINARY, ["--version"], { encoding: "utf8" }).trim();
+    const { major } = nodeBaseOfDockerfile();
+    if (!version.startsWith(`v${major}.`))
+      throw new Error(`${NODE_BINARY} is ${version}, the Dockerfile's base is Node ${major}`);
+    const npmDir = join(CONTAINERS_DIR, "context", "npm");
+    await rm(npmDir, { recursive: true, force: true });
+    await mkdir(npmDir, { recursive: true });
+    // npm's published package carries its dependencies: unpacked, it is an installation.
+    const tarball = (
+      await promisify(execFile)("npm", ["pack", "--silent", "--pack-destination", npmDir, NPM_SPEC])
+    ).stdout.trim();
+    await run("tar", ["-xzf", join(npmDir, tarball), "-C", npmDir]);
+    await podman(["copy", container, NODE_BINARY, "/usr/local/bin/node"], BUILDAH);
+    await podman(["copy", container, join(npmDir, "package"), "/usr/local/lib/node_modules/npm"], BUILDAH);
+    for (const tool of ["npm", "npx"]) {
+      await podman(
+        [
+          "run",
+          container,
+          "--",
+          "ln",
+          "-s",
+          `../lib/node_modules/npm/bin/${tool}-cli.js`,
+          `/usr/local/bin/${tool}`,
+        ],
+        BUILDAH,
+      );
+    }
+    await podman(["config", "--cmd", "node", container], BUILDAH);
+    await rm(npmDir, { recursive: true, force: true });
+  },
+};
+
+/**
+ * The repository's Dockerfile as shipped, on the local Node base. npm ci in its build stage trusts
+ * the host's CAs (a proxy's, for the npm registry) through a global npmrc mounted for the build
+ * only; nothing of it stays in the image.
+ */
+async function buildDriverImage(): Promise<string> {
+  const npmrc = join(CONTAINERS_DIR, "npmrc");
+  writeFileSync(npmrc, existsSync(HOST_CA) ? "cafile=/run/host-ca.crt\n" : "");
+  const args = ["bud", "--quiet", "--layers", "--build-arg", `VERSION=${VERSION}`, "--tag", DRIVER_IMAGE];
+  if (existsSync(HOST_CA)) args.push("--volume", `${HOST_CA}:/run/host-ca.crt:ro`);
+  args.push(
+    "--volume",
+    `${npmrc}:/usr/local/etc/npmrc:ro`,
+    "--file",
+    join(REPO_ROOT, "Dockerfile"),
+    REPO_ROOT,
+  );
+  await podman(args, { tool: "buildah", timeoutMs: BUILD_TIMEOUT_MS });
+  return "built (unchanged layers reused)";
+}
+
 async function upToDate(image: string, recipe: string): Promise<boolean> {
   try {
     const label = await podman([
@@ -175,14 +292,13 @@ async function run(command: string, args: string[]): Promise<void> {
   await promisify(execFile)(command, args, { maxBuffer: 16 * 1024 * 1024, timeout: BUILD_TIMEOUT_MS });
 }
 
-async function timed(what: string, step: () => Promise<string>): Promise<void> {
+async function timed(image: string, what: string, step: () => Promise<string>): Promise<void> {
   const started = Date.now();
   const outcome = await step();
-  const size = await podman(["image", "inspect", "--format", "{{.Size}}", what.split(" ")[1]!]).catch(
-    () => "",
+  const size = await podman(["image", "inspect", "--format", "{{.Size}}", image]);
+  log(
+    `${what} ${image}: ${outcome} in ${((Date.now() - started) / 1000).toFixed(1)} s, ${(Number(size) / 2 ** 20).toFixed(0)} MiB`,
   );
-  const mib = size ? `, ${(Number(size) / 2 ** 20).toFixed(0)} MiB` : "";
-  log(`${what}: ${outcome} in ${((Date.now() - started) / 1000).toFixed(1)} s${mib}`);
 }
 
 function log(message: string): void {
@@ -191,16 +307,12 @@ function log(message: string): void {
 
 if (process.argv[1] && realpathSync(process.argv[1]) === fileURLToPath(import.meta.url)) {
   const names = process.argv.slice(2);
-  const unknown = names.filter((name) => !(name in FAKE_IMAGES));
+  const unknown = names.filter((name) => !IMAGE_NAMES.includes(name as ImageName));
   if (unknown.length > 0) {
-    console.error(
-      `images: unknown image ${unknown.join(", ")}; expected ${Object.keys(FAKE_IMAGES).join(", ")}`,
-    );
+    console.error(`images: unknown image ${unknown.join(", ")}; expected ${IMAGE_NAMES.join(", ")}`);
     process.exit(2);
   }
-  buildImages(
-    names.length > 0 ? (names as FakeImageName[]) : (Object.keys(FAKE_IMAGES) as FakeImageName[]),
-  ).catch((error: unknown) => {
+  buildImages(names.length > 0 ? (names as ImageName[]) : IMAGE_NAMES).catch((error: unknown) => {
     console.error(`images: ${error instanceof Error ? error.message : String(error)}`);
     process.exit(1);
   });

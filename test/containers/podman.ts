@@ -3,7 +3,8 @@
 // podman's Docker-compatible API served on a socket for testcontainers. The host's own podman
 // settings, images and containers are neither read nor touched.
 import { type ChildProcess, execFile, spawn } from "node:child_process";
-import { mkdirSync, writeFileSync } from "node:fs";
+import { mkdirSync, rmSync, writeFileSync } from "node:fs";
+import { readdir, rm } from "node:fs/promises";
 import { request } from "node:http";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -90,6 +91,11 @@ export async function removeLeftoverContainers(): Promise<string[]> {
     if (id && !(pid > 0 && processAlive(pid))) stale.push(id);
   }
   if (stale.length > 0) await podman(["rm", "--force", "--volumes", ...stale]);
+  // And the API sockets of podman services that died with their test process.
+  for (const entry of await readdir(CONTAINERS_DIR).catch(() => [])) {
+    const pid = Number(/^podman-(\d+)-\d+\.sock$/.exec(entry)?.[1]);
+    if (pid > 0 && !processAlive(pid)) await rm(join(CONTAINERS_DIR, entry), { force: true });
+  }
   return stale;
 }
 
@@ -124,11 +130,15 @@ export async function startPodmanService(): Promise<PodmanService> {
   child.stderr?.on("data", (chunk: Buffer) => {
     output = (output + chunk.toString()).slice(-4000);
   });
-  const killOnExit = () => child.kill("SIGKILL");
+  const killOnExit = () => {
+    child.kill("SIGKILL");
+    rmSync(socket, { force: true });
+  };
   process.on("exit", killOnExit);
   const stop = async () => {
     process.off("exit", killOnExit);
     await terminate(child, 10_000);
+    await rm(socket, { force: true });
   };
   const deadline = Date.now() + SERVICE_START_MS;
   while (!(await pings(socket))) {
