@@ -1,5 +1,5 @@
-// One fake AWS for a test file: moto (or LocalStack, as a process or in a container) behind the fault proxy, plus direct clients
-// for assertions and helpers for the fixtures every test needs.
+// One fake AWS for a test file: moto (or LocalStack; as a process or in a container) behind the
+// fault proxy, plus direct clients for assertions and helpers for the fixtures every test needs.
 import { randomUUID } from "node:crypto";
 import {
   type _InstanceType,
@@ -14,11 +14,6 @@ import {
   DescribeFileSystemsCommand,
   EFSClient,
 } from "@aws-sdk/client-efs";
-import {
-  ContainerRuntimeUnavailable,
-  fakeImageName,
-  startContainerFake,
-} from "../containers/fake-container.ts";
 import type { FakeImageName } from "../containers/images.ts";
 import { type FaultProxy, startFaultProxy } from "./fault-proxy.ts";
 import { localStackMissing, startLocalStack } from "./localstack.ts";
@@ -93,7 +88,7 @@ export async function startFakeAws(options: FakeAwsOptions = {}): Promise<FakeAw
     kind === "localstack"
       ? await startLocalStackHost()
       : kind === "container"
-        ? await startContainer(options.image ?? fakeImageName())
+        ? await startContainer(options.image)
         : { ...(await startMoto()), efs: true, account: "123456789012" };
   const direct = { region, endpoint: backend.url, credentials: FAKE_CREDENTIALS };
   const ec2 = new EC2Client(direct);
@@ -191,10 +186,16 @@ async function stoppingOnFailure<T>(backend: Backend, step: () => Promise<T>): P
   }
 }
 
-/** moto's or LocalStack's image, through testcontainers (test/containers/fake-container.ts). */
-async function startContainer(image: FakeImageName): Promise<Backend> {
+/**
+ * moto's or LocalStack's image, through testcontainers (test/containers/fake-container.ts, loaded
+ * only here: the other kinds do without testcontainers and its dependencies).
+ */
+async function startContainer(image: FakeImageName | undefined): Promise<Backend> {
+  const { ContainerRuntimeUnavailable, fakeImageName, startContainerFake } = await import(
+    "../containers/fake-container.ts"
+  );
   try {
-    return await startContainerFake(image);
+    return await startContainerFake(image ?? fakeImageName());
   } catch (error) {
     if (error instanceof ContainerRuntimeUnavailable) {
       throw new FakeAwsUnavailable(`AWS_FAKE=container cannot run: ${error.message}`);
