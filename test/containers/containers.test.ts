@@ -4,16 +4,22 @@
 // the fake, and nothing is left in podman afterwards; containers of killed runs are removed.
 // Runs in its own stage of make test (npm run test:containers), after npm run images.
 import { spawn } from "node:child_process";
+import { existsSync } from "node:fs";
 import { readdir, readFile } from "node:fs/promises";
 import { DescribeSnapshotsCommand, DescribeVolumesCommand } from "@aws-sdk/client-ec2";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { run } from "../../src/host/exec.ts";
 import { startEbsEnv } from "../harness/ebs-env.ts";
+import { DOCKER_SOCKET } from "./fake-container.ts";
 import { BASE_IMAGE, FAKE_IMAGES, type FakeImageName } from "./images.ts";
 import { OWNER_LABEL, podman, podmanMissing, removeLeftoverContainers } from "./podman.ts";
 
 const GiB = 1024 ** 3;
-const skip = process.env["DOCKER_HOST"] ? undefined : await podmanMissing();
+// These tests check the tests' own podman; with a Docker engine, testcontainers would use that.
+const skip =
+  process.env["DOCKER_HOST"] || existsSync(DOCKER_SOCKET)
+    ? `a Docker engine is configured (DOCKER_HOST or ${DOCKER_SOCKET}): these tests check the tests' own podman`
+    : await podmanMissing();
 if (skip) console.log(`container tests skipped: ${skip}`);
 
 /** The tests' containers in podman, of any owner. */

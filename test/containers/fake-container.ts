@@ -3,7 +3,7 @@
 // testcontainers pulls the public images as for any user; without one, as root with Debian's
 // podman, the tests' own podman serves testcontainers the images built here (npm run images).
 import { existsSync } from "node:fs";
-import { GenericContainer, type StartedTestContainer, Wait } from "testcontainers";
+import { GenericContainer, Wait } from "testcontainers";
 import { freePort } from "../harness/moto.ts";
 import { FAKE_IMAGES, type FakeImageName } from "./images.ts";
 import {
@@ -15,7 +15,7 @@ import {
 } from "./podman.ts";
 
 const START_TIMEOUT_MS = 120_000;
-const DOCKER_SOCKET = "/var/run/docker.sock";
+export const DOCKER_SOCKET = "/var/run/docker.sock";
 
 export interface ContainerFake {
   url: string;
@@ -79,7 +79,7 @@ export async function startContainerFake(name: FakeImageName): Promise<Container
       }
     },
     async stop() {
-      await stopQuietly(container);
+      await container.stop({ remove: true, removeVolumes: true, timeout: 5_000 });
     },
   };
 }
@@ -111,10 +111,6 @@ async function waitHealthy(url: string, name: FakeImageName): Promise<void> {
   throw new Error(
     `${FAKE_IMAGES[name].image} at ${url} did not become healthy within ${START_TIMEOUT_MS} ms`,
   );
-}
-
-async function stopQuietly(container: StartedTestContainer): Promise<void> {
-  await container.stop({ remove: true, removeVolumes: true, timeout: 5_000 });
 }
 
 /** Whether the runtime is the tests' own podman (images built here) or the user's Docker. */

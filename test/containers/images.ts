@@ -205,13 +205,15 @@ export function nodeBaseOfDockerfile(): { image: string; major: number; suite: s
   return { image: `docker.io/library/${name}`, major: Number(parts[1]), suite: parts[2]! };
 }
 
+const nodeVersion = () => execFileSync(NODE_BINARY, ["--version"], { encoding: "utf8" }).trim();
+
 /** Node and npm where the official image has them: /usr/local/bin, /usr/local/lib/node_modules. */
 const addNodeRuntime: Customize = {
   get recipe() {
-    return [execFileSync(NODE_BINARY, ["--version"], { encoding: "utf8" }).trim(), NPM_SPEC];
+    return [nodeVersion(), NPM_SPEC];
   },
   async apply(container) {
-    const version = execFileSync(NODE_BINARY, ["--version"], { encoding: "utf8" }).trim();
+    const version = nodeVersion();
     const { major } = nodeBaseOfDockerfile();
     if (!version.startsWith(`v${major}.`))
       throw new Error(`${NODE_BINARY} is ${version}, the Dockerfile's base is Node ${major}`);
