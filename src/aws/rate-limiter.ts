@@ -34,11 +34,12 @@ import type { Logger } from "../log.ts";
 export const LIMITER_DEFAULTS = {
   /**
    * Calls in flight before the first throttle: at most this many can be throttled when the bucket
-   * runs dry. 8 sends 100 deletes with 25 ms of AWS latency as fast as the official driver (npm run
-   * bench; 4 took twice as long) and keeps 500 creates and deletes under a 50 / 5 per s bucket at
-   * 1.006 and 1.014 calls per volume.
+   * runs dry, and the first throttle is most of what 500 creates or deletes under a 50 / 5 per s
+   * bucket waste. 8 kept them at 1.006-1.016 calls per volume on a quiet machine but reached 1.022
+   * on a loaded one (the target is 1.02); 6 leaves room for the probes and for jitter. 4 sent 100
+   * deletes with 25 ms of AWS latency at half the speed of 8 (npm run bench).
    */
-  unpacedConcurrency: 8,
+  unpacedConcurrency: 6,
   /** Share of the measured refill to send at: the rest piles up in the bucket against jitter. */
   safety: 0.98,
   /** Never slower than this, whatever the measurements say (e.g. throttles at random). */

@@ -213,7 +213,7 @@ describe("LearningRateLimiter", () => {
     await burst(l, 100, meteredCall(bucket, counts));
     const learned = l.state().ratePerSecond as number;
     expect(learned).toBeLessThanOrEqual(3);
-    // Not after a minute without throttles and nobody waiting: 8 calls go at once.
+    // Not after a minute without throttles and nobody waiting: calls go at once again.
     await vi.advanceTimersByTimeAsync(60_000);
     const ran = Date.now();
     await burst(l, 8, meteredCall(bucket, counts));
