@@ -8,7 +8,12 @@
  * and benchmarks; startTlsRelay gives it the TLS dial with EFS's checks.
  */
 import { createServer, type Server, type Socket } from "node:net";
-import { checkServerIdentity, connect as tlsConnect } from "node:tls";
+import {
+  checkServerIdentity,
+  createSecureContext,
+  type SecureContext,
+  connect as tlsConnect,
+} from "node:tls";
 
 /** efs-utils' local port range, upper bound excluded: 20049..21048 (efs-utils.conf). */
 export const EFS_TLS_PORT_RANGE: readonly [number, number] = [20049, 21049];
@@ -84,14 +89,25 @@ export interface Relay {
 export function startTlsRelay(options: TlsRelayOptions): Promise<Relay> {
   const { target, serverName, ca, identity } = options;
   const port = target.port ?? EFS_NFS_PORT;
+  // One TLS context per client certificate, not one per connection: the CA set is parsed and the
+  // key loaded once, and a renewed certificate (a new identity object) makes the next one.
+  let context: { for: object; secureContext: SecureContext } | undefined;
+  const secureContext = (): SecureContext => {
+    const current = identity();
+    if (context?.for !== current) {
+      context = {
+        for: current,
+        secureContext: createSecureContext({ minVersion: "TLSv1.2", ca, ...current }),
+      };
+    }
+    return context.secureContext;
+  };
   const dial: Dial = () => ({
     socket: tlsConnect({
       host: target.host,
       port,
       servername: serverName,
-      minVersion: "TLSv1.2",
-      ca,
-      ...identity(),
+      secureContext: secureContext(),
       rejectUnauthorized: true,
       // The target is often an IP address: the name to check is the file system's, as efs-utils' checkHost.
       checkServerIdentity: (_host, peer) => checkServerIdentity(serverName, peer),
