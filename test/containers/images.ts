@@ -8,13 +8,13 @@
 // made the same way (issue: the image built and run for real).
 //
 //   npm run images [-- moto|localstack|driver ...]     (default: all)
-import { execFile, execFileSync } from "node:child_process";
+import { execFileSync } from "node:child_process";
 import { createHash } from "node:crypto";
 import { existsSync, readFileSync, realpathSync, writeFileSync } from "node:fs";
 import { cp, mkdir, readdir, rm } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { promisify } from "node:util";
+import { run } from "../../src/host/exec.ts";
 import { CONTAINERS_DIR, podman, podmanMissing, removeLeftoverContainers } from "./podman.ts";
 
 const HERE = dirname(fileURLToPath(import.meta.url));
@@ -85,7 +85,9 @@ async function debianImage(image: string, suite: string, customize?: Customize):
   const tarball = join(CONTAINERS_DIR, `debian-${suite}.tar`);
   await mkdir(CONTAINERS_DIR, { recursive: true });
   try {
-    await run("mmdebstrap", ["--variant=minbase", ...MMDEBSTRAP_OPTIONS, suite, tarball]);
+    await run("mmdebstrap", ["--variant=minbase", ...MMDEBSTRAP_OPTIONS, suite, tarball], {
+      timeoutMs: BUILD_TIMEOUT_MS,
+    });
     const container = (await podman(["from", "scratch"], BUILDAH)).trim();
     try {
       await podman(["add", container, tarball, "/"], BUILDAH);
@@ -222,7 +224,7 @@ const addNodeRuntime: Customize = {
     await mkdir(npmDir, { recursive: true });
     // npm's published package carries its dependencies: unpacked, it is an installation.
     const tarball = (
-      await promisify(execFile)("npm", ["pack", "--silent", "--pack-destination", npmDir, NPM_SPEC])
+      await run("npm", ["pack", "--silent", "--pack-destination", npmDir, NPM_SPEC])
     ).stdout.trim();
     await run("tar", ["-xzf", join(npmDir, tarball), "-C", npmDir]);
     await podman(["copy", container, NODE_BINARY, "/usr/local/bin/node"], BUILDAH);
@@ -288,10 +290,6 @@ async function hashOf(image: string): Promise<string> {
 
 function hash(parts: string[]): string {
   return createHash("sha256").update(parts.join("\0")).digest("hex").slice(0, 16);
-}
-
-async function run(command: string, args: string[]): Promise<void> {
-  await promisify(execFile)(command, args, { maxBuffer: 16 * 1024 * 1024, timeout: BUILD_TIMEOUT_MS });
 }
 
 async function timed(image: string, what: string, step: () => Promise<string>): Promise<void> {

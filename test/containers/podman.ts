@@ -9,7 +9,7 @@ import { request } from "node:http";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
-import { terminate } from "../harness/moto.ts";
+import { processAlive, terminate } from "../harness/moto.ts";
 
 const REPO_ROOT = fileURLToPath(new URL("../../", import.meta.url));
 export const CONTAINERS_DIR = join(REPO_ROOT, ".cache", "containers");
@@ -97,15 +97,6 @@ export async function removeLeftoverContainers(): Promise<string[]> {
     if (pid > 0 && !processAlive(pid)) await rm(join(CONTAINERS_DIR, entry), { force: true });
   }
   return stale;
-}
-
-function processAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (error) {
-    return (error as NodeJS.ErrnoException).code === "EPERM";
-  }
 }
 
 export interface PodmanService {

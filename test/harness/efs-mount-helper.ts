@@ -16,6 +16,7 @@ import { type FakeAws, startFakeAws } from "./fake-aws.ts";
 import type { FakeMountEfsConfig } from "./fake-mount-efs.ts";
 import type { FakeMountNfs4Config } from "./fake-mount-nfs4.ts";
 import { type Imds, startImds } from "./imds.ts";
+import { processAlive } from "./moto.ts";
 
 export const MOUNT_EFS_PATH = "/sbin/mount.efs";
 // A prefix of what older runs wrote too ("... test-only mount.efs"): their leftovers are recognised.
@@ -111,7 +112,7 @@ async function installHelper(o: {
     const current = await readFile(path, "utf8").catch(() => undefined);
     if (current?.includes(MARKER)) {
       const owner = Number(/owner-pid=(\d+)/.exec(current)?.[1]);
-      if (owner && owner !== process.pid && isAlive(owner)) {
+      if (owner && owner !== process.pid && processAlive(owner)) {
         throw new Error(
           `${path} is the test mount helper of another running test (pid ${owner}); run one at a time`,
         );
@@ -179,7 +180,7 @@ async function lockHelperPath(path: string): Promise<() => Promise<void>> {
     const owner = await readFile(lock, "utf8").catch(() => "");
     const pid = Number(owner);
     // An empty lock is being written: wait for its owner's pid like for any other.
-    if (owner === mine || (pid > 0 && Number.isInteger(pid) && !isAlive(pid))) {
+    if (owner === mine || (pid > 0 && Number.isInteger(pid) && !processAlive(pid))) {
       await rm(lock, { force: true });
       continue;
     }
@@ -189,15 +190,6 @@ async function lockHelperPath(path: string): Promise<() => Promise<void>> {
       );
     }
     await new Promise((resolve) => setTimeout(resolve, 500));
-  }
-}
-
-function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === "EPERM";
   }
 }
 

@@ -169,3 +169,13 @@ export async function terminate(child: ChildProcess, graceMs = STOP_TIMEOUT_MS):
   await exited;
   clearTimeout(timer);
 }
+
+/** Whether a process with this pid exists (one of another user's counts too). */
+export function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === "EPERM";
+  }
+}
