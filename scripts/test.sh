@@ -3,8 +3,8 @@
 # integration, against moto and real loop devices), csi-sanity for both drivers against the
 # build, the EBS tests and csi-sanity again against LocalStack, a smoke test of the fake AWS in
 # containers (testcontainers on podman) and checks of the driver's image built from the
-# Dockerfile, then the e2e scenarios on a real
-# cluster (test/e2e). Every stage runs even when an
+# Dockerfile, then the e2e scenarios on a real cluster (test/e2e), and the driver's image installed
+# there with the chart and an overlay. Every stage runs even when an
 # earlier one failed, and prints its duration; the last line sums up all tests that ran.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -96,19 +96,25 @@ stage "containers (images, testcontainers + podman)" run_containers
 count_vitest .cache/reports/vitest-containers.json
 
 # The real cluster (test/e2e): builds its components first (minutes cold, seconds warm; bounded by
-# E2E_BUILD_TIMEOUT), then runs the scenarios.
-rm -f .cache/reports/e2e.json
+# E2E_BUILD_TIMEOUT), then runs the scenarios with the driver as processes, then install.e2e.ts:
+# the driver's image of the containers stage above under the shipped chart and overlays.
+rm -f .cache/reports/e2e.json .cache/reports/e2e-install.json
 stage "e2e build" scripts/e2e-build.sh
-e2e_timeout=${E2E_TIMEOUT:-1200}
+# name, time guard (seconds), report, vitest's file arguments
 run_e2e() {
-  timeout --kill-after=30 "$e2e_timeout" npx vitest run --config test/e2e/vitest.config.ts \
-    --reporter=default --reporter=json --outputFile.json=.cache/reports/e2e.json
+  local name=$1 timeout_s=$2 report=$3; shift 3
+  timeout --kill-after=30 "$timeout_s" npx vitest run --config test/e2e/vitest.config.ts \
+    --reporter=default --reporter=json --outputFile.json="$report" "$@"
   local rc=$?
-  [ $rc -eq 124 ] && echo "e2e: out of time after ${e2e_timeout}s (E2E_TIMEOUT)" >&2
+  [ $rc -eq 124 ] && echo "$name: out of time after ${timeout_s}s" >&2
   return $rc
 }
-stage e2e run_e2e
+stage e2e run_e2e "e2e (E2E_TIMEOUT)" "${E2E_TIMEOUT:-1500}" .cache/reports/e2e.json \
+  --exclude test/e2e/install.e2e.ts
 count_vitest .cache/reports/e2e.json
+stage "e2e install (helm, kustomize, the image)" run_e2e "e2e install (E2E_INSTALL_TIMEOUT)" \
+  "${E2E_INSTALL_TIMEOUT:-900}" .cache/reports/e2e-install.json test/e2e/install.e2e.ts
+count_vitest .cache/reports/e2e-install.json
 
 leftover_loops=$(losetup -a 2>/dev/null | grep -c -e ebs-env -e aws-storage-csi -e /e2e- || true)
 [ "$leftover_loops" -gt 0 ] && { echo "loop devices left behind:"; losetup -a; failed_stages+=("cleanup"); }

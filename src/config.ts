@@ -140,6 +140,10 @@ export function helpText(version: string): string {
     "usage: aws-storage-csi --driver ebs|efs [--mode controller|node|all] [--endpoint unix:///csi/csi.sock]",
     "",
     ...rows,
+    "",
+    "AWS credentials come from the AWS SDK's default chain: IRSA or EKS Pod Identity, static keys",
+    "[env AWS_ACCESS_KEY_ID; env AWS_SECRET_ACCESS_KEY; env AWS_SESSION_TOKEN], then instance",
+    "metadata [env AWS_EC2_METADATA_SERVICE_ENDPOINT; env AWS_EC2_METADATA_DISABLED].",
   ].join("\n");
 }
 

@@ -6,6 +6,7 @@ import { join } from "node:path";
 import { run } from "../../src/host/exec.ts";
 import { freePort } from "../harness/moto.ts";
 import { buildTestImage } from "./image.ts";
+import { type PodNetwork, startPodNetwork } from "./pod-network.ts";
 import { Component, waitFor } from "./processes.ts";
 
 export interface ClusterOptions {
@@ -19,6 +20,13 @@ export interface ClusterOptions {
    * namespace sees it: the host's /dev is left as it was.
    */
   diskLinks?: string;
+  /**
+   * The node runs the driver as the shipped manifests do, in pods: a pod network (pods that do not
+   * use the host's network get an address on a bridge, and reach the apiserver through the
+   * `kubernetes` Service), and kubelet's directory a shared mount, as Bidirectional mount
+   * propagation needs.
+   */
+  driverPods?: boolean;
 }
 
 /**
@@ -27,6 +35,8 @@ export interface ClusterOptions {
  * node's Hostname address, and "localhost" resolves to 127.0.0.1 on any machine.
  */
 export const NODE_NAME = "localhost";
+
+const KUBELET_DEFAULT_DIR = "/var/lib/kubelet";
 
 /**
  * A one-node Kubernetes cluster of real components, on 127.0.0.1 only: etcd (Debian's), and
@@ -42,11 +52,18 @@ export interface Cluster {
   /** The binaries of scripts/e2e-build.sh. */
   bin: string;
   kubeconfig: string;
-  /** kubelet's --root-dir: what /var/lib/kubelet is on a real node. */
+  /**
+   * kubelet's --root-dir, as the node's programs see it: a directory of the cluster's, or with
+   * driverPods /var/lib/kubelet (that directory, shown there in the node's mount namespace).
+   */
   kubeletDir: string;
   /** The command prefix that runs a program in the node's mount namespace. */
   onNode: string[];
+  /** With driverPods: the pods' network. */
+  podNetwork: PodNetwork | undefined;
   components: Component[];
+  /** Imports an image archive (OCI or docker) into the node's containerd, for kubelet to run. */
+  importImage(tarball: string): Promise<void>;
   /** Starts a program as part of the cluster (stopped by stop(), its log listed by logs()). */
   add(name: string, command: string[], env?: Record<string, string>): Component;
   kubectl(
@@ -139,6 +156,8 @@ export async function startCluster(options: ClusterOptions): Promise<Cluster> {
   };
 
   try {
+    const podNetwork = options.driverPods ? await startPodNetwork() : undefined;
+    if (podNetwork) cleanupsAfterStop.push(() => podNetwork.stop());
     const pki = await makePki(join(dir, "pki"));
     const [etcdPort] = await serve(
       "etcd",
@@ -181,6 +200,7 @@ export async function startCluster(options: ClusterOptions): Promise<Cluster> {
       async ([port]) => (await get(`https://127.0.0.1:${port}/readyz`, pki)) === 200,
       60_000,
     );
+    await podNetwork?.routeKubernetesService(apiPort!);
     const kubeconfig = join(dir, "admin.kubeconfig");
     await writeFile(kubeconfig, kubeconfigFor(`https://127.0.0.1:${apiPort}`, pki));
 
@@ -188,10 +208,20 @@ export async function startCluster(options: ClusterOptions): Promise<Cluster> {
       dir,
       bin,
       kubeconfig,
-      kubeletDir: join(dir, "kubelet"),
+      kubeletDir: options.driverPods ? KUBELET_DEFAULT_DIR : join(dir, "kubelet"),
       onNode: [],
+      podNetwork,
       components,
       add,
+      importImage: async (tarball) => {
+        await run(
+          "ctr",
+          ["--address", containerdSock, "--namespace", "k8s.io", "images", "import", tarball],
+          {
+            timeoutMs: 300_000,
+          },
+        );
+      },
       kubectl: async (args, input, { timeoutMs = 60_000, signal } = {}) => {
         const out = await run(join(bin, "kubectl"), ["--kubeconfig", kubeconfig, ...args], {
           ...(input !== undefined ? { input } : {}),
@@ -256,9 +286,25 @@ export async function startCluster(options: ClusterOptions): Promise<Cluster> {
     }
 
     if (options.diskLinks) await showDiskLinks(cluster.onNode, options.diskLinks, cleanupsAfterStop);
+    // kubelet's default directory, /var/lib/kubelet, shows a directory of this cluster's on the
+    // node: kubelet puts its device-plugin socket there whatever its --root-dir, and the manifests
+    // mount it (with driverPods it is the --root-dir). The host's, made empty if missing, is left
+    // as it was. A node plugin pod mounts volumes in it with Bidirectional propagation, which
+    // containerd allows only on a shared mount (on a real node, / is one).
+    const kubeletHostDir = join(dir, "kubelet");
+    const kubeletDefaultDir = options.driverPods ? kubeletHostDir : join(dir, "kubelet-default");
+    await mkdir(kubeletHostDir, { recursive: true });
+    await mkdir(kubeletDefaultDir, { recursive: true });
+    if (!existsSync(KUBELET_DEFAULT_DIR)) {
+      await mkdir(KUBELET_DEFAULT_DIR);
+      cleanupsAfterStop.push(() => rmdir(KUBELET_DEFAULT_DIR));
+    }
+    const node = (args: string[]) => run(cluster.onNode[0]!, [...cluster.onNode.slice(1), ...args]);
+    await node(["mount", "--bind", kubeletDefaultDir, KUBELET_DEFAULT_DIR]);
+    await node(["mount", "--make-rshared", KUBELET_DEFAULT_DIR]);
 
     const containerdDir = join(dir, "containerd");
-    await writeContainerdConfig(dir, containerdDir);
+    await writeContainerdConfig(dir, containerdDir, podNetwork);
     const containerd = add("containerd", [
       ...cluster.onNode,
       "containerd",
@@ -273,12 +319,8 @@ export async function startCluster(options: ClusterOptions): Promise<Cluster> {
       30_000,
       containerd.exited(),
     );
-    const image = await buildTestImage(join(dir, "image"));
-    await run("ctr", ["--address", containerdSock, "--namespace", "k8s.io", "images", "import", image], {
-      timeoutMs: 120_000,
-    });
+    await cluster.importImage(await buildTestImage(join(dir, "image")));
 
-    await mkdir(cluster.kubeletDir, { recursive: true });
     const kubeletConfig = join(dir, "kubelet.yaml");
     await serve(
       "kubelet",
@@ -348,7 +390,12 @@ async function killAllContainers(sock: string): Promise<void> {
   for (const id of ids) {
     await waitFor(
       `container ${id} to stop`,
-      async () => ((await ctr(["delete", id])).code === 0 ? true : undefined),
+      async () => {
+        if ((await ctr(["delete", id])).code === 0) return true;
+        // Gone already: its shim exited and containerd removed it.
+        const left = (await ctr(["ls", "--quiet"])).stdout.split("\n");
+        return left.includes(id) ? undefined : true;
+      },
       10_000,
     ).catch(() => undefined);
   }
@@ -480,15 +527,23 @@ function get(url: string, pki?: Pki): Promise<number> {
   });
 }
 
-async function writeContainerdConfig(dir: string, containerdDir: string): Promise<void> {
+async function writeContainerdConfig(
+  dir: string,
+  containerdDir: string,
+  podNetwork: PodNetwork | undefined,
+): Promise<void> {
   const cniDir = join(dir, "cni");
   await mkdir(cniDir, { recursive: true });
   await mkdir(containerdDir, { recursive: true });
-  // Pods use the host's network (containerd 1.6 wants an eth0 address from a pod network), but the
-  // runtime reports the network ready only once a CNI configuration exists.
+  // Without a pod network, pods use the host's network (containerd 1.6 wants an eth0 address from
+  // a pod network), but the runtime reports the network ready only once a CNI configuration exists.
   await writeFile(
-    join(cniDir, "10-loopback.conflist"),
-    JSON.stringify({ cniVersion: "0.4.0", name: "e2e", plugins: [{ type: "loopback" }] }),
+    join(cniDir, "10-e2e.conflist"),
+    JSON.stringify(
+      podNetwork
+        ? podNetwork.cniConfig(join(dir, "cni-ipam"))
+        : { cniVersion: "0.4.0", name: "e2e", plugins: [{ type: "loopback" }] },
+    ),
   );
   const cri = 'plugins."io.containerd.grpc.v1.cri"';
   await writeFile(

@@ -53,6 +53,12 @@ export interface E2eOptions {
   ebs?: EbsFlavor | false;
   /** Install this driver's EFS side (default: true). */
   efs?: boolean;
+  /**
+   * The test installs the drivers itself, as pods from the image (helm, kubectl apply -k): no
+   * driver processes and no CSIDriver objects are made, the node gets a pod network, and the fake
+   * AWS is exposed to the pods (podAws). The EFS file system and its mount targets are made.
+   */
+  driverPods?: boolean;
 }
 
 /**
@@ -72,6 +78,13 @@ export interface E2eEnv {
   /** The EBS driver installed now, if any. */
   ebs: Deployment | undefined;
   efs: Deployment | undefined;
+  /**
+   * With driverPods: what the drivers' pods are given to reach the fake AWS and the fake IMDS
+   * (relays on the pod network's gateway), the region, and the fake credentials.
+   */
+  podAws:
+    | { endpoint: string; imdsEndpoint: string; region: string; accessKeyId: string; secretAccessKey: string }
+    | undefined;
   /** With EFS: the file system the cluster's StorageClasses and static PVs use. */
   fileSystemId: string | undefined;
   /**
@@ -118,6 +131,7 @@ export async function startE2e(options: E2eOptions = {}): Promise<E2eEnv> {
     // efs-utils, as in the image); what the machine lacks is simulated at the edge: the test's
     // mount.nfs4 and TLS stand-ins for the mount targets (test/harness/efs-tls-target.ts).
     const withEfs = options.efs !== false;
+    const driverPods = options.driverPods === true;
     const fileSystemId = withEfs ? await aws.createFileSystem() : undefined;
     let efsEdge: E2eEnv["efsEdge"];
     if (fileSystemId) {
@@ -131,7 +145,12 @@ export async function startE2e(options: E2eOptions = {}): Promise<E2eEnv> {
     }
 
     // The official driver finds disks under /dev/disk/by-id: the node shows the simulation's links there.
-    const cluster = await startCluster({ dir: join(dir, "cluster"), bin: BIN, diskLinks: byIdDir });
+    const cluster = await startCluster({
+      dir: join(dir, "cluster"),
+      bin: BIN,
+      diskLinks: byIdDir,
+      driverPods,
+    });
     // The node's mounts die with its namespace; these unmount what the host may still hold.
     cleanups.unshift(
       () => unmountUnder(dir),
@@ -141,9 +160,19 @@ export async function startE2e(options: E2eOptions = {}): Promise<E2eEnv> {
     const apply = async (...objects: object[]) => {
       await kubectl(["apply", "-f", "-"], JSON.stringify({ apiVersion: "v1", kind: "List", items: objects }));
     };
-    for (const driver of ["ebs", "efs"]) {
+    for (const driver of driverPods ? [] : ["ebs", "efs"]) {
       await kubectl(["apply", "-f", join(REPO_ROOT, "deploy/kubernetes/base", driver, "csidriver.yaml")]);
     }
+    const network = cluster.podNetwork;
+    const podAws: E2eEnv["podAws"] = network
+      ? {
+          endpoint: await network.expose(aws.endpoint),
+          imdsEndpoint: await network.expose(imds.url),
+          region: aws.region,
+          accessKeyId: aws.env.AWS_ACCESS_KEY_ID!,
+          secretAccessKey: aws.env.AWS_SECRET_ACCESS_KEY!,
+        }
+      : undefined;
 
     const awsEnv = { ...aws.env, AWS_EC2_METADATA_SERVICE_ENDPOINT: imds.url };
     // Snapshots: the CRDs and the snapshot-controller of external-snapshotter, the version built.
@@ -178,8 +207,9 @@ export async function startE2e(options: E2eOptions = {}): Promise<E2eEnv> {
         ? { efsArgs: ["--efs-mount-helper=none", `--efs-tls-ca-file=${efsEdge.targets.caFile}`] }
         : {}),
     };
-    const ebs = options.ebs === false ? undefined : await deployEbs(deployContext, options.ebs ?? "ours");
-    const efs = withEfs ? await deployEfs(deployContext) : undefined;
+    const ebs =
+      options.ebs === false || driverPods ? undefined : await deployEbs(deployContext, options.ebs ?? "ours");
+    const efs = withEfs && !driverPods ? await deployEfs(deployContext) : undefined;
 
     const env: E2eEnv = {
       cluster,
@@ -190,6 +220,7 @@ export async function startE2e(options: E2eOptions = {}): Promise<E2eEnv> {
       deployContext,
       ebs,
       efs,
+      podAws,
       fileSystemId,
       efsEdge,
       kubectl,

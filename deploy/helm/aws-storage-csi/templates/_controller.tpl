@@ -77,6 +77,9 @@ spec:
             {{- include "aws-storage-csi.controllerArgs" (dict "root" $root "driver" $driver) | nindent 12 }}
           env:
             {{- include "aws-storage-csi.pluginEnv" $root | nindent 12 }}
+            {{- with $root.Values.controller.env }}
+            {{- toYaml . | nindent 12 }}
+            {{- end }}
           ports:
             - name: healthz
               containerPort: 9808

@@ -68,6 +68,21 @@ capabilities:
 - name: AWS_REGION
   value: {{ . | quote }}
 {{- end }}
+{{- with .Values.awsAccessSecret }}
+# Static credentials, as the official drivers read them: only when the Secret exists.
+- name: AWS_ACCESS_KEY_ID
+  valueFrom:
+    secretKeyRef:
+      name: {{ .name }}
+      key: {{ .keyId }}
+      optional: true
+- name: AWS_SECRET_ACCESS_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ .name }}
+      key: {{ .accessKey }}
+      optional: true
+{{- end }}
 {{- end }}
 
 {{- define "aws-storage-csi.probe" -}}

@@ -77,6 +77,9 @@ spec:
             - --log-level={{ $root.Values.logLevel }}
           env:
             {{- include "aws-storage-csi.pluginEnv" $root | nindent 12 }}
+            {{- with $root.Values.node.env }}
+            {{- toYaml . | nindent 12 }}
+            {{- end }}
           {{- if not $efs }}
           ports:
             - name: healthz
