@@ -6,6 +6,7 @@ import { join } from "node:path";
 import { run } from "../../src/host/exec.ts";
 import { freePort } from "../harness/moto.ts";
 import { buildTestImage } from "./image.ts";
+import { listChains, removeNewKubeletChains } from "./kubelet-chains.ts";
 import { type PodNetwork, startPodNetwork } from "./pod-network.ts";
 import { Component, waitFor } from "./processes.ts";
 
@@ -321,6 +322,9 @@ export async function startCluster(options: ClusterOptions): Promise<Cluster> {
     );
     await cluster.importImage(await buildTestImage(join(dir, "image")));
 
+    // kubelet's own iptables chains, removed after it stops unless they were there before.
+    const chainsBefore = await listChains();
+    cleanupsAfterStop.push(() => removeNewKubeletChains(chainsBefore));
     const kubeletConfig = join(dir, "kubelet.yaml");
     await serve(
       "kubelet",

@@ -78,6 +78,8 @@ export async function buildSidecarImages(dir: string, bin: string, references: s
       layer: await readFile(layerPath),
       config: { Entrypoint: [`/${entry}`], WorkingDir: "/" },
     });
+    await rm(rootfs, { recursive: true });
+    await rm(layerPath);
   }
   return ociArchive(join(dir, "sidecars"), images);
 }
@@ -141,6 +143,7 @@ async function ociArchive(dir: string, images: OciImage[]): Promise<string> {
   await writeFile(join(layout, "index.json"), JSON.stringify({ schemaVersion: 2, manifests }));
   const tarball = join(dir, "image.tar");
   await run("tar", ["-C", layout, "-cf", tarball, "oci-layout", "index.json", "blobs"]);
+  await rm(layout, { recursive: true });
   return tarball;
 }
 

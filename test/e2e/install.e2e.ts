@@ -5,11 +5,11 @@
 // controller.env / node.env / region values and the aws-secret Secret; a kustomize patch of the
 // same env). See test/e2e/README.md.
 import { existsSync } from "node:fs";
-import { mkdir, mkdtemp, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join, relative } from "node:path";
 import { DescribeAccessPointsCommand } from "@aws-sdk/client-efs";
-import { describe, expect, test } from "vitest";
+import { describe, expect, onTestFailed, onTestFinished, test } from "vitest";
 import { run } from "../../src/host/exec.ts";
 import { DRIVER_IMAGE } from "../containers/images.ts";
 import { podman, podmanMissing } from "../containers/podman.ts";
@@ -59,12 +59,10 @@ describe.skipIf(skip)("the chart and an overlay installed on a real cluster, pod
         timeoutMs: 10 * MINUTE,
       })
     ).stdout;
-  let stepStarted = Date.now();
-  const step = (what: string) => {
-    const now = Date.now();
-    console.log(`install e2e: (+${((now - stepStarted) / 1000).toFixed(0)} s) ${what}`);
-    stepStarted = now;
-  };
+  /** Logs a step with the time since the scenario started, so each step's duration shows. */
+  let started = Date.now();
+  const step = (what: string) =>
+    console.log(`install e2e: at ${((Date.now() - started) / 1000).toFixed(0)} s: ${what}`);
   /** kubectl get -o json in the driver's namespace. */
   // biome-ignore lint/suspicious/noExplicitAny: Kubernetes objects, read field by field
   const getInNamespace = async (kind: string, ...flags: string[]): Promise<any> =>
@@ -202,7 +200,22 @@ describe.skipIf(skip)("the chart and an overlay installed on a real cluster, pod
 
   test("helm install, volumes through the pods, helm upgrade under a mounted volume, helm uninstall; then kubectl apply -k takes over", async () => {
     diagnoseOnFailure();
+    // The drivers run in pods here: their logs are the pods', not the cluster components'.
+    onTestFailed(async () => {
+      const logs = await kubectl([
+        "logs",
+        `--namespace=${NAMESPACE}`,
+        "--selector=app.kubernetes.io/name=aws-storage-csi",
+        "--all-containers",
+        "--prefix",
+        "--tail=20",
+        "--max-log-requests=40",
+      ]).catch((err: unknown) => String(err));
+      console.error(`$ kubectl logs (the drivers' pods, every container)\n${logs}`);
+    });
+    started = Date.now();
     const dir = await mkdtemp(join(tmpdir(), "install-e2e-"));
+    onTestFinished(() => rm(dir, { recursive: true, force: true }));
     const aws = env.podAws!;
 
     step("images: the driver's (from the project's podman store) and the sidecars' (from .cache/e2e/bin)");
