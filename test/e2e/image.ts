@@ -23,22 +23,10 @@ export async function buildTestImage(dir: string): Promise<string> {
   for (const applet of stdout.split("\n").filter((a) => a && a !== "busybox")) {
     await symlink("busybox", join(rootfs, "bin", applet));
   }
-  const layerPath = join(dir, "layer.tar");
-  await run("tar", [
-    "--sort=name",
-    "--mtime=@0",
-    "--owner=0",
-    "--group=0",
-    "-C",
-    rootfs,
-    "-cf",
-    layerPath,
-    ".",
-  ]);
   return ociArchive(dir, [
     {
       name: TEST_IMAGE,
-      layer: await readFile(layerPath),
+      layer: await layerOf(rootfs, join(dir, "layer.tar")),
       config: { Env: ["PATH=/bin"], Cmd: ["/bin/sleep", "2147483647"], WorkingDir: "/" },
     },
   ]);
@@ -61,25 +49,12 @@ export async function buildSidecarImages(dir: string, bin: string, references: s
     await rm(rootfs, { recursive: true, force: true });
     await mkdir(rootfs, { recursive: true });
     await run("cp", [join(bin, binary), join(rootfs, entry)]);
-    const layerPath = join(dir, `${entry}.tar`);
-    await run("tar", [
-      "--sort=name",
-      "--mtime=@0",
-      "--owner=0",
-      "--group=0",
-      "-C",
-      rootfs,
-      "-cf",
-      layerPath,
-      ".",
-    ]);
     images.push({
       name: reference,
-      layer: await readFile(layerPath),
+      layer: await layerOf(rootfs, join(dir, `${entry}.tar`)),
       config: { Entrypoint: [`/${entry}`], WorkingDir: "/" },
     });
     await rm(rootfs, { recursive: true });
-    await rm(layerPath);
   }
   return ociArchive(join(dir, "sidecars"), images);
 }
@@ -93,6 +68,24 @@ const SIDECAR_BINARIES: Record<string, string> = {
   "csi-node-driver-registrar": "registrar",
   livenessprobe: "livenessprobe",
 };
+
+/** A directory as an image layer: a reproducible tar of it, read back (the file is removed). */
+async function layerOf(rootfs: string, tarball: string): Promise<Buffer> {
+  await run("tar", [
+    "--sort=name",
+    "--mtime=@0",
+    "--owner=0",
+    "--group=0",
+    "-C",
+    rootfs,
+    "-cf",
+    tarball,
+    ".",
+  ]);
+  const layer = await readFile(tarball);
+  await rm(tarball);
+  return layer;
+}
 
 interface OciImage {
   name: string;

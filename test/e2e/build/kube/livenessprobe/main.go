@@ -16,15 +16,12 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
-	"path/filepath"
-	"strings"
 	"syscall"
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/backoff"
-	"google.golang.org/grpc/credentials/insecure"
+
+	"aws-storage-csi/test/e2e/build/kube/internal/csidial"
 )
 
 const defaultHealthPort = "9808"
@@ -96,7 +93,7 @@ func main() {
 // probe opens a fresh connection per request, as the real sidecar does, so a restarted driver is
 // seen at once rather than after a reconnect backoff.
 func probe(ctx context.Context, address string, timeout time.Duration) error {
-	conn, err := dialCSI(address)
+	conn, err := csidial.Dial(address)
 	if err != nil {
 		return fmt.Errorf("connecting to CSI driver: %w", err)
 	}
@@ -116,7 +113,7 @@ func probe(ctx context.Context, address string, timeout time.Duration) error {
 
 // logDriverName logs the driver's name once it answers; it is informational only.
 func logDriverName(address string) {
-	conn, err := dialCSI(address)
+	conn, err := csidial.Dial(address)
 	if err != nil {
 		log.Printf("connecting to CSI driver: %v", err)
 		return
@@ -133,23 +130,4 @@ func logDriverName(address string) {
 		}
 		time.Sleep(time.Second)
 	}
-}
-
-// dialCSI returns a lazy client for a unix socket path (or a unix:// address).
-func dialCSI(address string) (*grpc.ClientConn, error) {
-	target := address
-	switch {
-	case strings.HasPrefix(address, "unix:"):
-	case filepath.IsAbs(address):
-		target = "unix://" + address
-	default:
-		target = "unix:" + address
-	}
-	// gRPC's default reconnect backoff grows to two minutes; the name lookup should not wait that long.
-	return grpc.NewClient(target,
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithConnectParams(grpc.ConnectParams{
-			Backoff:           backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: time.Second},
-			MinConnectTimeout: time.Second,
-		}))
 }

@@ -26,16 +26,15 @@ import (
 	"os/signal"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/backoff"
+
+	"aws-storage-csi/test/e2e/build/kube/internal/csidial"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 	registerapi "k8s.io/kubelet/pkg/apis/pluginregistration/v1"
 )
@@ -241,7 +240,7 @@ func runLegacy(driver, endpoint string, endpointSet bool, socket string) {
 // driverName waits for the driver socket to answer, as the real sidecar does, then asks its name.
 // Only "cannot connect" is retried; any other failure ends the process so the pod restarts it.
 func driverName(address string, timeout time.Duration) (string, error) {
-	conn, err := dialCSI(address)
+	conn, err := csidial.Dial(address)
 	if err != nil {
 		return "", err
 	}
@@ -268,25 +267,6 @@ func driverName(address string, timeout time.Duration) (string, error) {
 		}
 		time.Sleep(time.Second)
 	}
-}
-
-// dialCSI returns a lazy client for a unix socket path (or a unix:// address).
-func dialCSI(address string) (*grpc.ClientConn, error) {
-	target := address
-	switch {
-	case strings.HasPrefix(address, "unix:"):
-	case filepath.IsAbs(address):
-		target = "unix://" + address
-	default:
-		target = "unix:" + address
-	}
-	// gRPC's default reconnect backoff grows to two minutes; a restarted driver should be seen quickly.
-	return grpc.NewClient(target,
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithConnectParams(grpc.ConnectParams{
-			Backoff:           backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: time.Second},
-			MinConnectTimeout: time.Second,
-		}))
 }
 
 // serveHealth answers /healthz: healthy while our registration socket exists and kubelet has not
