@@ -5,10 +5,8 @@
 // Runs in its own stage of make test (npm run test:containers), after npm run images.
 import { spawn } from "node:child_process";
 import { existsSync } from "node:fs";
-import { readdir, readFile } from "node:fs/promises";
 import { DescribeSnapshotsCommand, DescribeVolumesCommand } from "@aws-sdk/client-ec2";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { run } from "../../src/host/exec.ts";
+import { describe, expect, it } from "vitest";
 import { startEbsEnv } from "../harness/ebs-env.ts";
 import { DOCKER_SOCKET } from "./fake-container.ts";
 import { BASE_IMAGE, FAKE_IMAGES, type FakeImageName } from "./images.ts";
@@ -28,25 +26,7 @@ async function ourContainers(): Promise<string[]> {
   return out.split("\n").filter(Boolean);
 }
 
-/** Whether /run/netns is a mount point: podman makes it one (a shared bind mount) for its first network namespace. */
-async function netnsMounted(): Promise<boolean> {
-  return (await readFile("/proc/self/mountinfo", "utf8"))
-    .split("\n")
-    .some((line) => line.split(" ")[4] === "/run/netns");
-}
-
 describe.skipIf(skip)("AWS_FAKE=container", () => {
-  // The mount podman leaves behind is undone when the tests made it and no namespace is left in it.
-  let netnsBefore = true;
-  beforeAll(async () => {
-    netnsBefore = await netnsMounted();
-  });
-  afterAll(async () => {
-    if (!netnsBefore && (await netnsMounted()) && (await readdir("/run/netns")).length === 0) {
-      await run("umount", ["/run/netns"]);
-    }
-  });
-
   for (const image of Object.keys(FAKE_IMAGES) as FakeImageName[]) {
     it(`${image} (${FAKE_IMAGES[image].image}): the EBS controller creates, snapshots and deletes through it; reset empties it; stop removes the container`, async () => {
       const before = await ourContainers();

@@ -4,6 +4,7 @@ import { defineConfig } from "vitest/config";
 export default defineConfig({
   test: {
     include: ["test/containers/**/*.test.ts"],
+    globalSetup: ["test/containers/global-setup.ts"],
     // Safety nets against hangs, not performance limits.
     testTimeout: 300_000,
     hookTimeout: 300_000,

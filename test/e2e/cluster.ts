@@ -569,6 +569,9 @@ state = "${join(containerdDir, "state")}"
   disable_apparmor = true
   # root here lacks CAP_SYS_RESOURCE: lowering oom_score_adj is all runc may do.
   restrict_oom_score_adj = true
+  # Pod network namespaces are pinned under the state directory, not in the host's /run/netns,
+  # where each left an empty file behind once the node's mount namespace was gone.
+  netns_mounts_under_state_dir = true
 
 [${cri}.containerd]
   snapshotter = "overlayfs"
