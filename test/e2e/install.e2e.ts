@@ -97,6 +97,25 @@ describe.skipIf(skip)("the chart and an overlay installed on a real cluster, pod
     }
   };
 
+  /**
+   * Every pod of the driver runs `image` in its plugin container. A rollout is done once the new
+   * pods are ready, while the old ones may still be terminating: those are waited for.
+   */
+  const onlyImage = (image: string) =>
+    waitFor(
+      `every pod of the driver to run ${image}`,
+      async () => {
+        const components = ["ebs-csi-controller", "ebs-csi-node", "efs-csi-controller", "efs-csi-node"];
+        const pods = (await Promise.all(components.map(podsOf))).flat();
+        const other = pods.filter(
+          (p) => p.spec.containers.find((c) => c.name.endsWith("-plugin"))?.image !== image,
+        );
+        // 2 + 1 per driver: the controllers' replicas and the one node's DaemonSet pod.
+        return other.length === 0 && pods.length === 6 ? true : undefined;
+      },
+      3 * MINUTE,
+    );
+
   /** kubelet has the drivers registered (through the registrar sidecars) under the node's instance id. */
   const registered = () =>
     waitFor(
@@ -267,12 +286,7 @@ describe.skipIf(skip)("the chart and an overlay installed on a real cluster, pod
     const manifest = await helm(["get", "manifest", RELEASE]);
     await rolledOut();
     await registered();
-    for (const component of ["ebs-csi-controller", "ebs-csi-node", "efs-csi-controller", "efs-csi-node"]) {
-      for (const p of await podsOf(component)) {
-        const plugin = p.spec.containers.find((c) => c.name.endsWith("-plugin"));
-        expect(plugin?.image, p.metadata.name).toBe(DRIVER_IMAGE);
-      }
-    }
+    await onlyImage(DRIVER_IMAGE);
     await checkLeaders();
     await checkLiveness();
 
@@ -377,12 +391,7 @@ describe.skipIf(skip)("the chart and an overlay installed on a real cluster, pod
       },
       3 * MINUTE,
     );
-    for (const component of ["ebs-csi-controller", "ebs-csi-node", "efs-csi-controller", "efs-csi-node"]) {
-      for (const p of await podsOf(component)) {
-        const plugin = p.spec.containers.find((c) => c.name.endsWith("-plugin"));
-        expect(plugin?.image, p.metadata.name).toBe(`${IMAGE_REPOSITORY}:${REBUILT_TAG}`);
-      }
-    }
+    await onlyImage(`${IMAGE_REPOSITORY}:${REBUILT_TAG}`);
     await registered();
     const keptNow = await env.get("pod", "kept");
     expect(keptNow.metadata.uid).toBe(podUid);
