@@ -93,17 +93,25 @@ interface OciImage {
   config: Record<string, unknown>;
 }
 
+/** Where an OCI layout keeps the blob of a digest ("sha256:..."). */
+function blobPath(layout: string, digest: string): string {
+  return join(layout, "blobs", "sha256", digest.replace(/^sha256:/, ""));
+}
+
+/** Stores a blob in an OCI layout under its digest; returns its descriptor's digest and size. */
+async function writeBlob(layout: string, data: Buffer | string): Promise<{ digest: string; size: number }> {
+  const bytes = typeof data === "string" ? Buffer.from(data) : data;
+  const digest = `sha256:${createHash("sha256").update(bytes).digest("hex")}`;
+  await writeFile(blobPath(layout, digest), bytes);
+  return { digest, size: bytes.length };
+}
+
 /** An OCI image layout of one-layer images, tarred for `ctr images import`. */
 async function ociArchive(dir: string, images: OciImage[]): Promise<string> {
   const layout = join(dir, "layout");
   await rm(layout, { recursive: true, force: true });
   await mkdir(join(layout, "blobs", "sha256"), { recursive: true });
-  const blob = async (data: Buffer | string) => {
-    const bytes = typeof data === "string" ? Buffer.from(data) : data;
-    const digest = `sha256:${createHash("sha256").update(bytes).digest("hex")}`;
-    await writeFile(join(layout, "blobs", "sha256", digest.slice(7)), bytes);
-    return { digest, size: bytes.length };
-  };
+  const blob = (data: Buffer | string) => writeBlob(layout, data);
   const manifests: object[] = [];
   for (const image of images) {
     const layerBlob = await blob(image.layer);
@@ -159,20 +167,17 @@ export async function exportDriverImage(
   await save(["save", "--format", "oci-archive", "--output", archive, image]);
   await run("tar", ["-C", layout, "-xf", archive]);
   await rm(archive);
-  const blobPath = (digest: string) => join(layout, "blobs", "sha256", digest.replace(/^sha256:/, ""));
-  const writeBlob = async (value: object) => {
-    const bytes = Buffer.from(JSON.stringify(value));
-    const digest = `sha256:${createHash("sha256").update(bytes).digest("hex")}`;
-    await writeFile(blobPath(digest), bytes);
-    return { digest, size: bytes.length };
-  };
+  const readJsonBlob = async (digest: string) => JSON.parse(await readFile(blobPath(layout, digest), "utf8"));
   const index = JSON.parse(await readFile(join(layout, "index.json"), "utf8"));
   const original = index.manifests[0];
-  const manifest = JSON.parse(await readFile(blobPath(original.digest), "utf8"));
-  const config = JSON.parse(await readFile(blobPath(manifest.config.digest), "utf8"));
+  const manifest = await readJsonBlob(original.digest);
+  const config = await readJsonBlob(manifest.config.digest);
   config.config.Labels = { ...config.config.Labels, "aws-storage-csi.e2e/rebuilt": new Date().toISOString() };
-  const newConfig = await writeBlob(config);
-  const newManifest = await writeBlob({ ...manifest, config: { ...manifest.config, ...newConfig } });
+  const newConfig = await writeBlob(layout, JSON.stringify(config));
+  const newManifest = await writeBlob(
+    layout,
+    JSON.stringify({ ...manifest, config: { ...manifest.config, ...newConfig } }),
+  );
   const named = (descriptor: object, name: string) => ({
     ...descriptor,
     annotations: {
