@@ -13,6 +13,7 @@ import { locatePlugin } from "./metadata.ts";
 import { createMetrics, serveMetrics } from "./metrics.ts";
 import { InflightKeys } from "./server/inflight.ts";
 import { serveCsi } from "./server/server.ts";
+import { applyV8Flags, v8FlagsFor } from "./v8-flags.ts";
 
 /** Set by scripts/build.ts in the bundle; read from package.json when the sources run as they are. */
 declare const BUILD_VERSION: string | undefined;
@@ -50,9 +51,18 @@ function exposeGc(): (o: object) => void {
 }
 
 async function serve(options: Options): Promise<void> {
+  const v8Flags = v8FlagsFor(options.mode);
   const log = createLogger(options.logLevel);
   const metrics = createMetrics(`aws_${options.driver}_csi`, true);
-  log.info({ version: VERSION, driver: options.driverName, mode: options.mode }, "starting");
+  log.info(
+    {
+      version: VERSION,
+      driver: options.driverName,
+      mode: options.mode,
+      ...(v8Flags.length ? { v8Flags } : {}),
+    },
+    "starting",
+  );
 
   // Instance metadata is asked while the driver's code loads.
   const location = locatePlugin(options, log);
@@ -78,7 +88,12 @@ async function serve(options: Options): Promise<void> {
     const port = typeof address === "object" && address ? address.port : options.httpEndpoint?.port;
     log.info({ endpoint: { host: options.httpEndpoint?.host, port } }, "serving /metrics");
   }
-  setTimeout(collectStartupGarbage, STARTUP_GC_DELAY_MS).unref();
+  setTimeout(() => {
+    // After start-up: V8 checks its flags against the compiled code cached for each module, so
+    // flags set before the modules loaded would have thrown the image's compile cache away.
+    applyV8Flags(options.mode);
+    collectStartupGarbage();
+  }, STARTUP_GC_DELAY_MS).unref();
 
   let stopping = false;
   const stop = async (signal: string) => {

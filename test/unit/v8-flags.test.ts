@@ -1,0 +1,53 @@
+// A controller-only plugin runs without V8's optimizing compilers (src/v8-flags.ts): the flags are
+// set at run time, after V8 started, so this checks in a real process that they still take effect
+// (a Node.js that froze V8's flags would silently bring the controller's memory back up).
+import { spawnSync } from "node:child_process";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { pathToFileURL } from "node:url";
+import { afterAll, describe, expect, it } from "vitest";
+import { v8FlagsFor } from "../../src/v8-flags.ts";
+
+const dir = mkdtempSync(join(tmpdir(), "v8-flags-test-"));
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+/** V8's %GetOptimizationStatus bit for "optimized code" (Maglev or TurboFan). */
+const OPTIMIZED = 1 << 4;
+
+/** Whether a hot function got optimized in a process that applied the flags of `mode` first. */
+function hotFunctionOptimized(mode: string): boolean {
+  const script = join(dir, "hot.mjs");
+  writeFileSync(
+    script,
+    `const { applyV8Flags } = await import(${JSON.stringify(pathToFileURL(join(import.meta.dirname, "../../src/v8-flags.ts")).href)});
+applyV8Flags(process.argv[2]);
+const status = new Function("f", "return %GetOptimizationStatus(f)");
+function hot(x) { return (x * 2 + 1) % 7; }
+let sum = 0;
+for (let round = 0; round < 20; round++) {
+  for (let i = 0; i < 200000; i++) sum += hot(i);
+  await new Promise((r) => setTimeout(r, 5));
+}
+process.stdout.write(String(status(hot)));
+`,
+  );
+  const run = spawnSync(process.execPath, ["--allow-natives-syntax", script, mode], { encoding: "utf8" });
+  expect(run.stderr).toBe("");
+  return (Number(run.stdout) & OPTIMIZED) !== 0;
+}
+
+describe("V8 flags by mode", () => {
+  it("a controller runs without optimizing compilers; node and all keep V8's defaults", () => {
+    expect(v8FlagsFor("controller")).toEqual(
+      expect.arrayContaining(["--no-opt", "--no-maglev", "--optimize-for-size"]),
+    );
+    expect(v8FlagsFor("node")).toEqual([]);
+    expect(v8FlagsFor("all")).toEqual([]);
+  });
+
+  it("set at run time, the flags take effect: a hot function stays unoptimized in a controller only", () => {
+    expect(hotFunctionOptimized("node")).toBe(true);
+    expect(hotFunctionOptimized("controller")).toBe(false);
+  });
+});
