@@ -19,6 +19,7 @@ const START_TIMEOUT_MS = 30_000;
 const STOP_TIMEOUT_MS = 5_000;
 const repoRoot = fileURLToPath(new URL("../../", import.meta.url));
 const venvMotoServer = join(repoRoot, ".cache", "venv", "bin", "moto_server");
+const MOTO_PATCHES = fileURLToPath(new URL("./moto-patches", import.meta.url));
 
 const installHint =
   `moto server not found. Install it with:\n` +
@@ -42,9 +43,14 @@ export async function startMoto(): Promise<Moto> {
   // be taken meanwhile, by another test's moto even, which would then answer in its place.
   const args = [...command.slice(1), "-H", "127.0.0.1", "-p", "0"];
   const python = findOnPath("python3");
+  // moto-patches/sitecustomize.py corrects moto where it behaves unlike AWS (see there).
+  const env = {
+    ...process.env,
+    PYTHONPATH: [MOTO_PATCHES, process.env["PYTHONPATH"]].filter(Boolean).join(delimiter),
+  };
   const child = python
-    ? spawn(python, ["-c", dieWithParent, String(process.pid), command[0]!, ...args], { stdio: "pipe" })
-    : spawn(command[0]!, args, { stdio: "pipe" });
+    ? spawn(python, ["-c", dieWithParent, String(process.pid), command[0]!, ...args], { stdio: "pipe", env })
+    : spawn(command[0]!, args, { stdio: "pipe", env });
   const killOnExit = () => child.kill("SIGKILL");
   process.on("exit", killOnExit);
 
