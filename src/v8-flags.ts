@@ -20,9 +20,6 @@ export function v8FlagsFor(mode: Mode): string[] {
   return mode === "controller" ? [...CONTROLLER_FLAGS] : [];
 }
 
-/** Sets the mode's flags; returns them, for the start-up log line. */
-export function applyV8Flags(mode: Mode): string[] {
-  const flags = v8FlagsFor(mode);
-  for (const flag of flags) setFlagsFromString(flag);
-  return flags;
+export function applyV8Flags(mode: Mode): void {
+  for (const flag of v8FlagsFor(mode)) setFlagsFromString(flag);
 }

@@ -111,11 +111,11 @@ async function ociArchive(dir: string, images: OciImage[]): Promise<string> {
   const layout = join(dir, "layout");
   await rm(layout, { recursive: true, force: true });
   await mkdir(join(layout, "blobs", "sha256"), { recursive: true });
-  const blob = (data: Buffer | string) => writeBlob(layout, data);
   const manifests: object[] = [];
   for (const image of images) {
-    const layerBlob = await blob(image.layer);
-    const config = await blob(
+    const layerBlob = await writeBlob(layout, image.layer);
+    const config = await writeBlob(
+      layout,
       JSON.stringify({
         architecture: "amd64",
         os: "linux",
@@ -123,7 +123,8 @@ async function ociArchive(dir: string, images: OciImage[]): Promise<string> {
         rootfs: { type: "layers", diff_ids: [layerBlob.digest] },
       }),
     );
-    const manifest = await blob(
+    const manifest = await writeBlob(
+      layout,
       JSON.stringify({
         schemaVersion: 2,
         mediaType: "application/vnd.oci.image.manifest.v1+json",

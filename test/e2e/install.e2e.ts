@@ -25,6 +25,13 @@ const CHART = join(REPO_ROOT, "deploy", "helm", "aws-storage-csi");
 const OVERLAY = join(REPO_ROOT, "deploy", "kubernetes", "overlays", "both");
 const RELEASE = "aws-storage-csi";
 const NAMESPACE = "kube-system";
+/** The driver's workloads, as the chart and the overlays name them (their pods' component label). */
+const WORKLOADS = [
+  "deployment/ebs-csi-controller",
+  "deployment/efs-csi-controller",
+  "daemonset/ebs-csi-node",
+  "daemonset/efs-csi-node",
+];
 /** The upgrade's image: the same layers under a new configuration (image.ts, exportDriverImage). */
 const REBUILT_TAG = `${DRIVER_IMAGE.split(":")[1]}-rebuilt`;
 const [IMAGE_REPOSITORY] = DRIVER_IMAGE.split(":") as [string];
@@ -87,12 +94,7 @@ describe.skipIf(skip)("the chart and an overlay installed on a real cluster, pod
 
   /** Waits until the Deployments and DaemonSets have rolled out: every pod of the new spec ready. */
   const rolledOut = async () => {
-    for (const workload of [
-      "deployment/ebs-csi-controller",
-      "deployment/efs-csi-controller",
-      "daemonset/ebs-csi-node",
-      "daemonset/efs-csi-node",
-    ]) {
+    for (const workload of WORKLOADS) {
       await kubectl(["rollout", "status", `--namespace=${NAMESPACE}`, "--timeout=300s", workload]);
     }
   };
@@ -105,7 +107,7 @@ describe.skipIf(skip)("the chart and an overlay installed on a real cluster, pod
     waitFor(
       `every pod of the driver to run ${image}`,
       async () => {
-        const components = ["ebs-csi-controller", "ebs-csi-node", "efs-csi-controller", "efs-csi-node"];
+        const components = WORKLOADS.map((w) => w.slice(w.indexOf("/") + 1));
         const pods = (await Promise.all(components.map(podsOf))).flat();
         const other = pods.filter(
           (p) => p.spec.containers.find((c) => c.name.endsWith("-plugin"))?.image !== image,
