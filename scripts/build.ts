@@ -22,24 +22,6 @@ export const ENTRY_POINTS = [
 ];
 
 /**
- * gRPC loads @grpc/proto-loader (and with it protobufjs's .proto parser) only for channelz and
- * ORCA, which the driver does not serve: the bundle gets a stand-in that says so if ever called,
- * instead of half a megabyte of code every plugin would read at start-up.
- */
-const withoutProtoLoader: Plugin = {
-  name: "without-proto-loader",
-  setup(b) {
-    b.onResolve({ filter: /^@grpc\/proto-loader$/ }, () => ({ path: "proto-loader", namespace: "stub" }));
-    b.onLoad({ filter: /.*/, namespace: "stub" }, () => ({
-      contents:
-        'const absent = () => { throw new Error("@grpc/proto-loader is not in this build: channelz and ORCA are not served"); };\n' +
-        "module.exports = { loadSync: absent, fromJSON: absent };\n",
-      loader: "js",
-    }));
-  },
-};
-
-/**
  * An ES module import of node:http or node:https makes Node read every export of the module, and
  * their WebSocket getters load undici (fetch): about 20 ms and several MiB in every plugin that
  * imports them this way, as the AWS SDK and the driver itself do. The bundle gets them from
@@ -101,7 +83,7 @@ export async function buildDriver(outdir = path.join(REPO, "dist")): Promise<Met
     minifyWhitespace: true,
     sourcemap: "linked",
     legalComments: "linked",
-    plugins: [withoutProtoLoader, builtinsWithoutUndici],
+    plugins: [builtinsWithoutUndici],
     logLevel: "warning",
   });
   return result.metafile;

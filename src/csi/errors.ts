@@ -1,4 +1,4 @@
-import { status } from "@grpc/grpc-js";
+import { status } from "./status.ts";
 
 /**
  * The one error type the services throw. It carries the gRPC status code that the caller sees;
@@ -28,8 +28,6 @@ export const unavailable = (message: string): CsiError => new CsiError(status.UN
 export const internal = (message: string): CsiError => new CsiError(status.INTERNAL, message);
 export const permissionDenied = (message: string): CsiError =>
   new CsiError(status.PERMISSION_DENIED, message);
-
-export const statusName = (code: status): string => status[code] ?? String(code);
 
 /** A failure of the machine or a command, for the caller: INTERNAL with what was being done. */
 export function asInternal(err: unknown, what: string): CsiError {

@@ -1,5 +1,4 @@
 import { createHash } from "node:crypto";
-import { status } from "@grpc/grpc-js";
 import { type BackoffOptions, WaitTimeoutError, waitUntil } from "../backoff.ts";
 import {
   aborted,
@@ -12,6 +11,7 @@ import {
   outOfRange,
   resourceExhausted,
 } from "../csi/errors.ts";
+import { status } from "../csi/status.ts";
 import type {
   ControllerExpandVolumeRequest,
   ControllerExpandVolumeResponse,

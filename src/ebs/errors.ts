@@ -1,5 +1,5 @@
 /** EC2 errors as CSI errors, for the controller's RPCs (volumes and snapshots alike). */
-import { status } from "@grpc/grpc-js";
+
 import { WaitTimeoutError } from "../backoff.ts";
 import {
   alreadyExists,
@@ -9,6 +9,7 @@ import {
   notFound,
   resourceExhausted,
 } from "../csi/errors.ts";
+import { status } from "../csi/status.ts";
 import { isCloudError } from "./cloud.ts";
 
 /** An EBS volume id; anything else cannot name a volume. */

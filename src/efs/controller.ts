@@ -5,7 +5,6 @@
  */
 import { randomUUID } from "node:crypto";
 import { posix } from "node:path";
-import { status } from "@grpc/grpc-js";
 import {
   aborted,
   alreadyExists,
@@ -19,6 +18,7 @@ import {
   resourceExhausted,
   unavailable,
 } from "../csi/errors.ts";
+import { status } from "../csi/status.ts";
 import type {
   CapacityRange,
   ControllerExpandVolumeRequest,

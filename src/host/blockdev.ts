@@ -1,3 +1,4 @@
+import { type BigIntStatsFs, statfsSync } from "node:fs";
 import { open, readFile, stat, statfs } from "node:fs/promises";
 import { currentCallSignal } from "../call-scope.ts";
 import { bounded } from "./bounded.ts";
@@ -302,7 +303,29 @@ export interface FsStats {
  * NFS reports ~8 EiB, beyond 2^53; the numbers lose precision there, never sign.
  */
 export async function fsStats(path: string): Promise<FsStats> {
-  const s = await bounded(`statfs ${path}`, () => statfs(path, { bigint: true }));
+  return toFsStats(await bounded(`statfs ${path}`, () => statfs(path, { bigint: true })));
+}
+
+/**
+ * fsStats on the calling thread, for a filesystem that answers statfs from memory (see
+ * answersFromMemory): no thread-pool round trip, and no bound either.
+ */
+export function fsStatsNow(path: string): FsStats {
+  return toFsStats(statfsSync(path, { bigint: true }));
+}
+
+/**
+ * Whether statfs, and lstat of the filesystem's root, are answered from memory, never waiting for
+ * the disk, so that they may run on the event loop: ext2/3/4 keep their free counts in memory,
+ * and a mounted root's inode is always cached. Not with project quotas, where statfs reads the
+ * quota from disk; not xfs, whose statfs waits for its inode garbage collection on some kernels;
+ * never a network filesystem.
+ */
+export function answersFromMemory(fsType: string, superOptions: readonly string[]): boolean {
+  return /^ext[234]$/.test(fsType) && !superOptions.some((o) => o.includes("quota"));
+}
+
+function toFsStats(s: BigIntStatsFs): FsStats {
   return {
     totalBytes: Number(s.blocks * s.bsize),
     availableBytes: Number(s.bavail * s.bsize),

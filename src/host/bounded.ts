@@ -6,7 +6,9 @@ import { currentCallSignal } from "../call-scope.ts";
  * in-process host call on a request path goes through `bounded`: the caller gets an answer when
  * its deadline passes (or after `timeoutMs`), the stuck call is remembered until it returns, and
  * once MAX_STUCK calls are stuck no new one starts, so the thread pool (UV_THREADPOOL_SIZE, set by
- * src/thread-pool.ts) keeps threads for everything else.
+ * src/thread-pool.ts) keeps threads for everything else. The one exception: NodeGetVolumeStats on
+ * an ext2/3/4 volume it has checked before reads lstat and statfs on the event loop, since those
+ * filesystems answer both from memory (answersFromMemory in blockdev.ts).
  */
 
 /** Default bound of one filesystem call: far above a healthy one, below kubelet's 2-minute call. */

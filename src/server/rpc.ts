@@ -1,9 +1,11 @@
 import { randomUUID } from "node:crypto";
-import { type ServerUnaryCall, type ServiceDefinition, type sendUnaryData, status } from "@grpc/grpc-js";
 import { runInCallScope } from "../call-scope.ts";
-import { asTimeout, CsiError, statusName } from "../csi/errors.ts";
+import { asTimeout, CsiError } from "../csi/errors.ts";
+import type { CsiMethod, CsiServiceDefinition } from "../csi/proto.ts";
+import { status, statusName } from "../csi/status.ts";
 import { type Logger, redactSecrets } from "../log.ts";
 import type { Metrics } from "../metrics.ts";
+import type { UnaryCall, UnaryHandler } from "./grpc.ts";
 import type { InflightKeys } from "./inflight.ts";
 
 /** What a service method gets besides its request. */
@@ -85,14 +87,9 @@ export function inflightKey(method: string, req: Record<string, unknown>): strin
 }
 
 /** Answers the call; a throw from the transport is logged, never allowed to end the process. */
-function reply(
-  callback: sendUnaryData<unknown>,
-  error: Parameters<sendUnaryData<unknown>>[0],
-  response: unknown,
-  logOf: () => Logger,
-): void {
+function reply(send: () => void, logOf: () => Logger): void {
   try {
-    callback(error, response);
+    send();
   } catch (err) {
     logOf().error({ err }, "could not send the reply");
   }
@@ -120,41 +117,37 @@ function shortMessage(err: unknown): { code: status; message: string; expected: 
 }
 
 /**
- * Builds the gRPC handler table for one service: every method of the definition is served, the
+ * Builds the gRPC handlers of one service, by path: every method of the definition is served, the
  * ones the implementation lacks with UNIMPLEMENTED. Each call gets a request id, a log line with
  * its method, duration and status code (at debug for a polled call that succeeded), secrets
  * redacted, and errors mapped to status codes.
  */
 export function bindService(
-  service: ServiceDefinition,
+  service: CsiServiceDefinition,
   impl: ServiceImpl,
   rt: RpcRuntime,
-): Record<string, (call: ServerUnaryCall<unknown, unknown>, callback: sendUnaryData<unknown>) => void> {
-  const handlers: Record<
-    string,
-    (call: ServerUnaryCall<unknown, unknown>, cb: sendUnaryData<unknown>) => void
-  > = {};
+): Map<string, UnaryHandler> {
+  const handlers = new Map<string, UnaryHandler>();
   for (const [method, def] of Object.entries(service)) {
     if (def.requestStream || def.responseStream) continue;
     const member = (impl as Record<string, unknown>)[method];
     const fn = typeof member === "function" ? (member.bind(impl) as Method<unknown, unknown>) : undefined;
-    handlers[method] = (call, callback) => {
-      void handleCall(method, fn, call, callback, rt);
-    };
+    handlers.set(def.path, (call) => {
+      void handleCall(method, def, fn, call, rt);
+    });
   }
   return handlers;
 }
 
 async function handleCall(
   method: string,
+  def: CsiMethod,
   fn: Method<unknown, unknown> | undefined,
-  call: ServerUnaryCall<unknown, unknown>,
-  callback: sendUnaryData<unknown>,
+  call: UnaryCall,
   rt: RpcRuntime,
 ): Promise<void> {
   const started = process.hrtime.bigint();
   const requestId = randomUUID().slice(0, 8);
-  const req = (call.request ?? {}) as Record<string, unknown>;
   // Made at the first line logged: most successful calls log none.
   let callLog: Logger | undefined;
   const logOf = (): Logger => {
@@ -162,27 +155,31 @@ async function handleCall(
     return callLog;
   };
   const abort = new AbortController();
-  // gRPC also reports a call that was answered as "cancelled" when its stream closes: only a call
-  // still being served is aborted (and the error, with its stack, is made only then).
-  let answered = false;
-  call.on("cancelled", () => {
-    if (!answered) abort.abort(new CsiError(status.CANCELLED, "the caller cancelled the call"));
-  });
+  // Only a call still being served is aborted (and the error, with its stack, is made only then).
+  call.oncancel = () => abort.abort(new CsiError(status.CANCELLED, "the caller cancelled the call"));
   // Host calls and waits stop at the caller's deadline, whether or not the transport says so.
-  const deadline = call.getDeadline();
-  const msLeft = deadline instanceof Date ? deadline.getTime() - Date.now() : Number(deadline) - Date.now();
+  const msLeft = call.deadline === undefined ? Number.POSITIVE_INFINITY : call.deadline - Date.now();
   const deadlineTimer =
-    Number.isFinite(msLeft) && msLeft < 2 ** 31 - 1
+    msLeft < 2 ** 31 - 1
       ? setTimeout(
           () => abort.abort(new CsiError(status.DEADLINE_EXCEEDED, "the caller's deadline passed")),
           Math.max(0, msLeft),
         )
       : undefined;
-  if (rt.log.isLevelEnabled("debug")) logOf().debug({ request: redactSecrets(req) }, "call");
 
+  let req: Record<string, unknown> = {};
   let code: status = status.OK;
   let release: (() => void) | undefined;
   try {
+    try {
+      req = def.requestDeserialize(call.request) as Record<string, unknown>;
+    } catch (err) {
+      throw new CsiError(
+        status.INTERNAL,
+        `the request is not a valid ${method} message: ${err instanceof Error ? err.message : String(err)}`,
+      );
+    }
+    if (rt.log.isLevelEnabled("debug")) logOf().debug({ request: redactSecrets(req) }, "call");
     if (!fn) throw new CsiError(status.UNIMPLEMENTED, `${method} is not implemented by this driver`);
     const key = inflightKey(method, req);
     if (key) {
@@ -202,7 +199,9 @@ async function handleCall(
       },
     };
     const response = await runInCallScope(abort.signal, () => fn(req, ctx));
-    reply(callback, null, response, logOf);
+    // A response the message type cannot hold is a bug here: INTERNAL, below, with its stack logged.
+    const bytes = def.responseSerialize((response ?? {}) as object);
+    reply(() => call.reply(bytes), logOf);
   } catch (caught) {
     const err = abortedOutcome(caught, abort.signal);
     const { code: errCode, message, expected } = shortMessage(err);
@@ -213,11 +212,9 @@ async function handleCall(
       log.warn({ code: statusName(code), error: message }, "call failed");
     else if (expected) log.info({ code: statusName(code), error: message }, "call failed");
     else log.error({ err }, "unexpected error");
-    // Well formed: grpc-js percent-encodes details and throws on a lone surrogate.
-    const details = message.toWellFormed();
-    reply(callback, { code, details, message: details }, undefined, logOf);
+    reply(() => call.fail(code, message), logOf);
   } finally {
-    answered = true;
+    call.oncancel = undefined;
     clearTimeout(deadlineTimer);
     release?.();
     const seconds = Number(process.hrtime.bigint() - started) / 1e9;
@@ -225,7 +222,7 @@ async function handleCall(
     const level = code === status.OK && POLLED.has(method) ? "debug" : "info";
     if (rt.log.isLevelEnabled(level)) {
       // Cut: a malformed request may carry a name of any length.
-      const volume = String(req.volume_id || req.name || "").slice(0, 128);
+      const volume = String(req["volume_id"] || req["name"] || "").slice(0, 128);
       logOf()[level]({ code: statusName(code), ms: Math.round(seconds * 1000), volume }, "done");
     }
   }

@@ -1,8 +1,8 @@
 import { lstat, mkdir, unlink } from "node:fs/promises";
 import { dirname } from "node:path";
-import { Server, ServerCredentials } from "@grpc/grpc-js";
-import { csiServices } from "../csi/proto.ts";
+import { type CsiServiceName, csiServiceDefinitions } from "../csi/proto.ts";
 import type { Logger } from "../log.ts";
+import { GrpcServer, type UnaryHandler } from "./grpc.ts";
 import { bindService, type RpcRuntime, type ServiceImpl } from "./rpc.ts";
 
 export interface CsiServiceImpls {
@@ -30,53 +30,37 @@ async function removeStaleSocket(path: string, log: Logger): Promise<void> {
   log.info({ path }, "removed stale socket");
 }
 
+/** The largest request message accepted, as gRPC servers default to. */
+const MAX_RECEIVE_BYTES = 4 * 1024 * 1024;
+
 export async function serveCsi(
   socketPath: string,
   impls: CsiServiceImpls,
   rt: RpcRuntime,
 ): Promise<RunningServer> {
-  const services = csiServices();
-  const server = new Server({
-    "grpc.max_receive_message_length": 4 * 1024 * 1024,
-    // Channelz (gRPC's introspection service, which the driver does not serve) otherwise books
-    // every call: measurable in NodeGetVolumeStats, which kubelet calls for every volume.
-    "grpc.enable_channelz": 0,
-  });
-  server.addService(services.Identity.service, bindService(services.Identity.service, impls.identity, rt));
-  if (impls.controller) {
-    server.addService(
-      services.Controller.service,
-      bindService(services.Controller.service, impls.controller, rt),
-    );
+  const definitions = csiServiceDefinitions();
+  const served: [CsiServiceName, ServiceImpl | undefined][] = [
+    ["Identity", impls.identity],
+    ["Controller", impls.controller],
+    ["GroupController", impls.groupController],
+    ["Node", impls.node],
+  ];
+  const routes = new Map<string, UnaryHandler>();
+  for (const [name, impl] of served) {
+    if (impl) for (const route of bindService(definitions[name], impl, rt)) routes.set(...route);
   }
-  if (impls.groupController) {
-    server.addService(
-      services.GroupController.service,
-      bindService(services.GroupController.service, impls.groupController, rt),
-    );
-  }
-  if (impls.node)
-    server.addService(services.Node.service, bindService(services.Node.service, impls.node, rt));
+  const server = new GrpcServer(routes, { maxReceiveBytes: MAX_RECEIVE_BYTES, log: rt.log });
 
   await mkdir(dirname(socketPath), { recursive: true });
   await removeStaleSocket(socketPath, rt.log);
-  await new Promise<number>((resolve, reject) =>
-    server.bindAsync(`unix://${socketPath}`, ServerCredentials.createInsecure(), (err, port) =>
-      err ? reject(err) : resolve(port),
-    ),
-  );
+  await server.listen(socketPath);
   rt.log.info({ socket: socketPath }, "serving CSI");
 
   return {
     socketPath,
     async shutdown(timeoutMs) {
-      const graceful = new Promise<void>((resolve) => server.tryShutdown(() => resolve()));
-      const timer = new Promise<"timeout">((resolve) =>
-        setTimeout(() => resolve("timeout"), timeoutMs).unref(),
-      );
-      if ((await Promise.race([graceful, timer])) === "timeout") {
-        rt.log.warn({ inflight: rt.inflight.size }, "in-flight calls did not finish in time: closing them");
-        server.forceShutdown();
+      if (!(await server.close(timeoutMs))) {
+        rt.log.warn({ inflight: rt.inflight.size }, "in-flight calls did not finish in time: closed them");
       }
       await unlink(socketPath).catch(() => undefined);
     },

@@ -1,7 +1,7 @@
 // The fuzz generator itself: a failure must be re-runnable from its seed and index, every RPC of
 // the three services must come up, and every request must be one the client can encode.
 import { describe, expect, it } from "vitest";
-import { csiServices } from "../../src/csi/proto.ts";
+import { csiServiceDefinitions } from "../../src/csi/proto.ts";
 import { type FuzzTargets, generateCall, RPCS, seedFromEnv } from "./generate.ts";
 
 const targets = (driver: "ebs" | "efs"): FuzzTargets => ({
@@ -32,12 +32,12 @@ describe("fuzz generator", () => {
   });
 
   it.each(["ebs", "efs"] as const)("covers every RPC with requests the %s client can encode", (driver) => {
-    const services = csiServices();
+    const services = csiServiceDefinitions();
     const seen = new Set<string>();
     for (let i = 0; i < 3000; i++) {
       const { service, method, request } = generateCall(targets(driver), 7, i);
       seen.add(method);
-      const definition = services[service].service[method]!;
+      const definition = services[service][method]!;
       expect(() => definition.requestSerialize(request)).not.toThrow();
     }
     expect([...seen].sort()).toEqual(Object.values(RPCS).flat().sort());

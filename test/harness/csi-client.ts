@@ -1,5 +1,5 @@
-import { type Client, credentials, type ServiceError } from "@grpc/grpc-js";
-import { csiServices } from "../../src/csi/proto.ts";
+import { type Client, credentials, makeClientConstructor, type ServiceError } from "@grpc/grpc-js";
+import { csiServiceDefinitions } from "../../src/csi/proto.ts";
 
 type Service = "Identity" | "Controller" | "GroupController" | "Node";
 // biome-ignore lint/suspicious/noExplicitAny: responses are plain decoded protobuf objects.
@@ -10,9 +10,10 @@ export class CsiClient {
   readonly #clients: Record<Service, Client>;
 
   constructor(socketPath: string) {
-    const services = csiServices();
+    const definitions = csiServiceDefinitions();
     const address = `unix://${socketPath}`;
-    const make = (s: Service) => new services[s](address, credentials.createInsecure());
+    const make = (s: Service) =>
+      new (makeClientConstructor(definitions[s], s))(address, credentials.createInsecure());
     this.#clients = {
       Identity: make("Identity"),
       Controller: make("Controller"),

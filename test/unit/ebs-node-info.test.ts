@@ -1,6 +1,6 @@
-import { status } from "@grpc/grpc-js";
 import { beforeEach, describe, expect, it } from "vitest";
 import { CsiError } from "../../src/csi/errors.ts";
+import { statusName } from "../../src/csi/status.ts";
 import { EbsController } from "../../src/ebs/controller.ts";
 import { createLogger } from "../../src/log.ts";
 import { createMetrics } from "../../src/metrics.ts";
@@ -17,7 +17,7 @@ async function codeOf(promise: Promise<unknown>): Promise<string> {
     (e: unknown) => e,
   );
   expect(err, "expected the call to fail").toBeInstanceOf(CsiError);
-  return status[(err as CsiError).code];
+  return statusName((err as CsiError).code);
 }
 
 describe("EBS controller, CSI 1.14", () => {

@@ -1,6 +1,7 @@
 import { status } from "@grpc/grpc-js";
 import { describe, expect, it } from "vitest";
-import { CsiError, statusName } from "../../src/csi/errors.ts";
+import { CsiError } from "../../src/csi/errors.ts";
+import { statusName } from "../../src/csi/status.ts";
 import type { VolumeType } from "../../src/ebs/cloud.ts";
 import { renderLimitsMarkdown, VOLUME_LIMITS, VOLUME_TYPES } from "../../src/ebs/limits.ts";
 import {

@@ -3,9 +3,9 @@
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { status } from "@grpc/grpc-js";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { CsiError } from "../../src/csi/errors.ts";
+import { statusName } from "../../src/csi/status.ts";
 import type { NodePublishVolumeRequest } from "../../src/csi/types.ts";
 import { EfsNode, statFilesystem } from "../../src/efs/node.ts";
 import { KubeletDirs } from "../../src/host/paths.ts";
@@ -42,7 +42,7 @@ async function codeOf(call: Promise<unknown>): Promise<string> {
     return "OK";
   } catch (err) {
     if (!(err instanceof CsiError)) throw err;
-    return status[err.code];
+    return statusName(err.code);
   }
 }
 

@@ -4,6 +4,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import {
+  answersFromMemory,
   blockDeviceSizeBytes,
   FormatRefusedError,
   isBlank,
@@ -33,6 +34,21 @@ describe("parseBlkidExport", () => {
 
   it("unescapes values and keeps '=' inside them", () => {
     expect(parseBlkidExport("LABEL=my\\ data\\ vol\nX=a=b\n")).toEqual({ LABEL: "my data vol", X: "a=b" });
+  });
+});
+
+describe("answersFromMemory: which filesystems NodeGetVolumeStats reads on the event loop", () => {
+  it("ext2/3/4 without quotas: statfs and the root's lstat never wait for the disk", () => {
+    expect(answersFromMemory("ext4", ["rw", "errors=remount-ro"])).toBe(true);
+    expect(answersFromMemory("ext3", ["rw"])).toBe(true);
+  });
+
+  it("not with quotas (statfs may read one from disk), not xfs, never NFS or anything else", () => {
+    expect(answersFromMemory("ext4", ["rw", "prjquota"])).toBe(false);
+    expect(answersFromMemory("ext4", ["rw", "usrjquota=aquota.user", "jqfmt=vfsv0"])).toBe(false);
+    expect(answersFromMemory("xfs", ["rw", "attr2"])).toBe(false);
+    expect(answersFromMemory("nfs4", ["rw"])).toBe(false);
+    expect(answersFromMemory("tmpfs", ["rw"])).toBe(false);
   });
 });
 

@@ -9,7 +9,7 @@ import * as protoLoader from "@grpc/proto-loader";
 import protobuf from "protobufjs";
 import { describe, expect, it } from "vitest";
 import { CSI_JSON_PATH, csiDescriptorJson } from "../../scripts/proto-json.ts";
-import { csiServices } from "../../src/csi/proto.ts";
+import { csiServiceDefinitions } from "../../src/csi/proto.ts";
 
 // Structural equivalence between our hand-written proto/csi.proto and the official CSI v1.14.0 csi.proto.
 
@@ -321,10 +321,10 @@ describe("proto/csi.json: the descriptor the driver loads instead of parsing pro
   it("serves every method of proto-loader's services, on the same paths", () => {
     const loaded = grpc.loadPackageDefinition(protoLoader.loadSync(ourProtoPath, { keepCase: true }));
     const v1 = (loaded["csi"] as grpc.GrpcObject)["v1"] as grpc.GrpcObject;
-    const services = csiServices();
+    const services = csiServiceDefinitions();
     for (const name of ["Identity", "Controller", "Node", "GroupController"] as const) {
       const theirs = (v1[name] as grpc.ServiceClientConstructor).service;
-      const mine = services[name].service;
+      const mine = services[name];
       expect(Object.keys(mine).sort(), name).toEqual(Object.keys(theirs).sort());
       for (const [method, def] of Object.entries(theirs)) {
         expect(mine[method]!.path).toBe(def.path);
@@ -339,7 +339,7 @@ describe("proto/csi.json: the descriptor the driver loads instead of parsing pro
     const theirs = ((loaded["csi"] as grpc.GrpcObject)["v1"] as grpc.GrpcObject)[
       "Controller"
     ] as grpc.ServiceClientConstructor;
-    const mine = csiServices().Controller.service;
+    const mine = csiServiceDefinitions().Controller;
     const request = {
       name: "pvc-1",
       capacity_range: { required_bytes: 5 * 1024 ** 4 + 1 },

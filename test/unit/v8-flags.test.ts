@@ -38,12 +38,12 @@ process.stdout.write(String(status(hot)));
 }
 
 describe("V8 flags by mode", () => {
-  it("a controller runs without optimizing compilers; node and all keep V8's defaults", () => {
+  it("a controller runs without optimizing compilers; node and all keep them, with garbage collected on one thread", () => {
     expect(v8FlagsFor("controller")).toEqual(
       expect.arrayContaining(["--no-opt", "--no-maglev", "--optimize-for-size"]),
     );
-    expect(v8FlagsFor("node")).toEqual([]);
-    expect(v8FlagsFor("all")).toEqual([]);
+    expect(v8FlagsFor("node")).toEqual(["--single-threaded-gc"]);
+    expect(v8FlagsFor("all")).toEqual(["--single-threaded-gc"]);
   });
 
   it("set at run time, the flags take effect: a hot function stays unoptimized in a controller only", () => {
