@@ -5,14 +5,10 @@ import { readFileSync } from "node:fs";
 import { setFlagsFromString } from "node:v8";
 import { runInNewContext } from "node:vm";
 import { ConfigError, helpText, type Options, parseCommandLine } from "./config.ts";
-import { identityService } from "./csi/identity.ts";
-import { prepareCsiMessages } from "./csi/proto.ts";
 import type { Driver, DriverDeps } from "./driver.ts";
 import { createLogger } from "./log.ts";
 import { locatePlugin } from "./metadata.ts";
 import { createMetrics, serveMetrics } from "./metrics.ts";
-import { InflightKeys } from "./server/inflight.ts";
-import { serveCsi } from "./server/server.ts";
 import { applyV8Flags, v8FlagsFor } from "./v8-flags.ts";
 
 /** Set by scripts/build.ts in the bundle; read from package.json when the sources run as they are. */
@@ -64,11 +60,22 @@ async function serve(options: Options): Promise<void> {
     "starting",
   );
 
-  // Instance metadata is asked while the driver's code loads.
+  // Instance metadata is asked first, and the code that serves (HTTP/2, the CSI messages, the
+  // driver) loads while it answers: a node plugin's start-up waits for the longer of the two.
   const location = locatePlugin(options, log);
   location.catch(() => undefined);
-  setImmediate(prepareCsiMessages);
+  const serving = Promise.all([
+    import("./server/server.ts"),
+    import("./server/inflight.ts"),
+    import("./csi/identity.ts"),
+    import("./csi/proto.ts"),
+  ]);
+  serving.then(
+    ([, , , proto]) => setImmediate(proto.prepareCsiMessages),
+    () => undefined,
+  );
   const driver = await createDriver({ options, log, metrics, version: VERSION, location });
+  const [{ serveCsi }, { InflightKeys }, { identityService }] = await serving;
   const identity = identityService({
     name: options.driverName,
     version: VERSION,

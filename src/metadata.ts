@@ -1,6 +1,5 @@
 import { readFile } from "node:fs/promises";
 import { request as httpRequestOf } from "node:http";
-import { request as httpsRequest } from "node:https";
 import type { Options } from "./config.ts";
 import type { Logger } from "./log.ts";
 
@@ -196,7 +195,10 @@ async function httpRequest(
   url: string,
   o: { method: string; headers: Record<string, string>; timeoutMs: number; ca?: Buffer },
 ): Promise<{ status: number; body: string }> {
-  const send = url.startsWith("https:") ? httpsRequest : httpRequestOf;
+  // https (and TLS with it) only for the Kubernetes API, the fallback: not loaded otherwise.
+  const send = url.startsWith("https:")
+    ? (process.getBuiltinModule("node:https") as typeof import("node:https")).request
+    : httpRequestOf;
   return new Promise((resolve, reject) => {
     const req = send(url, { method: o.method, headers: o.headers, ...(o.ca ? { ca: o.ca } : {}) }, (res) => {
       let body = "";

@@ -1,4 +1,4 @@
-import { execFile } from "node:child_process";
+import { spawn } from "node:child_process";
 import { fileURLToPath } from "node:url";
 
 /**
@@ -68,56 +68,71 @@ export class CommandError extends Error {
 /**
  * Runs a program without a shell. The locale is forced to C so that callers may match stderr
  * (e.g. "target is busy"). The timeout is enforced by our own timer: a process stuck in the
- * kernel (D state) never exits, and we must not wait for it.
+ * kernel (D state) never exits, and we must not wait for it. The program runs in a process group
+ * of its own, so that stopping it stops what it started: mount runs mount.nfs4, which left alone
+ * would still mount after the caller was told the call failed.
  */
 export function run(cmd: string, args: string[], opts: RunOptions = {}): Promise<RunResult> {
   const timeoutMs = opts.timeoutMs ?? DEFAULT_TIMEOUT_MS;
   const okCodes = opts.okCodes ?? [0];
   return new Promise((resolve, reject) => {
     let settled = false;
-    const child = execFile(
-      cmd,
-      args,
-      {
-        encoding: "utf8",
-        maxBuffer: MAX_OUTPUT_BYTES,
-        env: { ...process.env, LC_ALL: "C", LANG: "C" },
-      },
-      (err, stdout, stderr) => {
-        clearTimeout(timer);
-        if (settled) return;
-        settled = true;
-        if (!err) return resolve({ stdout, stderr, code: 0 });
-        const exitCode = typeof err.code === "number" ? err.code : null;
-        if (exitCode !== null && okCodes.includes(exitCode))
-          return resolve({ stdout, stderr, code: exitCode });
-        const signal = err.signal ?? null;
-        const why =
-          exitCode !== null
-            ? `failed (exit ${exitCode})`
-            : signal
-              ? `was killed by ${signal}`
-              : `could not run (${typeof err.code === "string" ? err.code : err.message})`;
-        reject(new CommandError({ cmd, args, exitCode, signal, stdout, stderr, timedOut: false, why }));
-      },
-    );
-    /** Kills the command and fails without waiting for it: one stuck in the kernel never exits. */
-    const stop = (why: string) => {
-      if (settled) return;
+    const child = spawn(cmd, args, { env: { ...process.env, LC_ALL: "C", LANG: "C" }, detached: true });
+    const out: Buffer[] = [];
+    const err: Buffer[] = [];
+    let outputBytes = 0;
+    const text = (chunks: Buffer[]) => Buffer.concat(chunks).toString("utf8");
+    const fail = (o: { exitCode: number | null; signal: string | null; timedOut: boolean; why: string }) =>
+      reject(new CommandError({ cmd, args, stdout: text(out), stderr: text(err), ...o }));
+    const finish = () => {
       settled = true;
       clearTimeout(timer);
-      child.kill("SIGKILL");
-      const o = { cmd, args, exitCode: null, signal: "SIGKILL", stdout: "", stderr: "", timedOut: true, why };
-      reject(new CommandError(o));
+      opts.signal?.removeEventListener("abort", onAbort);
     };
-    const timer = setTimeout(() => stop(`timed out after ${formatMs(timeoutMs)}`), timeoutMs);
-    const onAbort = () => stop("was stopped: the caller's deadline passed");
+    /**
+     * Kills the command and every process it started, and fails without waiting for them: one
+     * stuck in the kernel never exits.
+     */
+    const stop = (why: string, timedOut: boolean) => {
+      if (settled) return;
+      finish();
+      try {
+        process.kill(-(child.pid as number), "SIGKILL");
+      } catch {
+        child.kill("SIGKILL");
+      }
+      fail({ exitCode: null, signal: "SIGKILL", timedOut, why });
+    };
+    const collect = (chunks: Buffer[]) => (chunk: Buffer) => {
+      outputBytes += chunk.length;
+      if (outputBytes > MAX_OUTPUT_BYTES) stop(`wrote more than ${MAX_OUTPUT_BYTES} bytes of output`, false);
+      else chunks.push(chunk);
+    };
+    child.stdout.on("data", collect(out));
+    child.stderr.on("data", collect(err));
+    child.on("error", (e: NodeJS.ErrnoException) => {
+      if (settled) return;
+      finish();
+      fail({ exitCode: null, signal: null, timedOut: false, why: `could not run (${e.code ?? e.message})` });
+    });
+    child.on("close", (exitCode, signal) => {
+      if (settled) return;
+      finish();
+      if (exitCode !== null && okCodes.includes(exitCode)) {
+        resolve({ stdout: text(out), stderr: text(err), code: exitCode });
+      } else if (exitCode !== null) {
+        fail({ exitCode, signal: null, timedOut: false, why: `failed (exit ${exitCode})` });
+      } else {
+        fail({ exitCode: null, signal, timedOut: false, why: `was killed by ${signal}` });
+      }
+    });
+    const timer = setTimeout(() => stop(`timed out after ${formatMs(timeoutMs)}`, true), timeoutMs);
+    const onAbort = () => stop("was stopped: the caller's deadline passed", true);
     if (opts.signal?.aborted) onAbort();
     opts.signal?.addEventListener("abort", onAbort, { once: true });
-    child.once("exit", () => opts.signal?.removeEventListener("abort", onAbort));
     // A write to a process that exits early raises EPIPE here; the exit status tells the story.
-    child.stdin?.on("error", () => {});
-    child.stdin?.end(opts.input ?? "");
+    child.stdin.on("error", () => {});
+    child.stdin.end(opts.input ?? "");
   });
 }
 

@@ -47,8 +47,9 @@ export interface GrpcServerOptions {
   log: Logger;
 }
 
-// Status codes the transport answers itself (the rest come from handlers).
+/** grpc-timeout's units, in milliseconds. */
 const DEADLINE_UNITS: Record<string, number> = { H: 3_600_000, M: 60_000, S: 1000, m: 1, u: 1e-3, n: 1e-6 };
+// Status codes the transport answers itself (the rest come from handlers).
 const UNIMPLEMENTED = 12;
 const INTERNAL = 13;
 const RESOURCE_EXHAUSTED = 8;

@@ -1,4 +1,3 @@
-import { randomUUID } from "node:crypto";
 import { runInCallScope } from "../call-scope.ts";
 import { asTimeout, CsiError } from "../csi/errors.ts";
 import type { CsiMethod, CsiServiceDefinition } from "../csi/proto.ts";
@@ -86,6 +85,17 @@ export function inflightKey(method: string, req: Record<string, unknown>): strin
   return `${method.startsWith("Node") ? "node" : "controller"}/${volumeId}`;
 }
 
+/**
+ * Request ids for the log: 8 hex digits, counting up from a random start, so that the calls of one
+ * process never share one and a restart does not repeat the last run's. Not from node:crypto, which
+ * an EBS node plugin would load for nothing else (a few milliseconds of start-up).
+ */
+let lastRequestId = Math.floor(Math.random() * 2 ** 32);
+function nextRequestId(): string {
+  lastRequestId = (lastRequestId + 1) % 2 ** 32;
+  return lastRequestId.toString(16).padStart(8, "0");
+}
+
 /** Answers the call; a throw from the transport is logged, never allowed to end the process. */
 function reply(send: () => void, logOf: () => Logger): void {
   try {
@@ -147,7 +157,7 @@ async function handleCall(
   rt: RpcRuntime,
 ): Promise<void> {
   const started = process.hrtime.bigint();
-  const requestId = randomUUID().slice(0, 8);
+  const requestId = nextRequestId();
   // Made at the first line logged: most successful calls log none.
   let callLog: Logger | undefined;
   const logOf = (): Logger => {

@@ -1,3 +1,6 @@
+import { existsSync, mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { CommandError, run } from "../../src/host/exec.ts";
 
@@ -79,6 +82,22 @@ describe("run", () => {
     expect(err.exitCode).toBeNull();
     expect(err.message).toMatch(/timed out after 300ms/);
     expect(Date.now() - started).toBeLessThan(5000);
+  });
+
+  it("a stopped command takes what it started with it: a helper left alone would act after the failure", async () => {
+    // As mount runs mount.nfs4: the helper would mount after the caller was told the call failed.
+    const dir = mkdtempSync(join(tmpdir(), "exec-test-"));
+    try {
+      const late = join(dir, "done-after-the-stop");
+      const err = (await run("sh", ["-c", `(sleep 1; touch ${late}) & wait`], { timeoutMs: 200 }).catch(
+        (e: unknown) => e,
+      )) as CommandError;
+      expect(err.timedOut).toBe(true);
+      await new Promise((r) => setTimeout(r, 1500));
+      expect(existsSync(late)).toBe(false);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it("reports a missing program", async () => {
