@@ -57,11 +57,18 @@ describe.skipIf(skip)(`the driver's image ${DRIVER_IMAGE}`, () => {
     expect(app.split("\n").filter(Boolean).sort()).toEqual(["compile-cache", "dist"]);
     expect(unwanted.split("\n").filter(Boolean)).toEqual([]);
     expect(npm.trim()).toBe("");
-    const dist = await runImage(["-c", "ls /app/dist"], { entrypoint: "sh" });
-    // The bundle's chunks, and the license notices of what it bundles.
-    expect(dist.split("\n").filter((file) => file && !/\.js$|\.js\.LEGAL\.txt$/.test(file))).toEqual([]);
-    expect(dist).toMatch(/^main\.js$/m);
-    expect(dist).toMatch(/^main\.js\.LEGAL\.txt$/m);
+    const dist = await runImage(["-c", "ls /app/dist; echo ---; cat /app/dist/package.json"], {
+      entrypoint: "sh",
+    });
+    const [files = "", packageJson = ""] = dist.split("---\n");
+    // The bundle's chunks, the license notices of what it bundles, and the package.json that
+    // tells Node the chunks are ES modules (else it parses each as CommonJS first).
+    expect(
+      files.split("\n").filter((file) => file && !/\.js$|\.js\.LEGAL\.txt$|^package\.json$/.test(file)),
+    ).toEqual([]);
+    expect(files).toMatch(/^main\.js$/m);
+    expect(files).toMatch(/^main\.js\.LEGAL\.txt$/m);
+    expect(JSON.parse(packageJson)).toEqual({ type: "module" });
   }, 180_000);
 
   it(`is at most ${SIZE_BUDGET_MIB} MiB`, async () => {
