@@ -67,7 +67,8 @@ describe.skipIf(skip)(`the driver's image ${DRIVER_IMAGE}`, () => {
       files.split("\n").filter((file) => file && !/\.js$|\.js\.LEGAL\.txt$|^package\.json$/.test(file)),
     ).toEqual([]);
     expect(files).toMatch(/^main\.js$/m);
-    expect(files).toMatch(/^main\.js\.LEGAL\.txt$/m);
+    // Which chunk carries the notices depends on how esbuild splits the bundle; one must.
+    expect(files).toMatch(/\.js\.LEGAL\.txt$/m);
     expect(JSON.parse(packageJson)).toEqual({ type: "module" });
   }, 180_000);
 
