@@ -1,4 +1,4 @@
-import { lstatSync, readlinkSync } from "node:fs";
+import { lstatSync, readlinkSync, type Stats } from "node:fs";
 import { lstat, readFile, realpath, stat } from "node:fs/promises";
 import { basename, join } from "node:path";
 import { waitUntil } from "../backoff.ts";
@@ -128,6 +128,17 @@ interface StatsTarget {
    * more than all its other work. Any other filesystem, or a block volume, goes through bounded.
    */
   fromMemory: boolean;
+}
+
+/** Whether lstat of a stats target's path shows what it showed when the target was found. */
+function showsTarget(info: Stats | undefined, known: StatsTarget): boolean {
+  return (
+    info !== undefined &&
+    info.dev === known.dev &&
+    info.ino === known.ino &&
+    info.rdev === known.rdev &&
+    info.isBlockDevice() === known.block
+  );
 }
 
 /** The usage figures of a stats target: bytes and inodes of its filesystem, or its device's size. */
@@ -403,13 +414,15 @@ export class EbsNode {
     const volumeId = requireString(req.volume_id, "volume_id");
     const volumePathField = requireString(req.volume_path, "volume_path", MAX_PATH_BYTES);
     const key = `${volumeId}\0${volumePathField}`;
+    const failed = (err: unknown, path: string) =>
+      asInternal(err, `volume ${volumeId} at ${path} (see NodeGetVolumeHealth)`);
     const known = this.#statsTargets.get(key);
     if (known?.fromMemory) {
       if (this.#stillPublishedNow(volumeId, known)) {
         try {
           return { usage: usageOf(fsStatsNow(known.path)) };
         } catch (err) {
-          throw asInternal(err, `volume ${volumeId} at ${known.path} (see NodeGetVolumeHealth)`);
+          throw failed(err, known.path);
         }
       }
       this.#statsTargets.delete(key);
@@ -424,8 +437,7 @@ export class EbsNode {
         ),
       ]);
       if (same) {
-        if ("err" in usage)
-          throw asInternal(usage.err, `volume ${volumeId} at ${known.path} (see NodeGetVolumeHealth)`);
+        if ("err" in usage) throw failed(usage.err, known.path);
         return { usage: usage.figures };
       }
       this.#statsTargets.delete(key);
@@ -434,7 +446,7 @@ export class EbsNode {
     try {
       return { usage: await usageAt(target) };
     } catch (err) {
-      throw asInternal(err, `volume ${volumeId} at ${target.path} (see NodeGetVolumeHealth)`);
+      throw failed(err, target.path);
     }
   }
 
@@ -469,21 +481,14 @@ export class EbsNode {
   async #stillPublished(volumeId: string, known: StatsTarget): Promise<boolean> {
     if (this.#readDeviceLink(volumeId) !== known.link) return false;
     const info = await bounded(`lstat ${known.path}`, () => lstat(known.path)).catch(() => undefined);
-    return (
-      info !== undefined &&
-      info.dev === known.dev &&
-      info.ino === known.ino &&
-      info.rdev === known.rdev &&
-      info.isBlockDevice() === known.block
-    );
+    return showsTarget(info, known);
   }
 
   /** #stillPublished on the event loop, for a filesystem that answers from memory. */
   #stillPublishedNow(volumeId: string, known: StatsTarget): boolean {
     if (this.#readDeviceLink(volumeId) !== known.link) return false;
     try {
-      const info = lstatSync(known.path);
-      return info.dev === known.dev && info.ino === known.ino && info.isDirectory();
+      return showsTarget(lstatSync(known.path), known);
     } catch {
       return false;
     }

@@ -74,7 +74,7 @@ export function percentEncode(text: string): string {
 }
 
 /** grpc-timeout as milliseconds; undefined when absent, NaN when malformed. */
-export function parseTimeout(value: string | string[] | undefined): number | undefined {
+function parseTimeout(value: string | string[] | undefined): number | undefined {
   if (value === undefined) return undefined;
   const match = typeof value === "string" ? /^(\d{1,8})([HMSmun])$/.exec(value) : null;
   if (!match) return Number.NaN;

@@ -184,6 +184,7 @@ async function handleCall(
     try {
       req = def.requestDeserialize(call.request) as Record<string, unknown>;
     } catch (err) {
+      // INTERNAL, as gRPC servers answer bytes that do not decode: no field can be named.
       throw new CsiError(
         status.INTERNAL,
         `the request is not a valid ${method} message: ${err instanceof Error ? err.message : String(err)}`,
