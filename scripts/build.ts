@@ -9,6 +9,7 @@
  *   node scripts/build.ts [outdir]     # default: dist
  */
 import { readFileSync, rmSync, writeFileSync } from "node:fs";
+import { readFile } from "node:fs/promises";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { build, type Metafile, type Plugin } from "esbuild";
@@ -54,6 +55,34 @@ const builtinsWithoutUndici: Plugin = {
   },
 };
 
+/**
+ * The AWS SDK's clients describe every shape of their service as arrays in one module
+ * (dist-es/schemas/schemas_0.js: 2,200 structures of EC2's, most of them for actions the driver
+ * never calls). Their traits are objects with computed keys, `{ [_xN]: "Min" }`, where `_xN` is a
+ * string constant of the module; esbuild cannot tell a computed key is free of side effects, so it
+ * kept every schema with one: 800 KB of source, parsed and built into arrays at start-up in every
+ * controller. This writes the constant itself as the key (`{ "xmlName": "Min" }`, the same object),
+ * and the schemas no call reaches are left out of the bundle.
+ */
+export const literalSchemaKeys: Plugin = {
+  name: "literal-schema-keys",
+  setup(b) {
+    b.onLoad(
+      { filter: /[\\/]@aws-sdk[\\/]client-[^\\/]+[\\/]dist-es[\\/]schemas[\\/][^\\/]+\.js$/ },
+      async (args) => {
+        const text = await readFile(args.path, "utf8");
+        const strings = new Map<string, string>();
+        for (const m of text.matchAll(/^const (_\w+) = ("[^"\\\n]*");$/gm)) strings.set(m[1]!, m[2]!);
+        const contents = text.replace(/([{,]\s*)\[(_\w+)\]:/g, (all, before: string, name: string) => {
+          const value = strings.get(name);
+          return value === undefined ? all : `${before}${value}:`;
+        });
+        return { contents, loader: "js" };
+      },
+    );
+  },
+};
+
 /** Builds the bundle; returns esbuild's metafile (which module went into which file, and their imports). */
 export async function buildDriver(outdir = path.join(REPO, "dist")): Promise<Metafile> {
   const { version } = JSON.parse(readFileSync(path.join(REPO, "package.json"), "utf8")) as {
@@ -83,7 +112,7 @@ export async function buildDriver(outdir = path.join(REPO, "dist")): Promise<Met
     minifyWhitespace: true,
     sourcemap: "linked",
     legalComments: "linked",
-    plugins: [builtinsWithoutUndici],
+    plugins: [builtinsWithoutUndici, literalSchemaKeys],
     logLevel: "warning",
   });
   // Says the chunks are ES modules: without it (the image has no package.json) Node would find out

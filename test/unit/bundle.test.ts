@@ -2,12 +2,12 @@
 // imports, then the driver's chunk and the node service's chunk, each with what they import. A
 // node plugin runs on every node, so it must not load the AWS SDK or the controller's code.
 import { spawnSync } from "node:child_process";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, relative } from "node:path";
-import type { Metafile } from "esbuild";
+import { build, type Metafile } from "esbuild";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { buildDriver } from "../../scripts/build.ts";
+import { buildDriver, literalSchemaKeys } from "../../scripts/build.ts";
 
 const out = mkdtempSync(join(tmpdir(), "bundle-test-"));
 let meta: Metafile;
@@ -83,3 +83,72 @@ describe("the bundle, as a node plugin loads it", () => {
     expect(r.stderr).toContain("undici=false");
   });
 });
+
+describe("the AWS SDK's schemas in the bundle", () => {
+  const SCHEMAS = "node_modules/@aws-sdk/client-ec2/dist-es/schemas/schemas_0.js";
+
+  it("keep only the EC2 shapes the driver's calls reach", () => {
+    const kept = Object.values(meta.outputs).find((o) => o.inputs[SCHEMAS]);
+    expect(kept, "no output file holds the EC2 schemas").toBeDefined();
+    // A shape of an action the driver never calls, and a shape of one it does.
+    expect(
+      Object.keys(meta.outputs).some(
+        (f) => f.endsWith(".js") && readOut(f).includes("AcceptAddressTransferRequest$"),
+      ),
+    ).toBe(false);
+    expect(
+      Object.keys(meta.outputs).some((f) => f.endsWith(".js") && readOut(f).includes("CreateVolumeRequest$")),
+    ).toBe(true);
+    // All of them came to about 800 KB.
+    expect(kept!.inputs[SCHEMAS]!.bytesInOutput).toBeLessThan(200_000);
+  });
+
+  it("are the same values with their keys written out (every schema of EC2 compared)", async () => {
+    const bundle = async (plugins: (typeof literalSchemaKeys)[], file: string) => {
+      await build({
+        absWorkingDir: process.cwd(),
+        stdin: { contents: `export * from "./${SCHEMAS}";`, resolveDir: process.cwd() },
+        bundle: true,
+        format: "esm",
+        platform: "node",
+        outfile: join(out, file),
+        plugins,
+        logLevel: "error",
+      });
+      return (await import(join(out, file))) as Record<string, unknown>;
+    };
+    const [asIs, written] = await Promise.all([
+      bundle([], "schemas-as-is.mjs"),
+      bundle([literalSchemaKeys], "schemas-written.mjs"),
+    ]);
+    const names = Object.keys(asIs);
+    expect(names.length).toBeGreaterThan(3000);
+    expect(Object.keys(written)).toEqual(names);
+    for (const name of names) expect(sameSchema(asIs[name], written[name]), name).toBe(true);
+  }, 120_000);
+});
+
+function readOut(file: string): string {
+  return readFileSync(file, "utf8");
+}
+
+/** Deep equality of two schema values; a function (a lazy reference to another schema) is compared by what it returns. */
+function sameSchema(a: unknown, b: unknown, seen = new Map<unknown, unknown>()): boolean {
+  if (typeof a === "function" && typeof b === "function") {
+    if (seen.get(a) === b) return true;
+    seen.set(a, b);
+    return sameSchema((a as () => unknown)(), (b as () => unknown)(), seen);
+  }
+  if (typeof a !== "object" || a === null || typeof b !== "object" || b === null) return Object.is(a, b);
+  if (seen.get(a) === b) return true;
+  seen.set(a, b);
+  if (Array.isArray(a) !== Array.isArray(b) || a.constructor?.name !== b.constructor?.name) return false;
+  // An instance of the SDK's classes (the error type registry): each bundle has its own copy of
+  // the class, and the instance holds no schema of its own.
+  if (!Array.isArray(a) && Object.getPrototypeOf(a) !== Object.prototype) return true;
+  const keys = Object.keys(a);
+  if (keys.join() !== Object.keys(b).join()) return false;
+  return keys.every((k) =>
+    sameSchema((a as Record<string, unknown>)[k], (b as Record<string, unknown>)[k], seen),
+  );
+}
