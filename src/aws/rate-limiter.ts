@@ -5,8 +5,14 @@
  *
  * EC2 meters each API action with its own token bucket (a burst capacity and a refill rate per
  * second; accounts may have raised limits), so the limiter:
- * - sends at once, at most unpacedConcurrency at a time, until AWS throttles the action: a few
- *   calls in flight are all a throttle can catch when the bucket runs dry;
+ * - sends at once until AWS throttles the action: every call the bucket is known to hold, and
+ *   beyond those at most unpacedConcurrency at a time: a few calls in flight are all a throttle can
+ *   catch when the bucket runs dry. EC2 gives the actions of one category (the mutating ones)
+ *   buckets of the same size, each its own: the most calls one of them got through in a burst
+ *   without a throttle, less what the prior refill added meanwhile, is a size the bucket of every
+ *   other one has too (BucketSize, shared by the limiters of one client). Each limiter counts what
+ *   it drew from its own bucket, refilled at the prior rate; a throttle that comes sooner than the
+ *   size said lowers it to what its action had got through;
  * - then lets one call go every 1/rate seconds, first come first served, starting from a prior
  *   rate (EC2's documented refill) or from what it learned before;
  * - measures the refill between two throttles: the bucket is empty at both, so the calls accepted
@@ -33,11 +39,12 @@ import type { Logger } from "../log.ts";
 /** Every tuning value in one place; see the module comment for what each is for. */
 export const LIMITER_DEFAULTS = {
   /**
-   * Calls in flight before the first throttle: at most this many can be throttled when the bucket
-   * runs dry, and the first throttle is most of what 500 creates or deletes under a 50 / 5 per s
-   * bucket waste. 8 kept them at 1.006-1.016 calls per volume on a quiet machine but reached 1.022
-   * on a loaded one (the target is 1.02); 6 leaves room for the probes and for jitter. 4 sent 100
-   * deletes with 25 ms of AWS latency at half the speed of 8 (npm run bench).
+   * Calls in flight before the first throttle beyond those the bucket is known to hold: at most
+   * this many can be throttled when the bucket runs dry, and the first throttle is most of what
+   * 500 creates or deletes under a 50 / 5 per s bucket waste. 8 kept them at 1.006-1.016 calls per
+   * volume on a quiet machine but reached 1.022 on a loaded one (the target is 1.02); 6 leaves room
+   * for the probes and for jitter. 4 sent 100 deletes with 25 ms of AWS latency at half the speed
+   * of 8 (npm run bench, when the bucket size was not yet shared).
    */
   unpacedConcurrency: 6,
   /** Share of the measured refill to send at: the rest piles up in the bucket against jitter. */
@@ -63,6 +70,33 @@ export const LIMITER_DEFAULTS = {
 
 export type LimiterTuning = typeof LIMITER_DEFAULTS;
 
+/**
+ * The size of the token bucket EC2 gives each action of one category, as far as calls have shown
+ * it: the largest number of calls one action had accepted in a burst without a throttle, less the
+ * prior refill over the burst. It only grows with such evidence, and shrinks when an action is
+ * throttled having drawn fewer. Accounts with raised limits have larger buckets, which the
+ * evidence then shows; a refill faster than the prior makes the estimate too large, which the
+ * first throttle corrects.
+ */
+export class BucketSize {
+  #tokens = 0;
+
+  /** Calls a bucket of the category is known to hold; 0 before any evidence. */
+  get tokens(): number {
+    return this.#tokens;
+  }
+
+  /** An action had this many calls accepted, net of refill, without a throttle. */
+  held(calls: number): void {
+    if (calls > this.#tokens) this.#tokens = calls;
+  }
+
+  /** An action was throttled having drawn this many, net of refill: its bucket holds no more. */
+  ranDryAt(calls: number): void {
+    if (calls < this.#tokens) this.#tokens = Math.max(0, calls);
+  }
+}
+
 export interface RateLimiterOptions {
   /** The API action, for logs and errors. */
   action: string;
@@ -70,6 +104,8 @@ export interface RateLimiterOptions {
   priorPerSecond: number;
   isThrottle: (err: unknown) => boolean;
   log: Logger;
+  /** The bucket size the limiters of one client's actions of a category learn together; none: each on its own. */
+  bucketSize?: BucketSize;
   /** Milliseconds on a monotonic clock; tests pass a fake one. */
   now?: () => number;
   tuning?: Partial<LimiterTuning>;
@@ -85,8 +121,14 @@ export interface LimiterState {
   throttles: number;
 }
 
+/** A call sent: when, and whether unpaced beyond the known bucket size. */
+interface Sent {
+  at: number;
+  beyond: boolean;
+}
+
 interface Waiter {
-  resolve: (sentAt: number) => void;
+  resolve: (sent: Sent) => void;
   reject: (err: unknown) => void;
   signal: AbortSignal | undefined;
   onAbort: (() => void) | undefined;
@@ -99,6 +141,7 @@ export class LearningRateLimiter {
   readonly #log: Logger;
   readonly #now: () => number;
   readonly #t: LimiterTuning;
+  readonly #bucketSize: BucketSize | undefined;
 
   /** Calls per second; undefined: unpaced. */
   #rate: number | undefined;
@@ -107,6 +150,13 @@ export class LearningRateLimiter {
   /** When the next paced call may go. */
   #nextAt = 0;
   #inFlight = 0;
+  /** Calls in flight that were sent unpaced beyond the known bucket size. */
+  #beyond = 0;
+  /**
+   * What this action's calls drew from its bucket, as if it had been full before the first: one
+   * per call sent, less the prior refill since (never below 0), as of `at`.
+   */
+  #drawn = { tokens: 0, at: 0 };
   readonly #queue: Waiter[] = [];
   #timer: ReturnType<typeof setTimeout> | undefined;
   /** Since the last throttle that found the bucket empty: when, and the calls sent since then that were accepted and refused. */
@@ -135,6 +185,7 @@ export class LearningRateLimiter {
     }
     this.#action = o.action;
     this.#prior = o.priorPerSecond;
+    this.#bucketSize = o.bucketSize;
     this.#isThrottle = o.isThrottle;
     this.#log = o.log;
     this.#now = o.now ?? (() => performance.now());
@@ -158,16 +209,16 @@ export class LearningRateLimiter {
    */
   async run<T>(send: () => Promise<T>, signal?: AbortSignal): Promise<T> {
     for (let throttled = 0; ; ) {
-      const sentAt = await this.#acquire(signal, throttled > 0);
+      const sent = await this.#acquire(signal, throttled > 0);
       try {
         const result = await send();
-        this.#inFlight--;
-        this.#accepted(sentAt);
+        this.#landed(sent);
+        this.#accepted(sent.at);
         return result;
       } catch (err) {
-        this.#inFlight--;
+        this.#landed(sent);
         const throttle = this.#isThrottle(err);
-        if (throttle) this.#throttled(sentAt);
+        if (throttle) this.#throttled(sent.at);
         if (!throttle || ++throttled >= this.#t.maxThrottledAttempts) throw err;
       } finally {
         this.#pump();
@@ -175,7 +226,12 @@ export class LearningRateLimiter {
     }
   }
 
-  #acquire(signal: AbortSignal | undefined, first: boolean): Promise<number> {
+  #landed(sent: Sent): void {
+    this.#inFlight--;
+    if (sent.beyond) this.#beyond--;
+  }
+
+  #acquire(signal: AbortSignal | undefined, first: boolean): Promise<Sent> {
     if (signal?.aborted) return Promise.reject(this.#abortError(signal));
     this.#relaxIfQuiet();
     if (this.#queue.length === 0 && this.#mayStart()) return Promise.resolve(this.#start());
@@ -196,19 +252,35 @@ export class LearningRateLimiter {
   }
 
   #mayStart(): boolean {
-    if (this.#rate === undefined) return this.#inFlight < this.#t.unpacedConcurrency;
+    if (this.#rate === undefined)
+      return this.#covered(this.#now()) || this.#beyond < this.#t.unpacedConcurrency;
     return this.#now() >= this.#nextAt;
   }
 
-  /** Takes a send slot; returns the send time. */
-  #start(): number {
+  /** Whether the bucket is known to hold one more call than this action has drawn from it. */
+  #covered(now: number): boolean {
+    const size = this.#bucketSize?.tokens ?? 0;
+    return size > 0 && this.#drawnNow(now) + 1 <= size;
+  }
+
+  /** The calls this action drew from its bucket (sent ones included), less the prior refill until `now`. */
+  #drawnNow(now: number): number {
+    const refilled = ((now - this.#drawn.at) / 1000) * this.#prior;
+    return Math.max(0, this.#drawn.tokens - refilled);
+  }
+
+  /** Takes a send slot. */
+  #start(): Sent {
     const now = this.#now();
+    const beyond = this.#rate === undefined && !this.#covered(now);
+    this.#drawn = { tokens: this.#drawnNow(now) + 1, at: now };
     this.#inFlight++;
+    if (beyond) this.#beyond++;
     if (this.#rate !== undefined) {
       this.#probeIfDue(now);
       this.#nextAt = Math.max(this.#nextAt, now) + 1000 / this.#rate;
     }
-    return now;
+    return { at: now, beyond };
   }
 
   /** Lets waiting calls go while slots are free; when paced, wakes up for the next slot. */
@@ -232,6 +304,8 @@ export class LearningRateLimiter {
   #accepted(sentAt: number): void {
     // Calls sent before the window opened took their token before the bucket was seen empty.
     if (this.#rate !== undefined && sentAt >= this.#window.start) this.#window.accepted++;
+    // Unpaced and not throttled: the bucket held what was drawn, but for the calls still in flight.
+    if (this.#rate === undefined) this.#bucketSize?.held(this.#drawnNow(this.#now()) - this.#inFlight);
   }
 
   #throttled(sentAt: number): void {
@@ -239,6 +313,9 @@ export class LearningRateLimiter {
     this.#throttles++;
     this.#lastThrottleAt = now;
     if (this.#rate === undefined) {
+      // The bucket ran dry before this call: it held at most the calls accepted so far (this one and
+      // those still in flight not among them).
+      this.#bucketSize?.ranDryAt(this.#drawnNow(now) - this.#inFlight - 1);
       const rate = this.#learned ?? this.#prior * this.#t.safety;
       this.#log.info(
         { request: this.#action, ratePerSecond: round(rate) },

@@ -15,7 +15,7 @@ import type {
 } from "@smithy/types";
 import type { Logger } from "../log.ts";
 import type { Metrics } from "../metrics.ts";
-import { LearningRateLimiter } from "./rate-limiter.ts";
+import { type BucketSize, LearningRateLimiter } from "./rate-limiter.ts";
 
 export interface AwsClientOptions {
   region: string | undefined;
@@ -193,12 +193,13 @@ export function instrumentClient(client: { middlewareStack: AnyStack }, metrics:
 export const MUTATING_REFILL_PER_SECOND = 5;
 
 /** The pacing limiter of one mutating action (src/aws/rate-limiter.ts), for paceThrottledCalls. */
-export function mutationLimiter(action: string, log: Logger): LearningRateLimiter {
+export function mutationLimiter(action: string, log: Logger, bucketSize?: BucketSize): LearningRateLimiter {
   return new LearningRateLimiter({
     action,
     priorPerSecond: MUTATING_REFILL_PER_SECOND,
     isThrottle: isThrottlingError,
     log,
+    bucketSize,
   });
 }
 

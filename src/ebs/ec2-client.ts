@@ -4,6 +4,7 @@
  * load the SDK: the client is the largest piece of code the driver has.
  */
 import { EC2Client } from "@aws-sdk/client-ec2";
+import { BucketSize } from "../aws/rate-limiter.ts";
 import {
   awsClientConfig,
   ClientPerAction,
@@ -45,6 +46,9 @@ const PACED_ACTIONS = new Set([
 ]);
 
 export function createEc2(o: Ec2ClientOptions): { ec2: SdkEc2; close(): void } {
+  // EC2 meters each of these actions with its own bucket, all of the size documented for mutating
+  // actions: what one of them shows of the size, the others use (src/aws/rate-limiter.ts).
+  const bucketSize = new BucketSize();
   const clients = new ClientPerAction((action) => {
     // CreateSnapshot has no ClientToken: an SDK retry after a lost answer would make a second
     // snapshot. The controller retries throttled creates itself and looks the name up after others;
@@ -55,7 +59,7 @@ export function createEc2(o: Ec2ClientOptions): { ec2: SdkEc2; close(): void } {
     );
     instrumentClient(client, o.metrics, o.log);
     if (PACED_ACTIONS.has(action)) {
-      const limiter = mutationLimiter(action, o.log);
+      const limiter = mutationLimiter(action, o.log, bucketSize);
       paceThrottledCalls(client, { limiterFor: (name) => (name === action ? limiter : undefined) });
     }
     return client;

@@ -1,5 +1,5 @@
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
-import { LearningRateLimiter, type LimiterTuning } from "../../src/aws/rate-limiter.ts";
+import { BucketSize, LearningRateLimiter, type LimiterTuning } from "../../src/aws/rate-limiter.ts";
 import { createLogger } from "../../src/log.ts";
 
 /** Time for a request to reach AWS and for its answer to come back, each way. */
@@ -48,7 +48,7 @@ function meteredCall(
   };
 }
 
-function limiter(tuning: Partial<LimiterTuning> = {}, priorPerSecond = 5) {
+function limiter(tuning: Partial<LimiterTuning> = {}, priorPerSecond = 5, bucketSize?: BucketSize) {
   return new LearningRateLimiter({
     action: "CreateVolume",
     priorPerSecond,
@@ -56,7 +56,25 @@ function limiter(tuning: Partial<LimiterTuning> = {}, priorPerSecond = 5) {
     log: createLogger("silent"),
     now: () => Date.now(),
     tuning,
+    bucketSize,
   });
+}
+
+/** A call that also records the most calls in flight at once. */
+function tracked(call: (i: number) => Promise<number>) {
+  let inFlight = 0;
+  const t = {
+    maxInFlight: 0,
+    call: async (i: number) => {
+      t.maxInFlight = Math.max(t.maxInFlight, ++inFlight);
+      try {
+        return await call(i);
+      } finally {
+        inFlight--;
+      }
+    },
+  };
+  return t;
 }
 
 /** Runs `n` calls at once through the limiter, letting fake time pass until all are done. */
@@ -251,5 +269,79 @@ describe("LearningRateLimiter", () => {
       /CreateVolume limiter: priorPerSecond must be a positive number, not 0/,
     );
     expect(() => limiter({ unpacedConcurrency: 0 })).toThrow(/unpacedConcurrency must be a positive integer/);
+  });
+});
+
+describe("LearningRateLimiter with a bucket size shared by the actions of a category", () => {
+  it("an action sends at once as many calls as another one got through in a burst", async () => {
+    const size = new BucketSize();
+    const creates = { attempts: 0, throttled: 0 };
+    await burst(limiter({ unpacedConcurrency: 4 }, 5, size), 100, meteredCall(tokenBucket(200, 5), creates));
+    expect(creates.throttled).toBe(0);
+    // 100 calls in 25 rounds of 20 ms: 0.5 s, in which the prior refill (5/s) added about 2.5.
+    expect(size.tokens).toBeGreaterThan(95);
+    expect(size.tokens).toBeLessThanOrEqual(100);
+
+    const deletes = { attempts: 0, throttled: 0 };
+    const t = tracked(meteredCall(tokenBucket(200, 5), deletes));
+    const { results, seconds } = await burst(limiter({ unpacedConcurrency: 4 }, 5, size), 100, t.call);
+    expect(results).toHaveLength(100);
+    expect(deletes).toEqual({ attempts: 100, throttled: 0 });
+    // All at once: the size covers 95 and more, unpacedConcurrency the rest (without the shared
+    // size: 4 at a time, 0.5 s).
+    expect(t.maxInFlight).toBe(100);
+    expect(seconds).toBeLessThanOrEqual(0.03);
+  });
+
+  it("under a bucket of 50: the next action spends its burst at once and wastes a handful of calls", async () => {
+    const size = new BucketSize();
+    const creates = { attempts: 0, throttled: 0 };
+    await burst(limiter({}, 5, size), 200, meteredCall(tokenBucket(50, 5), creates));
+    expect(creates.throttled).toBeLessThanOrEqual(10);
+    // What the creates got through before the first throttle, less the refill meanwhile.
+    expect(size.tokens).toBeGreaterThan(45);
+    expect(size.tokens).toBeLessThanOrEqual(50);
+
+    const deletes = { attempts: 0, throttled: 0 };
+    const { seconds } = await burst(limiter({}, 5, size), 200, meteredCall(tokenBucket(50, 5), deletes));
+    expect(deletes.throttled).toBeLessThanOrEqual(10);
+    // The floor: 50 at once, the other 150 at 5 per second.
+    expect(seconds).toBeGreaterThanOrEqual(30);
+    expect(seconds).toBeLessThanOrEqual(30 * 1.05);
+  });
+
+  it("calls slower than the prior refill show no size: the bucket may be small", async () => {
+    const size = new BucketSize();
+    const l = limiter({ unpacedConcurrency: 4 }, 5, size);
+    const call = meteredCall(tokenBucket(200, 5), { attempts: 0, throttled: 0 });
+    for (let i = 0; i < 30; i++) {
+      const done = l.run(() => call(i));
+      await vi.advanceTimersByTimeAsync(300);
+      await done;
+    }
+    // Each call's token was back (at 5/s) before the next one: one token drawn at a time.
+    expect(size.tokens).toBeLessThanOrEqual(1);
+  });
+
+  it("a throttle that comes sooner than the size said lowers it, for every action", async () => {
+    const size = new BucketSize();
+    size.held(100); // shown by an action, say, before the account's limits were lowered
+    const first = { attempts: 0, throttled: 0 };
+    await burst(limiter({}, 5, size), 100, meteredCall(tokenBucket(30, 5), first));
+    // The first burst believed the size and lost the calls in flight beyond the bucket.
+    expect(first.throttled).toBeGreaterThan(10);
+    expect(size.tokens).toBeLessThanOrEqual(30);
+
+    const next = { attempts: 0, throttled: 0 };
+    await burst(limiter({}, 5, size), 100, meteredCall(tokenBucket(30, 5), next));
+    expect(next.throttled).toBeLessThanOrEqual(10);
+  });
+
+  it("an action without a shared size keeps to unpacedConcurrency", async () => {
+    const size = new BucketSize();
+    size.held(100);
+    const t = tracked(meteredCall(tokenBucket(200, 5), { attempts: 0, throttled: 0 }));
+    await burst(limiter({ unpacedConcurrency: 4 }), 50, t.call);
+    expect(t.maxInFlight).toBe(4);
   });
 });
