@@ -60,16 +60,20 @@ ENV MALLOC_MMAP_THRESHOLD_=32768
 # The bundle is the whole program: no node_modules at run time.
 COPY --from=build /src/dist/ dist/
 # V8's compiled code for every module, made now so that no plugin compiles them at start-up (the
-# root filesystem is read-only at run time; the cache is only read). The chunks are imported, not
-# run: the entry points (main, describe-instance-type, usage-walk-child) are left out, and
-# main.js is cached by answering --version.
-ENV NODE_COMPILE_CACHE=/app/compile-cache
-RUN node --input-type=module -e 'import { readdirSync } from "node:fs"; \
-      const entries = new Set(["main.js", "describe-instance-type.js", "usage-walk-child.js"]); \
-      for (const f of readdirSync("/app/dist")) if (f.endsWith(".js") && !entries.has(f)) await import("/app/dist/" + f); \
-      process.exit(0);' \
- && node /app/dist/main.js --version \
- && chmod -R a+rX /app/compile-cache
+# root filesystem is read-only at run time; the cache is only read): one cache per mode, each under
+# the V8 flags that mode launches with (src/main.ts turns the cache on once they are set; Node's own
+# NODE_COMPILE_CACHE would turn it on before), and per user, as Node files them: root (the node
+# DaemonSet) and 1000 (the controller, and this image's default user).
+ENV CSI_COMPILE_CACHE=/app/compile-cache
+RUN mkdir /app/compile-cache \
+ && chown 1000:1000 /app/compile-cache \
+ && node /app/dist/fill-compile-cache.js node \
+ && node /app/dist/fill-compile-cache.js controller
+USER 1000:1000
+RUN node /app/dist/fill-compile-cache.js node \
+ && node /app/dist/fill-compile-cache.js controller
+USER 0:0
+RUN chown -R 0:0 /app/compile-cache && chmod -R a+rX,go-w /app/compile-cache
 
 # Non-root by default (the controller); the node DaemonSet runs its plugin as root, privileged.
 # Numeric, so Kubernetes can check runAsNonRoot without a passwd lookup.

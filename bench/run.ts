@@ -48,7 +48,7 @@ function imageEnvironment(): Record<string, string> {
     const m = /^ENV\s+([A-Z_]+)=(\S+)\s*$/.exec(line.trim());
     if (m && m[1] !== "NODE_ENV") env[m[1]!] = m[2]!;
   }
-  env.NODE_COMPILE_CACHE = join(REPO_ROOT, ".cache/compile-cache");
+  env.CSI_COMPILE_CACHE = join(REPO_ROOT, ".cache/compile-cache");
   return env;
 }
 

@@ -1,7 +1,8 @@
 /**
  * npm run build: the driver as the image runs it, in dist/. esbuild bundles src/ with its
  * dependencies into ES modules: main.js, the two helper processes' entries
- * (describe-instance-type.js, usage-walk-child.js) and the chunks they share, all in one directory
+ * (describe-instance-type.js, usage-walk-child.js), the image's compile cache filler
+ * (fill-compile-cache.js) and the chunks they share, all in one directory
  * (the helpers are found beside the chunk that starts them). Each mode loads only its own chunks:
  * a node plugin never reads the controller's or the AWS SDK's code. Nothing in node_modules is
  * needed at run time.
@@ -12,12 +13,23 @@ import { readFileSync, rmSync, writeFileSync } from "node:fs";
 import { readFile } from "node:fs/promises";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
-import { build, type Metafile, type Plugin } from "esbuild";
+import { type BuildOptions, build, type Metafile, type Plugin } from "esbuild";
+import type { Mode } from "../src/config.ts";
+import { launchFlagsFor } from "../src/v8-flags.ts";
+
+const MODES: Mode[] = ["controller", "node", "all"];
 
 const REPO = fileURLToPath(new URL("..", import.meta.url));
 
+/**
+ * Entry points built on their own, sharing no chunk: the image's entry point (main.js) and its
+ * compile cache filler each set V8's flags before anything of the driver loads (see buildDriver).
+ */
+export const STANDALONE = ["src/main.ts", "src/fill-compile-cache.ts"];
+
 export const ENTRY_POINTS = [
-  "src/main.ts",
+  ...STANDALONE,
+  "src/cli.ts",
   "src/ebs/describe-instance-type.ts",
   "src/efs/usage-walk-child.ts",
 ];
@@ -83,21 +95,38 @@ export const literalSchemaKeys: Plugin = {
   },
 };
 
+/**
+ * protobufjs takes long.js when it can find it, for 64-bit integers beyond 2^53. The driver asks
+ * for every int64 as a JavaScript number (CONVERSION_OPTIONS in src/csi/proto.ts: `longs: Number`),
+ * so long.js only converted to numbers what protobufjs can read as numbers itself (its own LongBits),
+ * the same values; and long.js compiles a WebAssembly module as it loads, which cost every plugin
+ * V8's WebAssembly compiler in memory. protobufjs is given none (its documented fallback).
+ */
+export const noLongJs: Plugin = {
+  name: "no-long-js",
+  setup(b) {
+    b.onResolve({ filter: /^long$/ }, (args) =>
+      /[\\/]protobufjs[\\/]/.test(args.importer) ? { path: "long", namespace: "no-long-js" } : undefined,
+    );
+    b.onLoad({ filter: /.*/, namespace: "no-long-js" }, () => ({
+      contents: "module.exports = null;\n",
+      loader: "js",
+    }));
+  },
+};
+
 /** Builds the bundle; returns esbuild's metafile (which module went into which file, and their imports). */
 export async function buildDriver(outdir = path.join(REPO, "dist")): Promise<Metafile> {
   const { version } = JSON.parse(readFileSync(path.join(REPO, "package.json"), "utf8")) as {
     version: string;
   };
   rmSync(outdir, { recursive: true, force: true });
-  const result = await build({
+  const common: BuildOptions & { metafile: true } = {
     absWorkingDir: REPO,
     metafile: true,
-    entryPoints: ENTRY_POINTS,
     outdir,
     entryNames: "[name]",
-    chunkNames: "[name]-[hash]",
     bundle: true,
-    splitting: true,
     format: "esm",
     platform: "node",
     target: "node24",
@@ -107,18 +136,52 @@ export async function buildDriver(outdir = path.join(REPO, "dist")): Promise<Met
     banner: {
       js: 'import { createRequire as __createRequire } from "node:module"; const require = __createRequire(import.meta.url);',
     },
-    define: { BUILD_VERSION: JSON.stringify(version) },
+    define: {
+      BUILD_VERSION: JSON.stringify(version),
+      // main.js sets them before it loads anything of the driver (src/main.ts). A string: esbuild
+      // would make an object its own module, shared with the chunks that use it.
+      BUILD_LAUNCH_FLAGS: JSON.stringify(
+        JSON.stringify(Object.fromEntries(MODES.map((mode) => [mode, launchFlagsFor(mode)]))),
+      ),
+    },
     minifySyntax: true,
     minifyWhitespace: true,
     sourcemap: "linked",
     legalComments: "linked",
-    plugins: [builtinsWithoutUndici, literalSchemaKeys],
     logLevel: "warning",
+  };
+  const result = await build({
+    ...common,
+    entryPoints: ENTRY_POINTS.filter((e) => !STANDALONE.includes(e)),
+    chunkNames: "[name]-[hash]",
+    splitting: true,
+    plugins: [builtinsWithoutUndici, literalSchemaKeys, noLongJs],
   });
+  // main.js and fill-compile-cache.js each on its own, sharing no chunk (not even esbuild's
+  // helpers): they set V8's flags before anything of the driver loads. Code loaded before them
+  // kept V8's Maglev compiler in use (about 2 MiB more of the node binary in an idle controller),
+  // and was compiled before the compile cache was on, so it never went into it.
+  const launcher = await build({
+    ...common,
+    entryPoints: STANDALONE,
+    splitting: false,
+    plugins: [
+      {
+        name: "cli-beside",
+        setup(b) {
+          b.onResolve({ filter: /^\.\/cli\.ts$/ }, () => ({ path: "./cli.js", external: true }));
+        },
+      },
+    ],
+  });
+  const metafile: Metafile = {
+    inputs: { ...result.metafile.inputs, ...launcher.metafile.inputs },
+    outputs: { ...result.metafile.outputs, ...launcher.metafile.outputs },
+  };
   // Says the chunks are ES modules: without it (the image has no package.json) Node would find out
   // by parsing each one as CommonJS first, about 10 ms of every plugin's start-up.
   writeFileSync(path.join(outdir, "package.json"), '{ "type": "module" }\n');
-  return result.metafile;
+  return metafile;
 }
 
 if (process.argv[1] === fileURLToPath(import.meta.url)) {

@@ -1,147 +1,30 @@
 #!/usr/bin/env node
-// First: sizes the thread pool before anything uses it.
-import "./thread-pool.ts";
-import { readFileSync } from "node:fs";
-import { setFlagsFromString } from "node:v8";
-import { runInNewContext } from "node:vm";
-import { ConfigError, helpText, type Options, parseCommandLine } from "./config.ts";
-import type { Driver, DriverDeps } from "./driver.ts";
-import { createLogger } from "./log.ts";
-import { locatePlugin } from "./metadata.ts";
-import { createMetrics, serveMetrics } from "./metrics.ts";
-import { applyV8Flags, v8FlagsFor } from "./v8-flags.ts";
-
-/** Set by scripts/build.ts in the bundle; read from package.json when the sources run as they are. */
-declare const BUILD_VERSION: string | undefined;
-const VERSION: string =
-  typeof BUILD_VERSION === "string"
-    ? BUILD_VERSION
-    : JSON.parse(readFileSync(new URL("../package.json", import.meta.url), "utf8")).version;
-
-async function createDriver(deps: DriverDeps): Promise<Driver> {
-  if (deps.options.driver === "ebs") {
-    const { createEbsDriver } = await import("./ebs/driver.ts");
-    return createEbsDriver(deps);
-  }
-  const { createEfsDriver } = await import("./efs/driver.ts");
-  return createEfsDriver(deps);
-}
-
-/** Start-up is over by then: the first calls (kubelet's registration) have been answered. */
-const STARTUP_GC_DELAY_MS = 500;
-
 /**
- * One full garbage collection once the plugin serves. Start-up leaves garbage behind (module
- * sources, the descriptor, metadata answers) that V8 keeps until its heap grows, which an idle
- * node plugin's heap never does: about 2.5 MiB of resident memory on every node. The collector is
- * reached through vm because Node exposes it only with --expose-gc.
+ * The entry point. Sets the V8 flags of the plugin's mode before any of the driver's code loads,
+ * then turns on V8's compile cache when CSI_COMPILE_CACHE names one (the image fills one per mode
+ * at build time, src/fill-compile-cache.ts; Node files each set of flags apart), then runs the
+ * command line (src/cli.ts). NODE_COMPILE_CACHE would turn the cache on before the flags are set:
+ * V8 would then reject the code cached under the controller's flags.
+ *
+ * In the bundle, main.js imports nothing of the driver before the flags are set (the flags are
+ * written into it at build time): loading a module graph first cost an idle controller about 2 MiB
+ * of the node binary's pages (43.5 MiB of it resident against 45.4).
  */
-function collectStartupGarbage(): void {
-  const gc = (globalThis as { gc?: (o: object) => void }).gc ?? exposeGc();
-  gc({ type: "major", execution: "sync", flavor: "last-resort" });
-}
+import { enableCompileCache } from "node:module";
+import { setFlagsFromString } from "node:v8";
+import type { Mode } from "./config.ts";
+import { modeOfCommandLine } from "./launch-mode.ts";
 
-function exposeGc(): (o: object) => void {
-  setFlagsFromString("--expose-gc");
-  return runInNewContext("gc") as (o: object) => void;
-}
+/** src/v8-flags.ts's launch flags of each mode as JSON, written by scripts/build.ts; undefined in the sources. */
+declare const BUILD_LAUNCH_FLAGS: string | undefined;
 
-async function serve(options: Options): Promise<void> {
-  const v8Flags = v8FlagsFor(options.mode);
-  const log = createLogger(options.logLevel);
-  const metrics = createMetrics(`aws_${options.driver}_csi`, true);
-  log.info(
-    {
-      version: VERSION,
-      driver: options.driverName,
-      mode: options.mode,
-      ...(v8Flags.length ? { v8Flags } : {}),
-    },
-    "starting",
-  );
-
-  // Instance metadata is asked first, and the code that serves (HTTP/2, the CSI messages, the
-  // driver) loads while it answers: a node plugin's start-up waits for the longer of the two.
-  const location = locatePlugin(options, log);
-  location.catch(() => undefined);
-  const serving = Promise.all([
-    import("./server/server.ts"),
-    import("./server/inflight.ts"),
-    import("./csi/identity.ts"),
-    import("./csi/proto.ts"),
-  ]);
-  serving.then(
-    ([, , , proto]) => setImmediate(proto.prepareCsiMessages),
-    () => undefined,
-  );
-  const driver = await createDriver({ options, log, metrics, version: VERSION, location });
-  const [{ serveCsi }, { InflightKeys }, { identityService }] = await serving;
-  const identity = identityService({
-    name: options.driverName,
-    version: VERSION,
-    controller: driver.controller !== undefined,
-    groupController: driver.groupController !== undefined,
-    accessibilityConstraints: driver.accessibilityConstraints,
-    probe: () => driver.probe(),
-  });
-  const rt = { log, metrics, inflight: new InflightKeys() };
-  const server = await serveCsi(options.socketPath, { identity, ...driver }, rt);
-  const http = options.httpEndpoint
-    ? await serveMetrics(metrics, options.httpEndpoint.host, options.httpEndpoint.port)
-    : undefined;
-  if (http) {
-    // The port bound, which port 0 leaves to the kernel.
-    const address = http.address();
-    const port = typeof address === "object" && address ? address.port : options.httpEndpoint?.port;
-    log.info({ endpoint: { host: options.httpEndpoint?.host, port } }, "serving /metrics");
-  }
-  setTimeout(() => {
-    // After start-up: V8 checks its flags against the compiled code cached for each module, so
-    // flags set before the modules loaded would have thrown the image's compile cache away.
-    applyV8Flags(options.mode);
-    collectStartupGarbage();
-  }, STARTUP_GC_DELAY_MS).unref();
-
-  let stopping = false;
-  const stop = async (signal: string) => {
-    if (stopping) return;
-    stopping = true;
-    log.info({ signal, timeoutMs: options.shutdownTimeoutMs }, "stopping: finishing in-flight calls");
-    await server.shutdown(options.shutdownTimeoutMs);
-    http?.close();
-    await driver.close();
-    log.info("stopped");
-    process.exit(0);
-  };
-  const onSignal = (signal: string) =>
-    stop(signal).catch((err: unknown) => {
-      log.error({ err }, "shutdown failed");
-      process.exit(1);
-    });
-  process.on("SIGTERM", () => void onSignal("SIGTERM"));
-  // Memory tests compare RSS after a full collection: started with --expose-gc, SIGUSR2 runs one.
-  // "last-resort" is the memory-reducing kind: a plain gc() keeps V8's pool of freed pages.
-  const gc = (globalThis as { gc?: (o: object) => void }).gc;
-  if (gc) process.on("SIGUSR2", () => gc({ type: "major", execution: "sync", flavor: "last-resort" }));
-  process.on("SIGINT", () => void onSignal("SIGINT"));
-}
-
-async function main(argv: string[]): Promise<void> {
-  const command = parseCommandLine(argv, process.env);
-  if (command.kind === "help") {
-    process.stdout.write(`${helpText(VERSION)}\n`);
-    return;
-  }
-  if (command.kind === "version") {
-    process.stdout.write(`aws-storage-csi ${VERSION}\n`);
-    return;
-  }
-  await serve(command.options);
-}
-
-main(process.argv.slice(2)).catch((err: unknown) => {
-  // Start-up failures are configuration or environment problems: one clear line, no stack trace.
-  const message = err instanceof ConfigError || err instanceof Error ? err.message : String(err);
-  process.stderr.write(`aws-storage-csi: ${message}\n`);
-  process.exit(2);
-});
+const argv = process.argv.slice(2);
+const mode = modeOfCommandLine(argv);
+const launchFlags: string[] =
+  typeof BUILD_LAUNCH_FLAGS === "string"
+    ? (JSON.parse(BUILD_LAUNCH_FLAGS) as Record<Mode, string[]>)[mode]
+    : (await import("./v8-flags.ts")).launchFlagsFor(mode);
+for (const flag of launchFlags) setFlagsFromString(flag);
+if (process.env.CSI_COMPILE_CACHE) enableCompileCache(process.env.CSI_COMPILE_CACHE);
+const { run } = await import("./cli.ts");
+run(argv);

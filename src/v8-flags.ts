@@ -9,12 +9,17 @@ import type { Mode } from "./config.ts";
  * to 89-97 MiB, with no change in the burst's time. A node plugin keeps the optimizing compilers:
  * kubelet's stats calls are CPU, and its memory is already low.
  *
- * They are set at run time because the image's entrypoint and NODE_OPTIONS are shared by both
- * modes (and NODE_OPTIONS does not take these flags), and only once start-up is over (main):
- * V8 rejects code cached under other flags, so set earlier they would discard the image's
- * compile cache for every module loaded after them.
+ * The compilers are off from the start (src/main.ts sets the launch flags before the driver's code
+ * loads): when they were turned off only once start-up was over, a start-up that ran some
+ * function often enough had it compiled by Maglev first, which brought about 5 MiB of the node
+ * binary's compiler code into memory, in some starts and not in others. --optimize-for-size waits
+ * for the end of start-up: set from the start, it left an idle controller with more memory, not
+ * less (62.9 MiB against 61.9).
  */
-const CONTROLLER_FLAGS = ["--no-opt", "--no-maglev", "--optimize-for-size", "--single-threaded-gc"];
+const CONTROLLER = {
+  launch: ["--no-opt", "--no-maglev", "--single-threaded-gc"],
+  afterStartup: ["--optimize-for-size"],
+};
 /**
  * A node plugin (and a plugin of both modes) collects garbage on its own thread only: its young
  * generation is a few MiB, and V8's helper threads competing with kubelet and the workload for
@@ -22,12 +27,33 @@ const CONTROLLER_FLAGS = ["--no-opt", "--no-maglev", "--optimize-for-size", "--s
  * concurrency 8 went from 10.2-11.0 ms to 8.0-9.3 ms on 2 vCPUs (npm run bench's scenario, three
  * A/B runs of 6 rounds), at the same rate.
  */
-const NODE_FLAGS = ["--single-threaded-gc"];
+const NODE = { launch: ["--single-threaded-gc"], afterStartup: [] as string[] };
 
-export function v8FlagsFor(mode: Mode): string[] {
-  return mode === "controller" ? [...CONTROLLER_FLAGS] : [...NODE_FLAGS];
+const flagsOf = (mode: Mode) => (mode === "controller" ? CONTROLLER : NODE);
+
+/**
+ * The flags to set before the driver's code loads. V8's compiled code is cached per set of flags
+ * (the image keeps one cache per mode, src/fill-compile-cache.ts): flags changed after a
+ * module loaded would make V8 reject the code cached for every module loaded after them.
+ */
+export function launchFlagsFor(mode: Mode): string[] {
+  return [...flagsOf(mode).launch];
 }
 
-export function applyV8Flags(mode: Mode): void {
+/** Every V8 flag a plugin of this mode runs with, for its start-up log line. */
+export function v8FlagsFor(mode: Mode): string[] {
+  const f = flagsOf(mode);
+  return [...f.launch, ...f.afterStartup];
+}
+
+export function applyLaunchFlags(mode: Mode): void {
+  for (const flag of launchFlagsFor(mode)) setFlagsFromString(flag);
+}
+
+/**
+ * Once start-up is over (src/cli.ts): the flags that wait for it, and the launch flags again, in
+ * case the command line reached the driver without going through src/main.ts.
+ */
+export function applyV8FlagsAfterStartup(mode: Mode): void {
   for (const flag of v8FlagsFor(mode)) setFlagsFromString(flag);
 }

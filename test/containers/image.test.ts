@@ -39,6 +39,23 @@ describe.skipIf(skip)(`the driver's image ${DRIVER_IMAGE}`, () => {
     expect(await runImage(["-c", "id -u; node --version"], { entrypoint: "sh" })).toMatch(/^1000\nv24\./);
   }, 180_000);
 
+  it("has V8's compiled code for each mode and user, and a plugin of either mode uses it", async () => {
+    // Node files the cache by user: root runs the node DaemonSet, 1000 the controller.
+    for (const user of ["0", "1000"]) {
+      for (const mode of ["node", "controller"]) {
+        const log = await runImage(
+          ["-c", `NODE_DEBUG_NATIVE=COMPILE_CACHE node /app/dist/main.js --mode ${mode} --version 2>&1`],
+          { entrypoint: "sh", user },
+        );
+        expect(log).toContain(`aws-storage-csi ${version}`);
+        expect(log, `${mode} as ${user}`).toMatch(
+          /V8 code cache for ESM file:\/\/\/app\/dist\/cli\.js was accepted/,
+        );
+        expect(log, `${mode} as ${user}`).not.toMatch(/rejected|denied|cannot/i);
+      }
+    }
+  }, 180_000);
+
   it("carries the bundle and its compile cache only: no sources, tests, source maps, node_modules, npm", async () => {
     const listing = await runImage(
       [

@@ -2,7 +2,7 @@
 // imports, then the driver's chunk and the node service's chunk, each with what they import. A
 // node plugin runs on every node, so it must not load the AWS SDK or the controller's code.
 import { spawnSync } from "node:child_process";
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, relative } from "node:path";
 import { build, type Metafile } from "esbuild";
@@ -45,6 +45,7 @@ const FORBIDDEN =
 describe("the bundle, as a node plugin loads it", () => {
   // What main loads once it has asked for instance metadata, whatever the driver.
   const SERVING = [
+    "src/cli.ts",
     "src/server/server.ts",
     "src/server/inflight.ts",
     "src/csi/identity.ts",
@@ -63,6 +64,47 @@ describe("the bundle, as a node plugin loads it", () => {
   it("the controller's chunks do hold the EC2 client (the check above can see it)", () => {
     const modules = loadedWith([main(), chunkOf("src/ebs/driver.ts"), chunkOf("src/ebs/ec2-client.ts")]);
     expect([...modules].some((m) => m.includes("@aws-sdk/client-ec2"))).toBe(true);
+  });
+
+  it("main.js loads nothing of the driver before it sets V8's flags: Node's modules, then cli.js", () => {
+    const text = readFileSync(join(out, "main.js"), "utf8");
+    const staticImports = [...text.matchAll(/\bimport\s*(?:[\w{}\s,*]+from\s*)?["']([^"']+)["']/g)].map(
+      (m) => m[1],
+    );
+    expect(staticImports.length).toBeGreaterThan(0);
+    expect(staticImports.filter((i) => !i!.startsWith("node:"))).toEqual([]);
+    expect(text).toMatch(/import\("\.\/cli\.js"\)/);
+    expect(text).toContain('"--no-maglev"');
+  });
+
+  it("fills a compile cache per mode that a plugin of that mode accepts", () => {
+    const cache = join(out, "compile-cache");
+    const env = { ...process.env, CSI_COMPILE_CACHE: cache, NODE_COMPILE_CACHE: "" };
+    for (const mode of ["node", "controller"]) {
+      const fill = spawnSync(process.execPath, [join(out, "fill-compile-cache.js"), mode], {
+        env,
+        encoding: "utf8",
+      });
+      expect(fill.status, fill.stderr).toBe(0);
+    }
+    // One directory per set of V8 flags.
+    expect(readdirSync(cache)).toHaveLength(2);
+    for (const mode of ["node", "controller"]) {
+      const r = spawnSync(process.execPath, [join(out, "main.js"), "--mode", mode, "--version"], {
+        env: { ...env, NODE_DEBUG_NATIVE: "COMPILE_CACHE" },
+        encoding: "utf8",
+      });
+      expect(r.status, r.stderr).toBe(0);
+      expect(r.stderr).toMatch(/V8 code cache for ESM file:\S*\/cli\.js was accepted/);
+      // Every module it loads is in the cache (none compiled before the cache was on, and missed).
+      expect(r.stderr).not.toMatch(/was rejected|not initialized/);
+    }
+    const wrong = spawnSync(process.execPath, [join(out, "fill-compile-cache.js"), "all"], {
+      env,
+      encoding: "utf8",
+    });
+    expect(wrong.status).toBe(2);
+    expect(wrong.stderr).toContain('the mode must be node or controller, not "all"');
   });
 
   it("holds no gRPC library (the driver serves gRPC itself) and no .proto parser", () => {

@@ -1,13 +1,15 @@
 // A controller-only plugin runs without V8's optimizing compilers (src/v8-flags.ts): the flags are
-// set at run time, after V8 started, so this checks in a real process that they still take effect
-// (a Node.js that froze V8's flags would silently bring the controller's memory back up).
+// set at run time, after V8 started (by src/main.ts before the driver loads, and again once
+// start-up is over), so this checks in a real process that they still take effect (a Node.js that
+// froze V8's flags would silently bring the controller's memory back up).
 import { spawnSync } from "node:child_process";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { pathToFileURL } from "node:url";
 import { afterAll, describe, expect, it } from "vitest";
-import { v8FlagsFor } from "../../src/v8-flags.ts";
+import { modeOfCommandLine } from "../../src/launch-mode.ts";
+import { launchFlagsFor, v8FlagsFor } from "../../src/v8-flags.ts";
 
 const dir = mkdtempSync(join(tmpdir(), "v8-flags-test-"));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
@@ -20,8 +22,8 @@ function hotFunctionOptimized(mode: string): boolean {
   const script = join(dir, "hot.mjs");
   writeFileSync(
     script,
-    `const { applyV8Flags } = await import(${JSON.stringify(pathToFileURL(join(import.meta.dirname, "../../src/v8-flags.ts")).href)});
-applyV8Flags(process.argv[2]);
+    `const { applyLaunchFlags } = await import(${JSON.stringify(pathToFileURL(join(import.meta.dirname, "../../src/v8-flags.ts")).href)});
+applyLaunchFlags(process.argv[2]);
 const status = new Function("f", "return %GetOptimizationStatus(f)");
 function hot(x) { return (x * 2 + 1) % 7; }
 let sum = 0;
@@ -44,6 +46,18 @@ describe("V8 flags by mode", () => {
     );
     expect(v8FlagsFor("node")).toEqual(["--single-threaded-gc"]);
     expect(v8FlagsFor("all")).toEqual(["--single-threaded-gc"]);
+    // The compilers are off from the launch; sizing the heap for memory waits for start-up's end.
+    expect(launchFlagsFor("controller")).toEqual(expect.arrayContaining(["--no-opt", "--no-maglev"]));
+    expect(launchFlagsFor("controller")).not.toContain("--optimize-for-size");
+  });
+
+  it("the launcher reads the mode as config.ts does, and a command line it cannot read as all", () => {
+    expect(modeOfCommandLine(["--driver", "ebs", "--mode", "controller"])).toBe("controller");
+    expect(modeOfCommandLine(["--mode=node", "--driver=efs"])).toBe("node");
+    expect(modeOfCommandLine(["--mode=node", "--mode", "controller"])).toBe("controller");
+    expect(modeOfCommandLine(["--driver", "ebs"])).toBe("all");
+    expect(modeOfCommandLine(["--mode"])).toBe("all");
+    expect(modeOfCommandLine(["--mode", "bogus"])).toBe("all");
   });
 
   it("set at run time, the flags take effect: a hot function stays unoptimized in a controller only", () => {
