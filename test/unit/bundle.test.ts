@@ -110,6 +110,8 @@ describe("the bundle, as a node plugin loads it", () => {
   it("holds no gRPC library (the driver serves gRPC itself) and no .proto parser", () => {
     const all = Object.keys(meta.inputs);
     expect(all.filter((m) => m.includes("@grpc/") || /protobufjs\/src\/parse\.js/.test(m))).toEqual([]);
+    // Nor long.js (scripts/build.ts, noLongJs): every int64 is read as a number.
+    expect(all.filter((m) => /node_modules\/long\//.test(m))).toEqual([]);
   });
 
   it("loads node:http and node:https without undici (fetch), which an ES import of them would load", () => {
