@@ -154,7 +154,7 @@ export async function rssBytes(pid: number): Promise<number> {
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 /**
- * RSS after full collections: started with --expose-gc, the driver collects on SIGUSR2 (main.ts).
+ * RSS after full collections: started with --expose-gc, the driver collects on SIGUSR2 (src/cli.ts).
  * It must be a memory-reducing one (`gc({ type: "major", flavor: "last-resort" })`): a plain gc()
  * leaves V8's pool of freed 256 KiB pages resident, which after a round of big requests is 100+
  * MiB that V8 reuses but does not return. Twice, with pauses, so that finalizers run in between.
