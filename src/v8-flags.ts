@@ -49,10 +49,7 @@ export function applyLaunchFlags(mode: Mode): void {
   for (const flag of launchFlagsFor(mode)) setFlagsFromString(flag);
 }
 
-/**
- * Once start-up is over (src/cli.ts): the flags that wait for it, and the launch flags again, in
- * case the command line reached the driver without going through src/main.ts.
- */
+/** Once start-up is over (src/cli.ts, which only src/main.ts loads, after the launch flags). */
 export function applyV8FlagsAfterStartup(mode: Mode): void {
-  for (const flag of v8FlagsFor(mode)) setFlagsFromString(flag);
+  for (const flag of flagsOf(mode).afterStartup) setFlagsFromString(flag);
 }
