@@ -3,6 +3,7 @@
 // broken or hostile client could send. Every malformed call gets a status naming what is wrong,
 // and the server goes on serving.
 import { mkdtemp, readFile, rm } from "node:fs/promises";
+import http, { type Server } from "node:http";
 import http2 from "node:http2";
 import { connect } from "node:net";
 import { tmpdir } from "node:os";
@@ -50,7 +51,32 @@ const identity = {
   },
   Probe: waitForAbort,
 };
+/**
+ * What the handlers of calls that came together did, in order: "start <id>" when a handler started,
+ * "sent <id>" when the HTTP server behind it (AWS, for the driver) received that handler's request.
+ */
+const events: string[] = [];
+let aws: Server;
+const awsAgent = new http.Agent({ keepAlive: true });
+
 const controller = {
+  /** Sends one HTTP request, as the driver's DeleteVolume sends one to EC2. */
+  async DeleteVolume(req: { volume_id: string }) {
+    events.push(`start ${req.volume_id}`);
+    const { port } = aws.address() as { port: number };
+    await new Promise<void>((resolve, reject) => {
+      const out = http.request(
+        { host: "127.0.0.1", port, path: `/${req.volume_id}`, agent: awsAgent },
+        (res) => {
+          res.resume();
+          res.on("end", resolve);
+        },
+      );
+      out.on("error", reject);
+      out.end();
+    });
+    return {};
+  },
   async CreateVolume(req: { name: string }) {
     throw new CsiError(status.INVALID_ARGUMENT, `name ${req.name}: not allowed`);
   },
@@ -73,6 +99,11 @@ async function start(): Promise<void> {
 }
 
 beforeAll(async () => {
+  aws = http.createServer((req, res) => {
+    events.push(`sent ${req.url?.slice(1)}`);
+    res.end();
+  });
+  await new Promise<void>((resolve) => aws.listen(0, "127.0.0.1", resolve));
   dir = await mkdtemp(join(tmpdir(), "grpc-server-test-"));
   logFile = join(dir, "driver.log");
   socket = join(dir, "csi.sock");
@@ -80,6 +111,8 @@ beforeAll(async () => {
 });
 
 afterAll(async () => {
+  awsAgent.destroy();
+  aws?.close();
   client?.close();
   await server?.shutdown(1000);
   await rm(dir, { recursive: true, force: true });
@@ -140,6 +173,17 @@ describe("calls as gRPC clients make them", () => {
       Array.from({ length: 200 }, () => client.call("Identity", "GetPluginInfo", {})),
     );
     expect(answers.every((a) => a.name === "ebs.csi.aws.com" && a.vendor_version === "test")).toBe(true);
+  });
+
+  it("starts calls that came together one per event-loop turn: the first one's request leaves before the last starts", async () => {
+    // Started in the turn that read them, every call would run to its first wait before Node sent
+    // anything: the first request to AWS would leave only after the last call was prepared.
+    events.length = 0;
+    const ids = Array.from({ length: 20 }, (_, i) => `vol-${i}`);
+    await Promise.all(ids.map((id) => client.call("Controller", "DeleteVolume", { volume_id: id })));
+    expect(events.filter((e) => e.startsWith("start"))).toEqual(ids.map((id) => `start ${id}`));
+    expect(events.indexOf("sent vol-0")).toBeGreaterThanOrEqual(0);
+    expect(events.indexOf("sent vol-0")).toBeLessThan(events.indexOf("start vol-19"));
   });
 
   it("sends a failure's message as the caller wrote it, whatever its characters", async () => {
