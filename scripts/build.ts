@@ -14,10 +14,7 @@ import { readFile } from "node:fs/promises";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { type BuildOptions, build, type Metafile, type Plugin } from "esbuild";
-import type { Mode } from "../src/config.ts";
-import { launchFlagsFor } from "../src/v8-flags.ts";
-
-const MODES: Mode[] = ["controller", "node", "all"];
+import { launchFlagsByMode } from "../src/v8-flags.ts";
 
 const REPO = fileURLToPath(new URL("..", import.meta.url));
 
@@ -140,9 +137,7 @@ export async function buildDriver(outdir = path.join(REPO, "dist")): Promise<Met
       BUILD_VERSION: JSON.stringify(version),
       // main.js sets them before it loads anything of the driver (src/main.ts). A string: esbuild
       // would make an object its own module, shared with the chunks that use it.
-      BUILD_LAUNCH_FLAGS: JSON.stringify(
-        JSON.stringify(Object.fromEntries(MODES.map((mode) => [mode, launchFlagsFor(mode)]))),
-      ),
+      BUILD_LAUNCH_FLAGS: JSON.stringify(JSON.stringify(launchFlagsByMode())),
     },
     minifySyntax: true,
     minifyWhitespace: true,

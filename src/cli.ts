@@ -27,6 +27,9 @@ async function createDriver(deps: DriverDeps): Promise<Driver> {
   return createEfsDriver(deps);
 }
 
+/** A full garbage collection of the memory-reducing kind: a plain gc() keeps V8's pool of freed pages. */
+const FULL_COLLECTION = { type: "major", execution: "sync", flavor: "last-resort" } as const;
+
 /** Start-up is over by then: the first calls (kubelet's registration) have been answered. */
 const STARTUP_GC_DELAY_MS = 500;
 
@@ -43,7 +46,7 @@ function collectStartupGarbage(): void {
   // again is compiled again from its source: the first CreateVolume against moto took about 25 ms
   // longer, and an idle controller kept about 1 MiB less.
   setFlagsFromString("--bytecode-old-age=1");
-  gc({ type: "major", execution: "sync", flavor: "last-resort" });
+  gc(FULL_COLLECTION);
   setFlagsFromString(`--bytecode-old-age=${V8_BYTECODE_OLD_AGE}`);
 }
 
@@ -127,9 +130,8 @@ async function serve(options: Options): Promise<void> {
     });
   process.on("SIGTERM", () => void onSignal("SIGTERM"));
   // Memory tests compare RSS after a full collection: started with --expose-gc, SIGUSR2 runs one.
-  // "last-resort" is the memory-reducing kind: a plain gc() keeps V8's pool of freed pages.
   const gc = (globalThis as { gc?: (o: object) => void }).gc;
-  if (gc) process.on("SIGUSR2", () => gc({ type: "major", execution: "sync", flavor: "last-resort" }));
+  if (gc) process.on("SIGUSR2", () => gc(FULL_COLLECTION));
   process.on("SIGINT", () => void onSignal("SIGINT"));
 }
 

@@ -28,7 +28,13 @@ const CONTROLLER = {
  */
 const NODE = { launch: ["--single-threaded-gc"], afterStartup: [] as string[] };
 
-const flagsOf = (mode: Mode) => (mode === "controller" ? CONTROLLER : NODE);
+/** Every mode's flags: a mode added to config.ts's Mode must be given its own here. */
+const FLAGS: Record<Mode, { launch: string[]; afterStartup: string[] }> = {
+  controller: CONTROLLER,
+  node: NODE,
+  all: NODE,
+};
+const flagsOf = (mode: Mode) => FLAGS[mode];
 
 /**
  * The flags to set before the driver's code loads. V8's compiled code is cached per set of flags
@@ -37,6 +43,12 @@ const flagsOf = (mode: Mode) => (mode === "controller" ? CONTROLLER : NODE);
  */
 export function launchFlagsFor(mode: Mode): string[] {
   return [...flagsOf(mode).launch];
+}
+
+/** launchFlagsFor of every mode, as scripts/build.ts writes them into main.js. */
+export function launchFlagsByMode(): Record<Mode, string[]> {
+  const byMode = Object.entries(FLAGS).map(([mode, f]) => [mode, [...f.launch]]);
+  return Object.fromEntries(byMode) as Record<Mode, string[]>;
 }
 
 /** Every V8 flag a plugin of this mode runs with, for its start-up log line. */

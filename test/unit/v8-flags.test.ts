@@ -1,6 +1,6 @@
 // A controller-only plugin runs without V8's optimizing compilers (src/v8-flags.ts): the flags are
-// set at run time, after V8 started (by src/main.ts before the driver loads, and again once
-// start-up is over), so this checks in a real process that they still take effect (a Node.js that
+// set at run time, after V8 started (by src/main.ts before the driver loads; --optimize-for-size
+// once start-up is over), so this checks in a real process that they still take effect (a Node.js that
 // froze V8's flags would silently bring the controller's memory back up).
 import { spawnSync } from "node:child_process";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
