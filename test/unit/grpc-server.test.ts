@@ -175,7 +175,7 @@ describe("calls as gRPC clients make them", () => {
     expect(answers.every((a) => a.name === "ebs.csi.aws.com" && a.vendor_version === "test")).toBe(true);
   });
 
-  it("starts calls that came together one per event-loop turn: the first one's request leaves before the last starts", async () => {
+  it("starts calls that came together a few per event-loop turn: the first one's request leaves before the last starts", async () => {
     // Started in the turn that read them, every call would run to its first wait before Node sent
     // anything: the first request to AWS would leave only after the last call was prepared.
     events.length = 0;
