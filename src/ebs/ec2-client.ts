@@ -11,6 +11,7 @@ import {
   instrumentClient,
   mutationLimiter,
   paceThrottledCalls,
+  sharedConnections,
 } from "../aws/sdk.ts";
 import type { Logger } from "../log.ts";
 import type { Metrics } from "../metrics.ts";
@@ -49,13 +50,19 @@ export function createEc2(o: Ec2ClientOptions): { ec2: SdkEc2; close(): void } {
   // EC2 meters each of these actions with its own bucket, all of the size documented for mutating
   // actions: what one of them shows of the size, the others use (src/aws/rate-limiter.ts).
   const bucketSize = new BucketSize();
+  const connections = sharedConnections();
   const clients = new ClientPerAction((action) => {
     // CreateSnapshot has no ClientToken: an SDK retry after a lost answer would make a second
     // snapshot. The controller retries throttled creates itself and looks the name up after others;
     // the limiter sends it again only after a throttle answer, which says EC2 did not make it.
     const maxAttempts = action === "CreateSnapshot" || action === "CreateSnapshots" ? 1 : undefined;
     const client = new EC2Client(
-      awsClientConfig({ region: o.region, endpoint: o.endpoint, ...(maxAttempts ? { maxAttempts } : {}) }),
+      awsClientConfig({
+        region: o.region,
+        endpoint: o.endpoint,
+        connections,
+        ...(maxAttempts ? { maxAttempts } : {}),
+      }),
     );
     instrumentClient(client, o.metrics, o.log);
     if (PACED_ACTIONS.has(action)) {

@@ -11,6 +11,7 @@ import {
   instrumentClient,
   isThrottlingError,
   paceThrottledCalls,
+  sharedConnections,
 } from "../../src/aws/sdk.ts";
 import { createLogger } from "../../src/log.ts";
 import { createMetrics, type Metrics } from "../../src/metrics.ts";
@@ -31,6 +32,9 @@ let server: Server;
 let url: string;
 let answers: Answer[] = [];
 let requests = 0;
+let connections = 0;
+/** While set, answers wait until this many requests are waiting (or 3 s passed), then all go. */
+let hold: { until: number; waiting: (() => void)[]; most: number } | undefined;
 
 beforeAll(async () => {
   process.env["AWS_ACCESS_KEY_ID"] = "testing";
@@ -38,6 +42,13 @@ beforeAll(async () => {
   server = createServer((req, res) => {
     req.resume();
     req.on("end", () => {
+      if (hold) {
+        const h = hold;
+        h.waiting.push(() => res.writeHead(200, { "content-type": "text/xml" }).end(zonesXml("held")));
+        h.most = Math.max(h.most, h.waiting.length);
+        if (h.waiting.length >= h.until) for (const send of h.waiting.splice(0)) send();
+        return;
+      }
       const answer = answers[Math.min(requests, answers.length - 1)] ?? { status: 200 };
       requests++;
       const requestId = `req-${requests}`;
@@ -46,6 +57,7 @@ beforeAll(async () => {
       res.writeHead(answer.status, { "content-type": "text/xml", "x-amzn-requestid": requestId }).end(body);
     });
   });
+  server.on("connection", () => connections++);
   await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
   url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
 });
@@ -269,5 +281,48 @@ describe("paceThrottledCalls", () => {
     expect(l.state()).toMatchObject({ queued: 0, inFlight: 0, throttles: 1 });
     expect(requests).toBe(1);
     c.destroy();
+  });
+});
+
+describe("one connection pool for the clients of a service", () => {
+  const ec2 = (connections?: ReturnType<typeof sharedConnections>) =>
+    new EC2Client(awsClientConfig({ region: "us-east-1", endpoint: url, connections }));
+
+  it("a client's request goes over a connection another client opened", async () => {
+    const pool = sharedConnections();
+    const [a, b] = [ec2(pool), ec2(pool)];
+    connections = 0;
+    await a.send(new DescribeAvailabilityZonesCommand({}));
+    await b.send(new DescribeAvailabilityZonesCommand({}));
+    expect(connections).toBe(1);
+    a.destroy();
+    b.destroy();
+
+    // Each with a pool of its own, the second client opens a connection of its own.
+    const [c, d] = [ec2(), ec2()];
+    connections = 0;
+    await c.send(new DescribeAvailabilityZonesCommand({}));
+    await d.send(new DescribeAvailabilityZonesCommand({}));
+    expect(connections).toBe(2);
+    c.destroy();
+    d.destroy();
+  });
+
+  it("sends more than the SDK's 50 requests at once: a sidecar's burst does not wait for sockets", async () => {
+    const c = ec2(sharedConnections());
+    const h = { until: 80, waiting: [] as (() => void)[], most: 0 };
+    hold = h;
+    const timer = setTimeout(() => {
+      for (const send of h.waiting.splice(0)) send();
+      hold = undefined;
+    }, 3000);
+    try {
+      await Promise.all(Array.from({ length: 80 }, () => c.send(new DescribeAvailabilityZonesCommand({}))));
+    } finally {
+      clearTimeout(timer);
+      hold = undefined;
+      c.destroy();
+    }
+    expect(h.most).toBe(80);
   });
 });
