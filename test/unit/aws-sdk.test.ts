@@ -288,24 +288,21 @@ describe("one connection pool for the clients of a service", () => {
   const ec2 = (connections?: ReturnType<typeof sharedConnections>) =>
     new EC2Client(awsClientConfig({ region: "us-east-1", endpoint: url, connections }));
 
-  it("a client's request goes over a connection another client opened", async () => {
-    const pool = sharedConnections();
-    const [a, b] = [ec2(pool), ec2(pool)];
+  /** Connections the server accepted while a, then b, sent one request each. */
+  async function connectionsOpened(a: EC2Client, b: EC2Client): Promise<number> {
     connections = 0;
     await a.send(new DescribeAvailabilityZonesCommand({}));
     await b.send(new DescribeAvailabilityZonesCommand({}));
-    expect(connections).toBe(1);
     a.destroy();
     b.destroy();
+    return connections;
+  }
 
+  it("a client's request goes over a connection another client opened", async () => {
+    const pool = sharedConnections();
+    expect(await connectionsOpened(ec2(pool), ec2(pool))).toBe(1);
     // Each with a pool of its own, the second client opens a connection of its own.
-    const [c, d] = [ec2(), ec2()];
-    connections = 0;
-    await c.send(new DescribeAvailabilityZonesCommand({}));
-    await d.send(new DescribeAvailabilityZonesCommand({}));
-    expect(connections).toBe(2);
-    c.destroy();
-    d.destroy();
+    expect(await connectionsOpened(ec2(), ec2())).toBe(2);
   });
 
   it("sends more than the SDK's 50 requests at once: a sidecar's burst does not wait for sockets", async () => {
