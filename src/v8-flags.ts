@@ -34,7 +34,6 @@ const FLAGS: Record<Mode, { launch: string[]; afterStartup: string[] }> = {
   node: NODE,
   all: NODE,
 };
-const flagsOf = (mode: Mode) => FLAGS[mode];
 
 /**
  * The flags to set before the driver's code loads. V8's compiled code is cached per set of flags
@@ -42,18 +41,18 @@ const flagsOf = (mode: Mode) => FLAGS[mode];
  * module loaded would make V8 reject the code cached for every module loaded after them.
  */
 export function launchFlagsFor(mode: Mode): string[] {
-  return [...flagsOf(mode).launch];
+  return [...FLAGS[mode].launch];
 }
 
 /** launchFlagsFor of every mode, as scripts/build.ts writes them into main.js. */
 export function launchFlagsByMode(): Record<Mode, string[]> {
-  const byMode = Object.entries(FLAGS).map(([mode, f]) => [mode, [...f.launch]]);
-  return Object.fromEntries(byMode) as Record<Mode, string[]>;
+  const modes = Object.keys(FLAGS) as Mode[];
+  return Object.fromEntries(modes.map((mode) => [mode, launchFlagsFor(mode)])) as Record<Mode, string[]>;
 }
 
 /** Every V8 flag a plugin of this mode runs with, for its start-up log line. */
 export function v8FlagsFor(mode: Mode): string[] {
-  const f = flagsOf(mode);
+  const f = FLAGS[mode];
   return [...f.launch, ...f.afterStartup];
 }
 
@@ -63,5 +62,5 @@ export function applyLaunchFlags(mode: Mode): void {
 
 /** Once start-up is over (src/cli.ts, which only src/main.ts loads, after the launch flags). */
 export function applyV8FlagsAfterStartup(mode: Mode): void {
-  for (const flag of flagsOf(mode).afterStartup) setFlagsFromString(flag);
+  for (const flag of FLAGS[mode].afterStartup) setFlagsFromString(flag);
 }

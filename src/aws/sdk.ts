@@ -1,8 +1,8 @@
 /**
  * What every AWS SDK client of the driver shares (EC2 and EFS): one retry policy, one set of
- * timeouts, and metrics plus logs for each call and each attempt.
+ * timeouts, and metrics plus logs for each call and each attempt; the clients of one service, one
+ * pool of connections (sharedConnections).
  */
-
 import { Agent as HttpAgent } from "node:http";
 import { Agent as HttpsAgent } from "node:https";
 import type {
