@@ -6,6 +6,7 @@
 import { Agent as HttpAgent } from "node:http";
 import { Agent as HttpsAgent } from "node:https";
 import type {
+  AwsCredentialIdentityProvider,
   DeserializeHandler,
   DeserializeHandlerArguments,
   FinalizeHandler,
@@ -27,6 +28,12 @@ export interface AwsClientOptions {
   maxAttempts?: number | undefined;
   /** Connections shared with the service's other clients (sharedConnections); each client's own otherwise. */
   connections?: SharedConnections | undefined;
+  /**
+   * Where credentials come from: another client's, to share what it fetched (src/ebs/ec2-client.ts).
+   * Unset, the client makes the SDK's default chain of its own (environment, web identity, EKS Pod
+   * Identity, instance metadata), which fetches and caches credentials for it alone.
+   */
+  credentials?: AwsCredentialIdentityProvider | undefined;
 }
 
 /** Keep-alive connection pools to be shared by the clients of one service (sharedConnections). */
@@ -83,6 +90,7 @@ export function awsClientConfig(o: AwsClientOptions) {
   return {
     region: o.region,
     ...(o.endpoint ? { endpoint: o.endpoint } : {}),
+    ...(o.credentials ? { credentials: o.credentials } : {}),
     // Adaptive = standard retries plus a client-side rate limiter that slows down after throttles.
     retryMode: "adaptive" as const,
     maxAttempts,

@@ -4,6 +4,7 @@
  * load the SDK: the client is the largest piece of code the driver has.
  */
 import { EC2Client } from "@aws-sdk/client-ec2";
+import type { AwsCredentialIdentityProvider } from "@smithy/types";
 import { BucketSize } from "../aws/rate-limiter.ts";
 import {
   awsClientConfig,
@@ -51,6 +52,12 @@ export function createEc2(o: Ec2ClientOptions): { ec2: SdkEc2; close(): void } {
   // actions: what one of them shows of the size, the others use (src/aws/rate-limiter.ts).
   const bucketSize = new BucketSize();
   const connections = sharedConnections();
+  // One credential source for all the clients, as the official driver has one for its one config:
+  // the first client's default chain, whose credentials the SDK caches and renews. Each client with
+  // a chain of its own fetched credentials itself before its first call and at every renewal: with
+  // IRSA, one STS AssumeRoleWithWebIdentity per API action; with EKS Pod Identity, one request to
+  // its agent per action.
+  let credentials: AwsCredentialIdentityProvider | undefined;
   const clients = new ClientPerAction((action) => {
     // CreateSnapshot has no ClientToken: an SDK retry after a lost answer would make a second
     // snapshot. The controller retries throttled creates itself and looks the name up after others;
@@ -61,9 +68,11 @@ export function createEc2(o: Ec2ClientOptions): { ec2: SdkEc2; close(): void } {
         region: o.region,
         endpoint: o.endpoint,
         connections,
+        credentials,
         ...(maxAttempts ? { maxAttempts } : {}),
       }),
     );
+    credentials ??= client.config.credentials;
     instrumentClient(client, o.metrics, o.log);
     if (PACED_ACTIONS.has(action)) {
       const limiter = mutationLimiter(action, o.log, bucketSize);
