@@ -125,6 +125,31 @@ describe("awsClientConfig", () => {
 });
 
 describe("instrumentClient", () => {
+  it("replaces the SDK's own call logging, which built a record of every call even for no logger", async () => {
+    // Besides call records the SDK logs how it resolved its configuration: those are not per call.
+    const sdkRecords: unknown[] = [];
+    const callRecord = (entry: unknown) =>
+      typeof entry === "object" && entry !== null && "commandName" in entry;
+    const record = (entry: unknown) => sdkRecords.push(entry);
+    const logger = { debug: record, info: record, warn: record, error: record, trace: record };
+    const withLogger = () =>
+      new EC2Client({ ...awsClientConfig({ region: "us-east-1", endpoint: url }), logger });
+    const plain = withLogger();
+    await plain.send(new DescribeAvailabilityZonesCommand({}));
+    plain.destroy();
+    // The SDK's middleware (by the name instrumentClient removes) records the call with its input.
+    expect(sdkRecords).toContainEqual(
+      expect.objectContaining({ commandName: "DescribeAvailabilityZonesCommand" }),
+    );
+    sdkRecords.length = 0;
+    const instrumented = withLogger();
+    instrumentClient(instrumented, metrics, createLogger("silent"));
+    await instrumented.send(new DescribeAvailabilityZonesCommand({}));
+    instrumented.destroy();
+    expect(sdkRecords.filter(callRecord)).toEqual([]);
+    expect(await value("awsAttempts", request)).toBe(1);
+  });
+
   it("counts every attempt and each throttle, and one call that succeeded after retries", async () => {
     answers = [
       { status: 503, code: "RequestLimitExceeded" },
