@@ -114,6 +114,9 @@ export interface BurstFigures {
   detach?: Phase;
   delete: Phase;
   peakRssMiB: number;
+  /** The controller's CPU time over the whole burst, and over its delete phase, ms. */
+  cpuMs: number;
+  deleteCpuMs: number;
   /** EC2 calls of the whole burst, by action (exact: counted by the fault proxy). */
   calls: Record<string, number>;
 }
@@ -132,6 +135,7 @@ export async function burst(
     : "";
   return withController(factory, aws, async (plugin) => {
     aws.proxy.resetStats();
+    const cpuBefore = await plugin.cpuMs();
     const ids: string[] = new Array(o.volumes);
     const call = (method: string, request: object) =>
       plugin.client.call("Controller", method, request, CALL_TIMEOUT_MS);
@@ -155,15 +159,19 @@ export async function burst(
       attach = await publish("ControllerPublishVolume");
       detach = await publish("ControllerUnpublishVolume");
     }
+    const cpuBeforeDelete = await plugin.cpuMs();
     const del = await sidecarQueue(o.volumes, PROVISIONER_WORKERS, (i) =>
       call("DeleteVolume", { volume_id: ids[i] }),
     );
+    const cpuAfterDelete = await plugin.cpuMs();
     return {
       create,
       attach,
       detach,
       delete: del,
       peakRssMiB: await plugin.peakRssMiB(),
+      cpuMs: cpuAfterDelete - cpuBefore,
+      deleteCpuMs: cpuAfterDelete - cpuBeforeDelete,
       calls: aws.proxy.stats(),
     };
   });

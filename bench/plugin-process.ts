@@ -7,6 +7,9 @@ import { existsSync } from "node:fs";
 import { readFile } from "node:fs/promises";
 import { CsiClient } from "../test/harness/csi-client.ts";
 
+/** USER_HZ, the unit of /proc's CPU times: 100 on every Linux architecture this runs on. */
+const CLOCK_TICKS_PER_SECOND = 100;
+
 export interface PluginCommand {
   /** Who it is, in tables: "aws-storage-csi" or "official v1.44.0". */
   label: string;
@@ -24,6 +27,8 @@ export interface RunningPlugin {
   rssMiB(): Promise<number>;
   /** Peak resident set size so far (VmHWM), MiB. */
   peakRssMiB(): Promise<number>;
+  /** CPU time used so far, user and system, all threads, ms (at the kernel's clock tick, 10 ms). */
+  cpuMs(): Promise<number>;
   stop(): Promise<void>;
 }
 
@@ -80,6 +85,12 @@ export async function startPlugin(
     startMs,
     rssMiB: () => status("VmRSS"),
     peakRssMiB: () => status("VmHWM"),
+    async cpuMs() {
+      const stat = await readFile(`/proc/${child.pid}/stat`, "utf8");
+      // Fields after the command name (which may hold spaces): utime and stime are the 12th and 13th.
+      const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+      return ((Number(fields[11]) + Number(fields[12])) * 1000) / CLOCK_TICKS_PER_SECOND;
+    },
     async stop() {
       client?.close();
       if (child.exitCode !== null || child.signalCode !== null) return;

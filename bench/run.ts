@@ -395,6 +395,8 @@ function recordBurst(label: string, n: number, ours: BurstFigures, theirs: Burst
     theirs && totalCalls(theirs.calls) / n,
     faster,
   );
+  record(`${label}: controller CPU, whole burst`, "ms", ours.cpuMs, theirs?.cpuMs);
+  record(`${label}: controller CPU, delete ${n}`, "ms", ours.deleteCpuMs, theirs?.deleteCpuMs);
   record(`${label}: controller peak RSS`, "MiB", ours.peakRssMiB, theirs?.peakRssMiB, {
     target: { max: 1.5, label: "<= 1.5x" },
   });
