@@ -137,7 +137,7 @@ describe("instrumentClient", () => {
     const plain = withLogger();
     await plain.send(new DescribeAvailabilityZonesCommand({}));
     plain.destroy();
-    // The SDK's middleware (by the name instrumentClient removes) records the call with its input.
+    // The SDK's middleware (by the name instrumentClient removes) records the call.
     expect(sdkRecords).toContainEqual(
       expect.objectContaining({ commandName: "DescribeAvailabilityZonesCommand" }),
     );
