@@ -1,7 +1,7 @@
 /**
  * What every AWS SDK client of the driver shares (EC2 and EFS): one retry policy, one set of
  * timeouts, and metrics plus logs for each call and each attempt; the clients of one service, one
- * pool of connections (sharedConnections).
+ * pool of connections (sharedConnections) and, when given one, one credential source.
  */
 import { Agent as HttpAgent } from "node:http";
 import { Agent as HttpsAgent } from "node:https";

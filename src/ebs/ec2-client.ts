@@ -4,9 +4,9 @@
  * load the SDK: the client is the largest piece of code the driver has.
  */
 import { EC2Client } from "@aws-sdk/client-ec2";
-import type { AwsCredentialIdentityProvider } from "@smithy/types";
 import { BucketSize } from "../aws/rate-limiter.ts";
 import {
+  type AwsClientOptions,
   awsClientConfig,
   ClientPerAction,
   instrumentClient,
@@ -57,7 +57,7 @@ export function createEc2(o: Ec2ClientOptions): { ec2: SdkEc2; close(): void } {
   // a chain of its own fetched credentials itself before its first call and at every renewal: with
   // IRSA, one STS AssumeRoleWithWebIdentity per API action; with EKS Pod Identity, one request to
   // its agent per action.
-  let credentials: AwsCredentialIdentityProvider | undefined;
+  let credentials: AwsClientOptions["credentials"];
   const clients = new ClientPerAction((action) => {
     // CreateSnapshot has no ClientToken: an SDK retry after a lost answer would make a second
     // snapshot. The controller retries throttled creates itself and looks the name up after others;
