@@ -45,6 +45,13 @@ export type UnaryHandler = (call: UnaryCall) => void;
 export interface GrpcServerOptions {
   /** A request message longer than this is refused with RESOURCE_EXHAUSTED. */
   maxReceiveBytes: number;
+  /**
+   * Calls started per turn of the event loop when many wait (GrpcServer#startInTurn). Each turn has
+   * a cost of its own (the poll for I/O, the immediate, the continuations it wakes), paid per call
+   * when calls start one per turn; started all in one turn, every call runs its CPU part before any
+   * reaches the network. src/server/server.ts chooses it per process, with the measurements.
+   */
+  callsPerTurn: number;
   log: Logger;
 }
 
@@ -54,19 +61,6 @@ const DEADLINE_UNITS: Record<string, number> = { H: 3_600_000, M: 60_000, S: 100
 const UNIMPLEMENTED = 12;
 const INTERNAL = 13;
 const RESOURCE_EXHAUSTED = 8;
-
-/**
- * Calls started per turn of the event loop when many wait (GrpcServer#startInTurn). Each turn has
- * a cost of its own (the poll for I/O, the immediate, the continuations it wakes), paid per call
- * when calls start one per turn: 100 SDK DeleteVolume calls took 0.69 ms of CPU each started one
- * per turn, 0.49 ms four per turn, 0.35 ms all in one (the controller's V8 flags; answered after
- * 25 ms by a server in the same process, its CPU counted). Four per turn cut the controller's CPU
- * over 100 deletes from 110 to 90 ms, CPU the benchmark's fake EC2 shares the machine with, and
- * sent the last request at 60 ms instead of 104 (npm run bench's delete phase, ten rounds);
- * NodeGetVolumeStats at concurrency 8 kept its p50 and throughput. More per turn keep a caller's
- * calls in lockstep: eight per turn lost a quarter of the stats throughput.
- */
-const CALLS_PER_TURN = 4;
 
 /** A grpc-message longer than this is cut: the answer's headers must fit the caller's limits. */
 const MAX_DETAILS_CHARS = 8192;
@@ -162,6 +156,7 @@ class Call implements UnaryCall {
 export class GrpcServer {
   readonly #routes: ReadonlyMap<string, UnaryHandler>;
   readonly #maxReceive: number;
+  readonly #callsPerTurn: number;
   readonly #log: Logger;
   readonly #server: Http2Server;
   readonly #sessions = new Set<Http2Session>();
@@ -171,6 +166,10 @@ export class GrpcServer {
   constructor(routes: ReadonlyMap<string, UnaryHandler>, options: GrpcServerOptions) {
     this.#routes = routes;
     this.#maxReceive = options.maxReceiveBytes;
+    if (!Number.isInteger(options.callsPerTurn) || options.callsPerTurn < 1) {
+      throw new Error(`callsPerTurn must be a positive integer, not ${options.callsPerTurn}`);
+    }
+    this.#callsPerTurn = options.callsPerTurn;
     this.#log = options.log;
     this.#server = http2.createServer();
     this.#server.on("session", (session) => {
@@ -325,7 +324,7 @@ export class GrpcServer {
   }
 
   /**
-   * Starts calls a few per turn of the event loop (CALLS_PER_TURN), in the order they came. The
+   * Starts calls a few per turn of the event loop (callsPerTurn), in the order they came. The
    * sidecars send up to 100 calls at once, and they are read in one turn. Started there, every one
    * of them would run its CPU part (decoding, validation, the AWS SDK building and signing its
    * request) before any reached the network: Node's HTTP client is handed its socket on
@@ -341,7 +340,7 @@ export class GrpcServer {
   }
 
   readonly #startNext = (): void => {
-    const group = this.#waiting.splice(0, CALLS_PER_TURN);
+    const group = this.#waiting.splice(0, this.#callsPerTurn);
     if (this.#waiting.length > 0) setImmediate(this.#startNext);
     for (const start of group) this.#guard(start);
   };
