@@ -35,23 +35,23 @@ const MAX_RECEIVE_BYTES = 4 * 1024 * 1024;
 
 /**
  * Calls started per turn of the event loop (GrpcServerOptions.callsPerTurn) by a process that
- * serves kubelet's node calls. Its NodeGetVolumeStats at concurrency 8 kept its p50 and throughput
- * at four; eight per turn kept a caller's calls in lockstep and lost a quarter of the throughput.
- * Against one per turn, four cut the controller's CPU over 100 deletes from 110 to 90 ms and sent
- * the last request at 60 ms instead of 104 (npm run bench's delete phase, ten rounds): 100 SDK
- * DeleteVolume calls took 0.69 ms of CPU each started one per turn, 0.49 ms four per turn, 0.35 ms
- * all in one (the controller's V8 flags; answered after 25 ms by a server in the same process,
- * its CPU counted).
+ * serves kubelet's node calls. At four, NodeGetVolumeStats at concurrency 8 kept its p50 and
+ * throughput; eight per turn kept a caller's calls in lockstep and lost a quarter of the
+ * throughput. What grouping saves, measured when every process started four: against one per
+ * turn, the controller's CPU over 100 deletes went from 110 to 90 ms and the last request left at
+ * 60 ms instead of 104 (npm run bench's delete phase, ten rounds); 100 SDK DeleteVolume calls took
+ * 0.69 ms of CPU each started one per turn, 0.49 ms four per turn, 0.35 ms all in one (the
+ * controller's V8 flags; answered after 25 ms by a server in the same process, its CPU counted).
  */
 const NODE_CALLS_PER_TURN = 4;
 
 /**
  * The same for a controller-only process, whose calls wait on AWS: fewer, larger groups cost less
- * CPU per call and still let requests leave while later calls wait. In npm run bench's delete phase
- * (100 deletes, 25 ms of AWS latency, three A/B runs of 8-10 rounds each), twelve per turn
+ * CPU per call and still let requests leave while later calls wait. In npm run bench's delete
+ * phase (100 deletes, 25 ms of AWS latency, three A/B runs of 8-10 rounds each), twelve per turn
  * finished 3-6% sooner than four in every run and sent the last request at 52-59 ms instead of
- * 68-69 (the two runs timed at the fake EC2); 24 was no better than twelve, and all 100 in one turn sent the first request at 33 ms instead
- * of 13-15 and finished later than four.
+ * 68-69 (the two runs timed at the fake EC2); 24 was no better than twelve, and all 100 in one
+ * turn sent the first request at 33 ms instead of 13-15 and finished later than four.
  */
 const CONTROLLER_CALLS_PER_TURN = 12;
 
