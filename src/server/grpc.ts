@@ -46,10 +46,8 @@ export interface GrpcServerOptions {
   /** A request message longer than this is refused with RESOURCE_EXHAUSTED. */
   maxReceiveBytes: number;
   /**
-   * Calls started per turn of the event loop when many wait (GrpcServer#startInTurn). Each turn has
-   * a cost of its own (the poll for I/O, the immediate, the continuations it wakes), paid per call
-   * when calls start one per turn; started all in one turn, every call runs its CPU part before any
-   * reaches the network. src/server/server.ts chooses it per process, with the measurements.
+   * Calls started per turn of the event loop when many wait: GrpcServer#startInTurn says why they
+   * are grouped, src/server/server.ts how many per process, with the measurements.
    */
   callsPerTurn: number;
   log: Logger;
@@ -332,7 +330,8 @@ export class GrpcServer {
    * 100 deletes left for EC2 90 ms after the calls came (npm run bench, 2 vCPUs), and EC2's answers
    * waited the same way. A few per turn let the event loop send and receive between them: a
    * setImmediate callback queued while immediates run waits for the next turn, after the poll for
-   * I/O.
+   * I/O. Each turn has a cost of its own (the poll, the immediate, the continuations it wakes),
+   * paid per call when calls start one per turn.
    */
   #startInTurn(start: () => void): void {
     this.#waiting.push(start);

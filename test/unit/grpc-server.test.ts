@@ -14,7 +14,7 @@ import { CsiError } from "../../src/csi/errors.ts";
 import { csiServiceDefinitions } from "../../src/csi/proto.ts";
 import { createLogger } from "../../src/log.ts";
 import { createMetrics } from "../../src/metrics.ts";
-import { percentEncode } from "../../src/server/grpc.ts";
+import { GrpcServer, percentEncode } from "../../src/server/grpc.ts";
 import { InflightKeys } from "../../src/server/inflight.ts";
 import type { RpcContext } from "../../src/server/rpc.ts";
 import { type RunningServer, serveCsi } from "../../src/server/server.ts";
@@ -318,6 +318,16 @@ describe("malformed calls get a status naming the fault, and the server goes on 
       setTimeout(() => resolve(false), 5000).unref();
     });
     expect(closed).toBe(true);
+  });
+});
+
+describe("options", () => {
+  it("refuses a count of calls per turn that would never start one (0, negative, fractional)", () => {
+    for (const callsPerTurn of [0, -1, 1.5, Number.NaN]) {
+      expect(
+        () => new GrpcServer(new Map(), { maxReceiveBytes: 1024, callsPerTurn, log: createLogger("silent") }),
+      ).toThrow(`callsPerTurn must be a positive integer, not ${callsPerTurn}`);
+    }
   });
 });
 
