@@ -50,6 +50,11 @@ export interface GrpcServerOptions {
    * are grouped, src/server/server.ts how many per process, with the measurements.
    */
   callsPerTurn: number;
+  /**
+   * Whether the first call that waits starts in a turn of its own, and each turn after it twice as
+   * many, up to callsPerTurn, until none waits (GrpcServer#startNext says why).
+   */
+  rampUp: boolean;
   log: Logger;
 }
 
@@ -155,6 +160,9 @@ export class GrpcServer {
   readonly #routes: ReadonlyMap<string, UnaryHandler>;
   readonly #maxReceive: number;
   readonly #callsPerTurn: number;
+  readonly #rampUp: boolean;
+  /** Calls the next turn starts (#startNext). */
+  #groupSize: number;
   readonly #log: Logger;
   readonly #server: Http2Server;
   readonly #sessions = new Set<Http2Session>();
@@ -168,6 +176,8 @@ export class GrpcServer {
       throw new Error(`callsPerTurn must be a positive integer, not ${options.callsPerTurn}`);
     }
     this.#callsPerTurn = options.callsPerTurn;
+    this.#rampUp = options.rampUp;
+    this.#groupSize = this.#firstGroupSize();
     this.#log = options.log;
     this.#server = http2.createServer();
     this.#server.on("session", (session) => {
@@ -338,9 +348,24 @@ export class GrpcServer {
     if (this.#waiting.length === 1) setImmediate(this.#startNext);
   }
 
+  /**
+   * Starts the next group. With rampUp, a burst's first call starts alone: its request leaves for
+   * AWS as soon as that one call is prepared, where a full group sends its first request only once
+   * every call of the group has run its part (see #startInTurn). The groups then double, to keep
+   * the CPU per call of large groups for the rest (src/server/server.ts has the measurement).
+   */
   readonly #startNext = (): void => {
-    const group = this.#waiting.splice(0, this.#callsPerTurn);
-    if (this.#waiting.length > 0) setImmediate(this.#startNext);
+    const group = this.#waiting.splice(0, this.#groupSize);
+    if (this.#waiting.length > 0) {
+      this.#groupSize = Math.min(this.#groupSize * 2, this.#callsPerTurn);
+      setImmediate(this.#startNext);
+    } else {
+      this.#groupSize = this.#firstGroupSize();
+    }
     for (const start of group) this.#guard(start);
   };
+
+  #firstGroupSize(): number {
+    return this.#rampUp ? 1 : this.#callsPerTurn;
+  }
 }

@@ -56,6 +56,9 @@ const identity = {
  * "sent <id>" when the HTTP server behind it (AWS, for the driver) received that handler's request.
  */
 const events: string[] = [];
+/** The event-loop turn each DeleteVolume handler started in, counted by a test's own setImmediate loop. */
+const startTurns: number[] = [];
+let turn = 0;
 let aws: Server;
 const awsAgent = new http.Agent({ keepAlive: true });
 
@@ -63,6 +66,7 @@ const controller = {
   /** Sends one HTTP request, as the driver's DeleteVolume sends one to EC2. */
   async DeleteVolume(req: { volume_id: string }) {
     events.push(`start ${req.volume_id}`);
+    startTurns.push(turn);
     const { port } = aws.address() as { port: number };
     await new Promise<void>((resolve, reject) => {
       const out = http.request(
@@ -185,6 +189,35 @@ describe("calls as gRPC clients make them", () => {
     expect(events.filter((e) => e.startsWith("start"))).toEqual(ids.map((id) => `start ${id}`));
     expect(events.indexOf("sent vol-0")).toBeGreaterThanOrEqual(0);
     expect(events.indexOf("sent vol-0")).toBeLessThan(events.indexOf("start vol-99"));
+  });
+
+  it("starts the first call of a burst in a turn of its own, then groups twice as large, up to twelve", async () => {
+    // A controller's calls: the first one's request leaves without waiting for eleven others to be
+    // prepared, and the rest still go in large groups.
+    startTurns.length = 0;
+    let counting = true;
+    const tick = () => {
+      turn++;
+      if (counting) setImmediate(tick);
+    };
+    setImmediate(tick);
+    const ids = Array.from({ length: 100 }, (_, i) => `vol-${i}`);
+    try {
+      await Promise.all(ids.map((id) => client.call("Controller", "DeleteVolume", { volume_id: id })));
+    } finally {
+      counting = false;
+    }
+    const groups: number[] = [];
+    startTurns.forEach((t, i) => {
+      if (i > 0 && t === startTurns[i - 1]) groups[groups.length - 1]! += 1;
+      else groups.push(1);
+    });
+    expect(groups.reduce((a, b) => a + b, 0)).toBe(100);
+    expect(groups[0]).toBe(1);
+    expect(Math.max(...groups)).toBe(12);
+    // The calls may be read over more than one turn: a group that follows an empty queue starts
+    // at one again, but none is ever more than twice the one before.
+    for (let i = 1; i < groups.length; i++) expect(groups[i]!).toBeLessThanOrEqual(2 * groups[i - 1]!);
   });
 
   it("sends a failure's message as the caller wrote it, whatever its characters", async () => {
@@ -325,7 +358,13 @@ describe("options", () => {
   it("refuses a count of calls per turn that would never start one (0, negative, fractional)", () => {
     for (const callsPerTurn of [0, -1, 1.5, Number.NaN]) {
       expect(
-        () => new GrpcServer(new Map(), { maxReceiveBytes: 1024, callsPerTurn, log: createLogger("silent") }),
+        () =>
+          new GrpcServer(new Map(), {
+            maxReceiveBytes: 1024,
+            callsPerTurn,
+            rampUp: false,
+            log: createLogger("silent"),
+          }),
       ).toThrow(`callsPerTurn must be a positive integer, not ${callsPerTurn}`);
     }
   });
