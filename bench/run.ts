@@ -59,6 +59,21 @@ function imageEnvironment(): Record<string, string> {
   return env;
 }
 
+/**
+ * The node flags of the image's ENTRYPOINT (["node", ...flags, "/app/dist/main.js"]), which the
+ * driver runs with in production.
+ */
+function imageNodeFlags(): string[] {
+  const line = readFileSync(join(REPO_ROOT, "Dockerfile"), "utf8")
+    .split("\n")
+    .filter((l) => /^ENTRYPOINT\s/.test(l))
+    .at(-1);
+  if (!line) throw new Error("the Dockerfile has no ENTRYPOINT");
+  const [command, ...rest] = JSON.parse(line.replace(/^ENTRYPOINT\s+/, "")) as string[];
+  if (command !== "node") throw new Error(`the Dockerfile's ENTRYPOINT runs ${command}, not node`);
+  return rest.slice(0, -1);
+}
+
 const MAIN = join(REPO_ROOT, "dist/main.js");
 
 interface Drivers {
@@ -74,7 +89,7 @@ function drivers(imdsUrl: string, aws: FakeAws, officialBinary: string | undefin
   const ours = (args: string[], env: Record<string, string>): PluginCommand => ({
     label: "aws-storage-csi",
     command: process.execPath,
-    args: [MAIN, ...args],
+    args: [...imageNodeFlags(), MAIN, ...args],
     env,
   });
   const oursNode = (driver: string, socket: string, dir: string, extra: string[] = []) =>
