@@ -78,9 +78,4 @@ RUN chown -R 0:0 /app/compile-cache && chmod -R a+rX,go-w /app/compile-cache
 # Non-root by default (the controller); the node DaemonSet runs its plugin as root, privileged.
 # Numeric, so Kubernetes can check runAsNonRoot without a passwd lookup.
 USER 1000:1000
-# Garbage is collected on the main thread only, in both modes: V8's helper threads compete with
-# kubelet and the workloads for the node's cores, and with them the node plugin's slowest
-# NodeGetVolumeStats calls took longer (npm run bench: p99 5.4 ms with them, 4.3-4.4 without, at
-# concurrency 8 on 2 vCPUs). It must be on node's command line: V8 applies what the flag implies
-# only as it starts (src/v8-flags.ts).
-ENTRYPOINT ["node", "--single-threaded-gc", "/app/dist/main.js"]
+ENTRYPOINT ["node", "/app/dist/main.js"]

@@ -32,7 +32,7 @@ describe.skipIf(skip)(`the driver's image ${DRIVER_IMAGE}`, () => {
       await podman(["image", "inspect", "--format", "{{json .Config}}", DRIVER_IMAGE]),
     ) as { User?: string; Entrypoint?: string[] };
     expect(config.User).toBe("1000:1000");
-    expect(config.Entrypoint).toEqual(["node", "--single-threaded-gc", "/app/dist/main.js"]);
+    expect(config.Entrypoint).toEqual(["node", "/app/dist/main.js"]);
     expect(await runImage(["--version"])).toBe(`aws-storage-csi ${version}\n`);
     const help = await runImage(["--help"]);
     expect(help).toMatch(/--driver VALUE/);
@@ -44,10 +44,7 @@ describe.skipIf(skip)(`the driver's image ${DRIVER_IMAGE}`, () => {
     for (const user of ["0", "1000"]) {
       for (const mode of ["node", "controller"]) {
         const log = await runImage(
-          [
-            "-c",
-            `NODE_DEBUG_NATIVE=COMPILE_CACHE node --single-threaded-gc /app/dist/main.js --mode ${mode} --version 2>&1`,
-          ],
+          ["-c", `NODE_DEBUG_NATIVE=COMPILE_CACHE node /app/dist/main.js --mode ${mode} --version 2>&1`],
           { entrypoint: "sh", user },
         );
         expect(log).toContain(`aws-storage-csi ${version}`);
