@@ -59,8 +59,8 @@ function exposeGc(): (o: object) => void {
 }
 
 async function serve(options: Options): Promise<void> {
-  // node's own command-line flags (the image's ENTRYPOINT gives --single-threaded-gc), then the
-  // V8 flags this mode sets itself.
+  // node's own command-line flags (the image's ENTRYPOINT gives none), then the V8 flags this
+  // mode sets itself.
   const v8Flags = [...process.execArgv, ...v8FlagsFor(options.mode)];
   const log = createLogger(options.logLevel);
   const metrics = createMetrics(`aws_${options.driver}_csi`, true);

@@ -22,10 +22,12 @@ const CONTROLLER = {
 /**
  * A node plugin (and a plugin of both modes) keeps the optimizing compilers and collects its young
  * generation on the main thread: under npm run bench's NodeGetVolumeStats load (6 s at concurrency
- * 8, 2 vCPUs), V8's four helper threads woke 1,300-1,600 times each for parallel scavenges, used
- * about 1 s of CPU between them, and competed with the load for the cores (as they would with
- * kubelet and the workloads). Without them the p99 went from 5.4 ms to 4.3-4.4 ms (1.62x the
- * official driver's against 1.21-1.48x, stats-only runs of five rounds, --single-threaded-gc).
+ * 8, 2 vCPUs), V8's four helper threads woke 1,300-1,600 times each, every young-generation
+ * collection ran on them in parallel, and they used about 1 s of CPU between them, competing with
+ * the load for the cores (as they would with kubelet and the workloads). With no GC helper threads
+ * at all (--single-threaded-gc on node's command line) the p99 went from 5.4 ms to 4.3-4.4 ms
+ * (1.62x the official driver's against 1.21-1.48x, stats-only runs of five rounds); with this
+ * flag, the full run of 2026-12-06 08:19 measured 1.51x.
  *
  * Not --single-threaded-gc itself: V8 applies what it implies only as it starts, so set here it
  * changed nothing (this list held it until 2026-12-06), and on node's command line it would apply
