@@ -74,6 +74,7 @@ function imageNodeFlags(): string[] {
   return rest.slice(0, -1);
 }
 
+const IMAGE_NODE_FLAGS = imageNodeFlags();
 const MAIN = join(REPO_ROOT, "dist/main.js");
 
 interface Drivers {
@@ -89,7 +90,7 @@ function drivers(imdsUrl: string, aws: FakeAws, officialBinary: string | undefin
   const ours = (args: string[], env: Record<string, string>): PluginCommand => ({
     label: "aws-storage-csi",
     command: process.execPath,
-    args: [...imageNodeFlags(), MAIN, ...args],
+    args: [...IMAGE_NODE_FLAGS, MAIN, ...args],
     env,
   });
   const oursNode = (driver: string, socket: string, dir: string, extra: string[] = []) =>

@@ -160,7 +160,8 @@ export class GrpcServer {
   readonly #routes: ReadonlyMap<string, UnaryHandler>;
   readonly #maxReceive: number;
   readonly #callsPerTurn: number;
-  readonly #rampUp: boolean;
+  /** Calls a burst's first turn starts: one with rampUp, else callsPerTurn (#startNext). */
+  readonly #firstGroupSize: number;
   /** Calls the next turn starts (#startNext). */
   #groupSize: number;
   readonly #log: Logger;
@@ -176,8 +177,8 @@ export class GrpcServer {
       throw new Error(`callsPerTurn must be a positive integer, not ${options.callsPerTurn}`);
     }
     this.#callsPerTurn = options.callsPerTurn;
-    this.#rampUp = options.rampUp;
-    this.#groupSize = this.#firstGroupSize();
+    this.#firstGroupSize = options.rampUp ? 1 : options.callsPerTurn;
+    this.#groupSize = this.#firstGroupSize;
     this.#log = options.log;
     this.#server = http2.createServer();
     this.#server.on("session", (session) => {
@@ -360,12 +361,8 @@ export class GrpcServer {
       this.#groupSize = Math.min(this.#groupSize * 2, this.#callsPerTurn);
       setImmediate(this.#startNext);
     } else {
-      this.#groupSize = this.#firstGroupSize();
+      this.#groupSize = this.#firstGroupSize;
     }
     for (const start of group) this.#guard(start);
   };
-
-  #firstGroupSize(): number {
-    return this.#rampUp ? 1 : this.#callsPerTurn;
-  }
 }

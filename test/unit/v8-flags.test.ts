@@ -42,10 +42,10 @@ process.stdout.write(String(status(hot)));
 
 /**
  * The young-generation collections of a process that allocates for half a second (node's
- * --trace-gc-nvp), and how many of them V8's helper threads worked on: node runs with `nodeFlags`,
- * and the script sets `runtimeFlags` first, as src/main.ts sets the launch flags.
+ * --trace-gc-nvp), and how many of them V8's helper threads worked on: the script sets
+ * `runtimeFlags` first, as src/main.ts sets the launch flags.
  */
-function scavenges(nodeFlags: string[], runtimeFlags: string[]): { all: number; parallel: number } {
+function scavenges(runtimeFlags: string[]): { all: number; parallel: number } {
   const script = join(dir, "allocate.mjs");
   writeFileSync(
     script,
@@ -59,7 +59,7 @@ while (performance.now() < until) {
 }
 `,
   );
-  const run = spawnSync(process.execPath, [...nodeFlags, "--trace-gc-nvp", script, ...runtimeFlags], {
+  const run = spawnSync(process.execPath, ["--trace-gc-nvp", script, ...runtimeFlags], {
     encoding: "utf8",
     // The image's NODE_OPTIONS (a 4 MiB young generation) would make the collections small enough
     // for V8 to keep them on one thread anyway.
@@ -102,15 +102,15 @@ describe("V8 flags by mode", () => {
 
   it("set at run time, a node plugin's flags keep young-generation collections on the main thread; a controller's leave them parallel", () => {
     for (const mode of ["node", "all"] as const) {
-      const node = scavenges([], launchFlagsFor(mode));
+      const node = scavenges(launchFlagsFor(mode));
       expect(node.all).toBeGreaterThan(20);
       expect(node.parallel, mode).toBe(0);
     }
-    const controller = scavenges([], launchFlagsFor("controller"));
+    const controller = scavenges(launchFlagsFor("controller"));
     expect(controller.all).toBeGreaterThan(20);
     expect(controller.parallel).toBeGreaterThan(0);
     // Why the launch flags name the scavenger's flag: --single-threaded-gc set at run time does nothing.
-    const runtime = scavenges([], ["--single-threaded-gc"]);
+    const runtime = scavenges(["--single-threaded-gc"]);
     expect(runtime.parallel).toBeGreaterThan(0);
   });
 });
