@@ -28,6 +28,7 @@ import {
   type Failures,
   tokenBuckets,
 } from "./controller.ts";
+import { cpuLayout } from "./cpus.ts";
 import { benchGidAllocation } from "./gid.ts";
 import { mountVolume, nodeStart, nodeStats, type PluginFactory } from "./node.ts";
 import { OFFICIAL_VERSION, officialDriver } from "./official.ts";
@@ -268,6 +269,8 @@ async function main(): Promise<void> {
     region: aws.region,
   });
   const d = drivers(imds.url, aws, "binary" in built ? built.binary : undefined);
+  const cpus = cpuLayout(aws.pid);
+  notes.push(cpus.description);
   try {
     // Fills the compile cache as a first start in a pod would; not measured.
     await nodeStart(d.ours);
@@ -351,16 +354,34 @@ async function main(): Promise<void> {
             return burst(f, aws, { volumes: n, attach: true, prefix: `${tag}${r}` });
           };
           const official = d.official;
+          cpus.separate();
           const [ours, theirs] = await alternate(r, run(d.ours, "a"), official && run(official, "b"));
           recordBurst(`${n} volumes, AWS latency ${LATENCY_MS} ms`, n, ours, theirs);
+          if (n === VOLUMES[0]) {
+            // The smallest burst once more with moto sharing the CPUs: what the layout changes.
+            cpus.share();
+            const [shared, theirsShared] = await alternate(
+              r,
+              run(d.ours, "e"),
+              official && run(official, "f"),
+            );
+            record(
+              `${n} volumes, moto sharing the CPUs: delete ${n}`,
+              "ms",
+              shared.delete.ms,
+              theirsShared?.delete.ms,
+            );
+          }
         }
       }
+      cpus.share();
     }
 
     if (ONLY.has("buckets")) {
       const n = BUCKET_VOLUMES;
       const floor = bucketFloorMs(n) / 1000;
       console.log(`Token buckets: ${n} creates then ${n} deletes (floor ${floor.toFixed(0)} s a phase)...`);
+      cpus.separate();
       for (let r = 0; r < BUCKET_ROUNDS; r++) {
         const run = (f: ControllerFactory, tag: string) => async () => {
           await aws.reset();
@@ -391,6 +412,7 @@ async function main(): Promise<void> {
       }
     }
   } finally {
+    cpus.share();
     await imds.stop();
     await aws.stop();
   }

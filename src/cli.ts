@@ -89,7 +89,7 @@ async function serve(options: Options): Promise<void> {
     () => undefined,
   );
   const driver = await createDriver({ options, log, metrics, version: VERSION, location });
-  const [{ serveCsi }, { InflightKeys }, { identityService }] = await serving;
+  const [{ serveCsi }, { InflightKeys }, { identityService }, proto] = await serving;
   const identity = identityService({
     name: options.driverName,
     version: VERSION,
@@ -110,6 +110,10 @@ async function serve(options: Options): Promise<void> {
     log.info({ endpoint: { host: options.httpEndpoint?.host, port } }, "serving /metrics");
   }
   setTimeout(() => {
+    // What the first calls of a controller's burst would each build and all wait for, built while
+    // nothing waits: the collection below takes what building it left behind.
+    if (driver.controller) proto.prepareControllerMessages();
+    driver.prepare?.();
     applyV8FlagsAfterStartup(options.mode);
     collectStartupGarbage();
   }, STARTUP_GC_DELAY_MS).unref();

@@ -14,6 +14,8 @@ export interface Driver {
   accessibilityConstraints: boolean;
   /** Resolves when the backend answers; throws a short, human-readable Error when it does not. */
   probe(): Promise<void>;
+  /** Builds, while the plugin is idle, what the first calls of a burst would otherwise wait for. */
+  prepare?(): void;
   /** Releases timers and connections at shutdown. */
   close(): Promise<void>;
 }

@@ -302,6 +302,11 @@ export class ClientPerAction<C extends { destroy(): void }> {
     return client;
   }
 
+  /** Makes the clients of these actions now, those not made yet: their first calls then find them. */
+  prepare(actions: readonly string[]): void {
+    for (const action of actions) this.for(action);
+  }
+
   destroy(): void {
     for (const client of this.#clients.values()) client.destroy();
     this.#clients.clear();

@@ -84,6 +84,43 @@ export function prepareCsiMessages(): void {
 }
 
 /**
+ * The Controller calls of every volume's life. A provisioner sends them in bursts (its 100
+ * workers at once), and the first call of a burst builds its message types (about 1 ms for
+ * DeleteVolume's, 2 ms for CreateVolume's) before its request to EC2 leaves: every call of the
+ * burst waits behind it.
+ */
+const CONTROLLER_VOLUME_CALLS = [
+  "CreateVolume",
+  "DeleteVolume",
+  "ControllerPublishVolume",
+  "ControllerUnpublishVolume",
+];
+
+/**
+ * Builds the request and response types of the Controller calls every volume makes, with every
+ * type their fields reach (protobufjs builds a type's code at its first use, its fields' types
+ * at theirs): a controller runs this once it serves and has nothing else to do.
+ */
+export function prepareControllerMessages(): void {
+  const methods = descriptor.nested.csi.nested.v1.nested.Controller.methods as Record<string, MethodJson>;
+  const done = new Set<protobuf.Type>();
+  const setUp = (type: protobuf.Type) => {
+    if (done.has(type)) return;
+    done.add(type);
+    type.setup();
+    for (const field of type.fieldsArray) {
+      field.resolve();
+      if (field.resolvedType instanceof protobuf.Type) setUp(field.resolvedType);
+    }
+  };
+  for (const name of CONTROLLER_VOLUME_CALLS) {
+    const method = methods[name]!;
+    setUp(messageType(method.requestType));
+    setUp(messageType(method.responseType));
+  }
+}
+
+/**
  * A method's message type by its name relative to csi.v1. Types enter the root at their first use,
  * with the csi.v1 types their fields name: building all 97 from the descriptor took about 10 ms
  * of every plugin's start-up, and a node plugin never uses most of them.

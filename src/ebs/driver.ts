@@ -16,6 +16,7 @@ export async function createEbsDriver({ options, log, metrics, location }: Drive
 
   let ec2: Ec2 | undefined;
   let closeEc2 = () => {};
+  let prepareEc2: (() => void) | undefined;
   let controller: ServiceImpl | undefined;
   let groupController: ServiceImpl | undefined;
   if (options.mode !== "node") {
@@ -34,6 +35,7 @@ export async function createEbsDriver({ options, log, metrics, location }: Drive
     });
     ec2 = client.ec2;
     closeEc2 = client.close;
+    prepareEc2 = client.prepare;
     groupController = new EbsGroupSnapshots(client.ec2, {
       extraTags: options.extraTags,
       clusterId: options.clusterId,
@@ -73,6 +75,7 @@ export async function createEbsDriver({ options, log, metrics, location }: Drive
     // A node-only plugin must not depend on EC2: node roles often may not call it, and a failed
     // Probe makes the livenessprobe restart a healthy plugin. Serving calls is its health.
     probe: probeEc2 ? firstAnsweredEarly(() => probeEc2.probe()) : async () => undefined,
+    ...(prepareEc2 ? { prepare: prepareEc2 } : {}),
     close: async () => closeEc2(),
   };
 }

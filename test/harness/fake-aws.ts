@@ -39,6 +39,8 @@ export interface FakeAws {
   /** Environment for a driver process: endpoint, region and the fake credentials. */
   env: Record<string, string>;
   proxy: FaultProxy;
+  /** The fake's process when it runs as one here (moto), else undefined. */
+  pid: number | undefined;
   /** Clients that talk to the fake directly, past the proxy's faults and counters. */
   ec2: EC2Client;
   efs: EFSClient;
@@ -77,6 +79,7 @@ interface Backend {
   efs: boolean;
   /** The account of the fake credentials (moto's fixed one; LocalStack's default). */
   account: string;
+  pid?: number | undefined;
   reset(): Promise<void>;
   stop(): Promise<void>;
 }
@@ -115,6 +118,7 @@ export async function startFakeAws(options: FakeAwsOptions = {}): Promise<FakeAw
       AWS_SECRET_ACCESS_KEY: FAKE_CREDENTIALS.secretAccessKey,
     },
     proxy,
+    pid: backend.pid,
     ec2,
     efs,
     async reset() {

@@ -8,6 +8,8 @@ import { fileURLToPath } from "node:url";
 export interface Moto {
   /** Base URL, e.g. http://127.0.0.1:41234 */
   url: string;
+  /** The server's process (the benchmark gives it a CPU of its own). */
+  pid: number | undefined;
   /** Forgets every resource in every service and region. */
   reset(): Promise<void>;
   /** Kills the server and waits for it to exit. */
@@ -78,6 +80,7 @@ export async function startMoto(): Promise<Moto> {
 
   return {
     url,
+    pid: child.pid,
     async reset() {
       const response = await fetch(`${url}/moto-api/reset`, { method: "POST" });
       if (!response.ok) throw new Error(`moto reset failed: HTTP ${response.status}`);

@@ -453,4 +453,20 @@ describe("cancellation and rate limiters", () => {
     pool.destroy();
     expect(made.map((c) => c.destroyed)).toEqual([true, true]);
   });
+
+  it("makes the clients of the actions it prepares once, before their first calls", () => {
+    const made: string[] = [];
+    const pool = new ClientPerAction((action) => {
+      made.push(action);
+      return { action, destroy() {} };
+    });
+    const attach = pool.for("AttachVolume");
+    pool.prepare(["DeleteVolume", "AttachVolume", "CreateVolume"]);
+    expect(made).toEqual(["AttachVolume", "DeleteVolume", "CreateVolume"]);
+    // The first DeleteVolume call finds its client made: nothing more is built.
+    expect(pool.for("DeleteVolume").action).toBe("DeleteVolume");
+    expect(pool.for("AttachVolume")).toBe(attach);
+    pool.prepare(["DeleteVolume"]);
+    expect(made).toHaveLength(3);
+  });
 });

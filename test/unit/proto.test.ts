@@ -7,7 +7,7 @@ import { fileURLToPath } from "node:url";
 import * as grpc from "@grpc/grpc-js";
 import * as protoLoader from "@grpc/proto-loader";
 import protobuf from "protobufjs";
-import { describe, expect, it } from "vitest";
+import { describe, expect, it, vi } from "vitest";
 import { CSI_JSON_PATH, csiDescriptorJson } from "../../scripts/proto-json.ts";
 import { csiServiceDefinitions } from "../../src/csi/proto.ts";
 
@@ -363,5 +363,95 @@ describe("proto/csi.json: the descriptor the driver loads instead of parsing pro
     expect(mine["CreateVolume"]!.responseDeserialize(replyBytes)).toEqual(
       theirs.service["CreateVolume"]!.responseDeserialize(replyBytes),
     );
+  });
+});
+
+/** Each volume Controller call's request and response, every message field set, to and from bytes. */
+function volumeCallsRoundTrip(
+  controller: Record<
+    string,
+    {
+      requestSerialize(v: object): Buffer;
+      requestDeserialize(b: Buffer): object;
+      responseSerialize(v: object): Buffer;
+      responseDeserialize(b: Buffer): object;
+    }
+  >,
+): void {
+  const topology = [{ segments: { "topology.kubernetes.io/zone": "us-east-1a" } }];
+  const capability = {
+    access_mode: { mode: "SINGLE_NODE_WRITER" },
+    mount: { fs_type: "ext4", mount_flags: ["noatime"] },
+  };
+  const calls: Record<string, [object, object]> = {
+    CreateVolume: [
+      {
+        name: "pvc-1",
+        capacity_range: { required_bytes: 1, limit_bytes: 2 },
+        volume_capabilities: [capability, { access_mode: { mode: "MULTI_NODE_MULTI_WRITER" }, block: {} }],
+        parameters: { type: "gp3" },
+        secrets: { a: "b" },
+        volume_content_source: { volume: { volume_id: "vol-2" } },
+        accessibility_requirements: { requisite: topology, preferred: topology },
+        mutable_parameters: { iops: "3000" },
+      },
+      {
+        volume: {
+          volume_id: "vol-1",
+          capacity_bytes: 1,
+          volume_context: { a: "b" },
+          accessible_topology: topology,
+          content_source: { snapshot: { snapshot_id: "snap-1" } },
+        },
+      },
+    ],
+    DeleteVolume: [{ volume_id: "vol-1", secrets: { a: "b" } }, {}],
+    ControllerPublishVolume: [
+      {
+        volume_id: "vol-1",
+        node_id: "i-1",
+        volume_capability: capability,
+        readonly: false,
+        secrets: {},
+        volume_context: { a: "b" },
+      },
+      { publish_context: { devicePath: "/dev/xvdaa" } },
+    ],
+    ControllerUnpublishVolume: [{ volume_id: "vol-1", node_id: "i-1", secrets: {} }, {}],
+  };
+  for (const [method, [request, response]] of Object.entries(calls)) {
+    const m = controller[method]!;
+    m.requestDeserialize(m.requestSerialize(request));
+    m.responseDeserialize(m.responseSerialize(response));
+  }
+}
+
+describe("prepareControllerMessages: a controller's first volume calls build no message types", () => {
+  it("builds, when asked, every type the volume calls' messages reach; the calls then build none", async () => {
+    vi.resetModules();
+    const proto = await import("../../src/csi/proto.ts");
+    const setup = vi.spyOn(protobuf.Type.prototype, "setup");
+    try {
+      proto.prepareControllerMessages();
+      // Requests, responses and the types their fields name: capabilities, topology, sources...
+      expect(setup.mock.calls.length).toBeGreaterThanOrEqual(15);
+      setup.mockClear();
+      volumeCallsRoundTrip(proto.csiServiceDefinitions().Controller);
+      expect(setup).not.toHaveBeenCalled();
+    } finally {
+      setup.mockRestore();
+    }
+  });
+
+  it("without it, the first calls build their types themselves (what the preparation saves them)", async () => {
+    vi.resetModules();
+    const proto = await import("../../src/csi/proto.ts");
+    const setup = vi.spyOn(protobuf.Type.prototype, "setup");
+    try {
+      volumeCallsRoundTrip(proto.csiServiceDefinitions().Controller);
+      expect(setup.mock.calls.length).toBeGreaterThanOrEqual(15);
+    } finally {
+      setup.mockRestore();
+    }
   });
 });
