@@ -5,9 +5,9 @@
  * a driver that spends more CPU in a burst takes some of moto's, so its AWS answers more slowly:
  * a cost production, where AWS runs elsewhere, does not have. With moto on a CPU of its own and
  * every driver and the load generator on the others, each driver waits for an AWS as fast for one
- * as for the other; what a driver spends is still shown, as its CPU time. Measured: 100 deletes
- * with 25 ms of AWS latency, 8 rounds alternating, took 1.11x the official driver's time with moto
- * sharing the CPUs and 0.99x with moto on its own.
+ * as for the other; what a driver spends is still shown, as its CPU time. Measured on 2026-12-06:
+ * 100 deletes with 25 ms of AWS latency took 1.07-1.12x the official driver's time with moto
+ * sharing the CPUs (four benchmark runs), 0.95-1.10x with moto on its own (three).
  */
 import { execFileSync } from "node:child_process";
 import os from "node:os";

@@ -111,9 +111,14 @@ async function serve(options: Options): Promise<void> {
   }
   setTimeout(() => {
     // What the first calls of a controller's burst would each build and all wait for, built while
-    // nothing waits: the collection below takes what building it left behind.
-    if (driver.controller) proto.prepareControllerMessages();
-    driver.prepare?.();
+    // nothing waits: the collection below takes what building it left behind. Only a head start:
+    // should it fail, the calls build what they need themselves.
+    try {
+      if (driver.controller) proto.prepareControllerMessages();
+      driver.prepare?.();
+    } catch (err) {
+      log.warn({ err }, "could not prepare for the first calls; they will build what they need");
+    }
     applyV8FlagsAfterStartup(options.mode);
     collectStartupGarbage();
   }, STARTUP_GC_DELAY_MS).unref();
