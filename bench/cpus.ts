@@ -21,25 +21,28 @@ export interface CpuLayout {
   share(): void;
 }
 
+/** Why the fake AWS cannot have a CPU of its own here, or undefined when it can. */
+function cannotSeparate(cpus: number, fakeAwsPid: number | undefined, all: string): string | undefined {
+  if (cpus < 2) return "one CPU only";
+  if (fakeAwsPid === undefined) return "the fake AWS is not a process here";
+  try {
+    pin(all, fakeAwsPid);
+    return undefined;
+  } catch (err) {
+    return `taskset failed: ${(err as Error).message.split("\n")[0]}`;
+  }
+}
+
+function pin(list: string, pid: number): void {
+  execFileSync("taskset", ["-a", "-p", "-c", list, String(pid)], { stdio: "ignore" });
+}
+
 export function cpuLayout(fakeAwsPid: number | undefined): CpuLayout {
   const cpus = os.availableParallelism();
   const all = `0-${cpus - 1}`;
-  const pin = (list: string, pid: number) =>
-    execFileSync("taskset", ["-a", "-p", "-c", list, String(pid)], { stdio: "ignore" });
-  const unable =
-    cpus < 2
-      ? `one CPU only`
-      : fakeAwsPid === undefined
-        ? "the fake AWS is not a process here"
-        : (() => {
-            try {
-              pin(all, fakeAwsPid);
-              return undefined;
-            } catch (err) {
-              return `taskset failed: ${(err as Error).message.split("\n")[0]}`;
-            }
-          })();
-  if (unable || fakeAwsPid === undefined) {
+  const unable = cannotSeparate(cpus, fakeAwsPid, all);
+  // (The pid's test only tells the compiler what cannotSeparate already checked.)
+  if (unable !== undefined || fakeAwsPid === undefined) {
     return {
       description: `The fake AWS shares the CPUs with the drivers in every scenario (${unable}).`,
       separate: () => {},

@@ -34,6 +34,19 @@ interface MethodJson {
 }
 
 /**
+ * A csi.v1 entry of the descriptor, as JSON: a message or enum (fields with their type names,
+ * nested types, values) or a service (methods).
+ */
+interface TypeJson {
+  fields?: Record<string, { type: string; keyType?: string }>;
+  nested?: Record<string, TypeJson>;
+  values?: object;
+  methods?: Record<string, MethodJson>;
+}
+
+const V1_JSON = descriptor.nested.csi.nested.v1.nested as unknown as Record<string, TypeJson>;
+
+/**
  * The csi.v1 services by name, each a table of its methods, from proto/csi.json: the descriptor
  * scripts/proto-json.ts prepares from proto/csi.proto, so no .proto is parsed here. Messages
  * decode and encode as @grpc/proto-loader would with keepCase and CONVERSION_OPTIONS. Each message
@@ -41,11 +54,7 @@ interface MethodJson {
  */
 export function csiServiceDefinitions(): Record<CsiServiceName, CsiServiceDefinition> {
   if (!loaded) {
-    const v1 = descriptor.nested.csi.nested.v1.nested as unknown as Record<
-      string,
-      { methods?: Record<string, MethodJson> }
-    >;
-    const service = (name: CsiServiceName) => serviceDefinition(name, v1[name]!.methods!);
+    const service = (name: CsiServiceName) => serviceDefinition(name, V1_JSON[name]!.methods!);
     loaded = {
       Identity: service("Identity"),
       Controller: service("Controller"),
@@ -55,15 +64,6 @@ export function csiServiceDefinitions(): Record<CsiServiceName, CsiServiceDefini
   }
   return loaded;
 }
-
-/** A message or enum of the descriptor, as JSON: fields (with their type names) and nested types. */
-interface TypeJson {
-  fields?: Record<string, { type: string; keyType?: string }>;
-  nested?: Record<string, TypeJson>;
-  values?: object;
-}
-
-const V1_JSON = descriptor.nested.csi.nested.v1.nested as unknown as Record<string, TypeJson>;
 
 let root: protobuf.Root | undefined;
 let v1: protobuf.Namespace | undefined;
@@ -102,14 +102,13 @@ const CONTROLLER_VOLUME_CALLS = [
  * at theirs): a controller runs this once it serves and has nothing else to do.
  */
 export function prepareControllerMessages(): void {
-  const methods = descriptor.nested.csi.nested.v1.nested.Controller.methods as Record<string, MethodJson>;
+  const methods = V1_JSON["Controller"]!.methods!;
   const done = new Set<protobuf.Type>();
   const setUp = (type: protobuf.Type) => {
     if (done.has(type)) return;
     done.add(type);
-    type.setup();
+    type.setup(); // which resolves the fields' types
     for (const field of type.fieldsArray) {
-      field.resolve();
       if (field.resolvedType instanceof protobuf.Type) setUp(field.resolvedType);
     }
   };

@@ -14,9 +14,7 @@ export async function createEbsDriver({ options, log, metrics, location }: Drive
   const serveNode = options.mode !== "controller";
   const { metadata, region } = await (location ?? locatePlugin(options, log));
 
-  let ec2: Ec2 | undefined;
-  let closeEc2 = () => {};
-  let prepareEc2: (() => void) | undefined;
+  let ec2Client: { ec2: Ec2; prepare(): void; close(): void } | undefined;
   let controller: ServiceImpl | undefined;
   let groupController: ServiceImpl | undefined;
   if (options.mode !== "node") {
@@ -33,9 +31,7 @@ export async function createEbsDriver({ options, log, metrics, location }: Drive
       metrics,
       log,
     });
-    ec2 = client.ec2;
-    closeEc2 = client.close;
-    prepareEc2 = client.prepare;
+    ec2Client = client;
     groupController = new EbsGroupSnapshots(client.ec2, {
       extraTags: options.extraTags,
       clusterId: options.clusterId,
@@ -50,7 +46,7 @@ export async function createEbsDriver({ options, log, metrics, location }: Drive
   if (serveNode && metadata) {
     await exposeSelinuxfs(log);
     const { createEbsNode } = await import("./node.ts");
-    const inProcess = ec2;
+    const inProcess = ec2Client?.ec2;
     node = await createEbsNode({
       options,
       log: log.child({ service: "node" }),
@@ -66,7 +62,7 @@ export async function createEbsDriver({ options, log, metrics, location }: Drive
     });
   }
 
-  const probeEc2 = ec2;
+  const probeEc2 = ec2Client?.ec2;
   return {
     controller,
     groupController,
@@ -75,7 +71,7 @@ export async function createEbsDriver({ options, log, metrics, location }: Drive
     // A node-only plugin must not depend on EC2: node roles often may not call it, and a failed
     // Probe makes the livenessprobe restart a healthy plugin. Serving calls is its health.
     probe: probeEc2 ? firstAnsweredEarly(() => probeEc2.probe()) : async () => undefined,
-    ...(prepareEc2 ? { prepare: prepareEc2 } : {}),
-    close: async () => closeEc2(),
+    prepare: () => ec2Client?.prepare(),
+    close: async () => ec2Client?.close(),
   };
 }

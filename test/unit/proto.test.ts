@@ -9,7 +9,7 @@ import * as protoLoader from "@grpc/proto-loader";
 import protobuf from "protobufjs";
 import { describe, expect, it, vi } from "vitest";
 import { CSI_JSON_PATH, csiDescriptorJson } from "../../scripts/proto-json.ts";
-import { csiServiceDefinitions } from "../../src/csi/proto.ts";
+import { type CsiServiceDefinition, csiServiceDefinitions } from "../../src/csi/proto.ts";
 
 // Structural equivalence between our hand-written proto/csi.proto and the official CSI v1.14.0 csi.proto.
 
@@ -367,17 +367,7 @@ describe("proto/csi.json: the descriptor the driver loads instead of parsing pro
 });
 
 /** Each volume Controller call's request and response, every message field set, to and from bytes. */
-function volumeCallsRoundTrip(
-  controller: Record<
-    string,
-    {
-      requestSerialize(v: object): Buffer;
-      requestDeserialize(b: Buffer): object;
-      responseSerialize(v: object): Buffer;
-      responseDeserialize(b: Buffer): object;
-    }
-  >,
-): void {
+function volumeCallsRoundTrip(controller: CsiServiceDefinition): void {
   const topology = [{ segments: { "topology.kubernetes.io/zone": "us-east-1a" } }];
   const capability = {
     access_mode: { mode: "SINGLE_NODE_WRITER" },

@@ -111,6 +111,7 @@ describe("V8 flags by mode", () => {
     expect(controller.parallel).toBeGreaterThan(0);
     // Why the launch flags name the scavenger's flag: --single-threaded-gc set at run time does nothing.
     const runtime = scavenges(["--single-threaded-gc"]);
+    expect(runtime.all).toBeGreaterThan(20);
     expect(runtime.parallel).toBeGreaterThan(0);
   });
 });
