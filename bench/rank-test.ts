@@ -39,8 +39,9 @@ function seeded(seed: number): () => number {
 /**
  * The one-sided p-value that `a` is larger than `b`: the share of all ways to split the pooled
  * values into groups of their sizes whose U is at least the observed one. Small when `a` is
- * larger in most pairs; about 0.5 or more when the two are alike. Exact for up to nine values a
- * side (every split counted), sampled beyond.
+ * larger in most pairs; about 0.5 or more when the two are alike. Exact (every split counted) up
+ * to EXACT_LIMIT splits, ten values a side; beyond, estimated from SAMPLES random splits, counting
+ * the observed one too so that it is never 0.
  */
 export function pLarger(a: readonly number[], b: readonly number[]): number {
   if (a.length === 0 || b.length === 0) return Number.NaN;
@@ -82,5 +83,36 @@ export function pLarger(a: readonly number[], b: readonly number[]): number {
       if (splitU(indices.slice(0, m)) >= observed) atLeast++;
     }
   }
-  return atLeast / total;
+  return total === SAMPLES ? (atLeast + 1) / (total + 1) : atLeast / total;
+}
+
+/** The smallest p-value pLarger can give for groups of these sizes: the one split in all. */
+export const smallestP = (m: number, n: number) => 1 / Math.min(binomial(m + n, m), SAMPLES + 1);
+
+/** The one-sided p-value below which rounds show a driver past a ratio target. */
+export const SIGNIFICANCE = 0.05;
+
+export interface RatioTarget {
+  max?: number | undefined;
+  min?: number | undefined;
+}
+
+/**
+ * The benchmark's verdict on a ratio target (bench/run.ts): "met" when the ratio of the medians
+ * (ours / official) is on the target's side. Past it, the rounds decide: divided by the target,
+ * are this driver's rounds larger (an at-most target) or smaller (an at-least target) than the
+ * official driver's beyond chance? If so, MISSED; if not, the medians crossed the line by noise
+ * and the verdict says so with the p-value. Too few rounds to show anything at SIGNIFICANCE
+ * (three a side: no split is rarer than 1 in 20), and a ratio that is not a number, are MISSED.
+ */
+export function ratioVerdict(ours: number[], official: number[], ratio: number, t: RatioTarget): string {
+  const { max, min } = t;
+  if (!Number.isFinite(ratio)) return "MISSED (no ratio)";
+  const scaled = (by: number) => ours.map((v) => v / by);
+  let p: number;
+  if (max !== undefined && ratio > max) p = pLarger(scaled(max), official);
+  else if (min !== undefined && ratio < min) p = pLarger(official, scaled(min));
+  else return "met";
+  if (smallestP(ours.length, official.length) >= SIGNIFICANCE) return "MISSED (too few rounds to test)";
+  return p < SIGNIFICANCE ? `MISSED (p ${p.toFixed(3)})` : `met within noise (p ${p.toFixed(2)})`;
 }
