@@ -6,6 +6,7 @@
  * of 5-10%, so the ratio of two medians falls on either side of 1 by chance. The test asks the
  * question the target asks: are this driver's rounds larger than the official driver's?
  */
+import { mulberry32 } from "../test/fuzz/generate.ts";
 
 /** U: the pairs (a, b) with a > b, a tie counting one half. */
 export function mannWhitneyU(a: readonly number[], b: readonly number[]): number {
@@ -22,18 +23,6 @@ function binomial(n: number, k: number): number {
   let c = 1;
   for (let i = 1; i <= k; i++) c = (c * (n - k + i)) / i;
   return c;
-}
-
-/** A small seeded generator (mulberry32): the sampled p-value is the same from run to run. */
-function seeded(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 /**
@@ -73,7 +62,8 @@ export function pLarger(a: readonly number[], b: readonly number[]): number {
     };
     visit(0);
   } else {
-    const random = seeded(pooled.length * 7919 + m);
+    // Seeded: the sampled p-value is the same from run to run.
+    const random = mulberry32(pooled.length * 7919 + m);
     const indices = pooled.map((_, i) => i);
     for (; total < SAMPLES; total++) {
       for (let i = indices.length - 1; i > 0; i--) {

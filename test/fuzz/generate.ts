@@ -96,8 +96,8 @@ export function seedFromEnv(env: NodeJS.ProcessEnv = process.env): number {
   return (Math.random() * 2 ** 32) >>> 0;
 }
 
-/** mulberry32: a small, fast 32-bit PRNG; plenty for picking test values. */
-function mulberry32(seed: number): () => number {
+/** mulberry32: a small, fast 32-bit PRNG; plenty for picking test values (and bench/rank-test.ts's samples). */
+export function mulberry32(seed: number): () => number {
   let a = seed >>> 0;
   return () => {
     a = (a + 0x6d2b79f5) >>> 0;
