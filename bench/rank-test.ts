@@ -44,13 +44,13 @@ export function pLarger(a: readonly number[], b: readonly number[]): number {
     for (const [i, v] of pooled.entries()) (inA.has(i) ? left : right).push(v);
     return mannWhitneyU(left, right);
   };
-  let atLeast = 0;
-  let total = 0;
   if (binomial(pooled.length, m) <= EXACT_LIMIT) {
+    let splits = 0;
+    let atLeast = 0;
     const chosen: number[] = [];
     const visit = (from: number) => {
       if (chosen.length === m) {
-        total++;
+        splits++;
         if (splitU(chosen) >= observed) atLeast++;
         return;
       }
@@ -61,19 +61,20 @@ export function pLarger(a: readonly number[], b: readonly number[]): number {
       }
     };
     visit(0);
-  } else {
-    // Seeded: the sampled p-value is the same from run to run.
-    const random = mulberry32(pooled.length * 7919 + m);
-    const indices = pooled.map((_, i) => i);
-    for (; total < SAMPLES; total++) {
-      for (let i = indices.length - 1; i > 0; i--) {
-        const j = Math.floor(random() * (i + 1));
-        [indices[i], indices[j]] = [indices[j]!, indices[i]!];
-      }
-      if (splitU(indices.slice(0, m)) >= observed) atLeast++;
-    }
+    return atLeast / splits;
   }
-  return total === SAMPLES ? (atLeast + 1) / (total + 1) : atLeast / total;
+  // Seeded: the sampled p-value is the same from run to run.
+  const random = mulberry32(pooled.length * 7919 + m);
+  const indices = pooled.map((_, i) => i);
+  let atLeast = 0;
+  for (let sample = 0; sample < SAMPLES; sample++) {
+    for (let i = indices.length - 1; i > 0; i--) {
+      const j = Math.floor(random() * (i + 1));
+      [indices[i], indices[j]] = [indices[j]!, indices[i]!];
+    }
+    if (splitU(indices.slice(0, m)) >= observed) atLeast++;
+  }
+  return (atLeast + 1) / (SAMPLES + 1);
 }
 
 /** The smallest p-value pLarger can give for groups of these sizes: the one split in all. */
@@ -99,10 +100,10 @@ export function ratioVerdict(ours: number[], official: number[], ratio: number, 
   const { max, min } = t;
   if (!Number.isFinite(ratio)) return "MISSED (no ratio)";
   const scaled = (by: number) => ours.map((v) => v / by);
-  let p: number;
-  if (max !== undefined && ratio > max) p = pLarger(scaled(max), official);
-  else if (min !== undefined && ratio < min) p = pLarger(official, scaled(min));
-  else return "met";
+  const overMax = max !== undefined && ratio > max;
+  const underMin = min !== undefined && ratio < min;
+  if (!overMax && !underMin) return "met";
   if (smallestP(ours.length, official.length) >= SIGNIFICANCE) return "MISSED (too few rounds to test)";
+  const p = overMax ? pLarger(scaled(max), official) : pLarger(official, scaled(min as number));
   return p < SIGNIFICANCE ? `MISSED (p ${p.toFixed(3)})` : `met within noise (p ${p.toFixed(2)})`;
 }
